@@ -1,0 +1,1 @@
+"""Settings, the thin Celery app, queues and routes. Never imports torch."""

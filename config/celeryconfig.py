@@ -1,0 +1,42 @@
+"""Celery settings. Every one that is not a default says why it is set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.queues import EMBED_QUEUE, QUEUES, ROUTES
+from config.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        # No pickle anywhere on the wire: msgpack carries vectors as raw float32 bytes,
+        # json is accepted for events and hand-written messages.
+        "task_serializer": "msgpack",
+        "result_serializer": "msgpack",
+        "accept_content": ["msgpack", "json"],
+        # Results go to SQL through the collector, never through a result backend.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Ack after the task ran, and re-queue a task whose worker died mid-chunk:
+        # at-least-once delivery, made harmless by idempotent upserts.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Each process holds one chunk at a time, so a dead worker strands one chunk only
+        # and a slow worker does not hoard work.
+        "worker_prefetch_multiplier": 1,
+        # Redis re-delivers an unacked message after this many seconds; it must outlast
+        # the slowest chunk (settings.visibility_timeout says why in one place).
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "task_queues": QUEUES,
+        "task_routes": ROUTES,
+        "task_default_queue": EMBED_QUEUE,
+        # Flower shows chunks from queued to done.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "broker_connection_retry_on_startup": True,
+        # The model is loaded per process after fork; a hijacked root logger would hide
+        # our structured lines, so keep the application's logging.
+        "worker_hijack_root_logger": False,
+    }

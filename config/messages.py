@@ -1,0 +1,61 @@
+"""The two messages that cross the broker, as small dataclasses with a wire form.
+
+Columns, not lists of dicts: msgpack packs them compactly, and vectors travel as one
+binary float32 blob (row-major, n x dim), never as JSON lists of floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChunkTexts:
+    """What a producer sends to an encode worker: one chunk of one job."""
+
+    job_id: str
+    seq: int
+    collection: str
+    ids: list[str]
+    positions: list[int]
+    texts: list[str]
+    hashes: list[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "ChunkTexts":
+        return cls(**data)
+
+    def label(self) -> str:
+        """What Flower shows instead of the texts."""
+        return f"job={self.job_id} chunk={self.seq} records={len(self.ids)}"
+
+
+@dataclass(frozen=True)
+class ChunkVectors:
+    """What an encode worker sends to the collector: the chunk's vectors, in its order."""
+
+    job_id: str
+    seq: int
+    collection: str
+    model: str
+    dim: int
+    ids: list[str]
+    positions: list[int]
+    hashes: list[str]
+    vectors: bytes  # float32, row-major, len(ids) * dim values
+    encode_seconds: float = 0.0
+    worker: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "ChunkVectors":
+        return cls(**data)
+
+    def label(self) -> str:
+        return f"job={self.job_id} chunk={self.seq} records={len(self.ids)} dim={self.dim}"

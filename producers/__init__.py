@@ -1,0 +1,1 @@
+"""Corpus readers, validation, chunking, job submission and the CLI. Never imports torch."""

@@ -1,0 +1,38 @@
+"""Split a stream of records into chunks by an estimated-token budget, with a cap on records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from producers.records import Record
+
+# WordPiece and BPE average about four characters a token on English text and code; the
+# estimate only sizes chunks, the worker's tokenizer does the real (truncating) count.
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(text: str, window: int) -> int:
+    """Tokens the model will read: special tokens included, never more than its window."""
+    return min(window, len(text) // CHARS_PER_TOKEN + 2)
+
+
+def is_truncated(text: str, window: int) -> bool:
+    return len(text) // CHARS_PER_TOKEN + 2 > window
+
+
+def chunk_records(
+    records: Iterable[Record], max_records: int, token_budget: int, window: int
+) -> Iterator[list[Record]]:
+    if max_records < 1 or token_budget < 1:
+        raise ValueError("chunk size and token budget must be at least 1")
+    chunk: list[Record] = []
+    tokens = 0
+    for record in records:
+        cost = estimate_tokens(record.text, window)
+        if chunk and (len(chunk) >= max_records or tokens + cost > token_budget):
+            yield chunk
+            chunk, tokens = [], 0
+        chunk.append(record)
+        tokens += cost
+    if chunk:
+        yield chunk

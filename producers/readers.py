@@ -1,0 +1,118 @@
+"""Streaming corpus readers: one record at a time, so memory stays flat however large the corpus.
+
+Bytes that are not UTF-8 are kept as surrogate escapes and reported by validation with the
+record's line, instead of killing the whole read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+Format = Literal["jsonl", "csv"]
+FORMATS_BY_SUFFIX: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as read: its first line in the source, and its fields or why they are unreadable."""
+
+    line: int
+    data: dict[str, Any] | None
+    error: str | None = None
+
+
+class CorpusError(Exception):
+    """The corpus cannot be read at all (missing file, unknown format)."""
+
+
+class Corpus:
+    """A re-readable source of records: a file, or stdin spooled to a temporary file."""
+
+    def __init__(self, path: str, fmt: Format | Literal["auto"] = "auto") -> None:
+        self.name = path
+        self.format: Format = self._format(path, fmt)
+        if path == "-":
+            # Validation reads the corpus before anything is sent, then submission reads it
+            # again; stdin can be read once, so keep a copy on disk (not in memory).
+            self._spool = tempfile.NamedTemporaryFile(prefix="embedfleet-stdin-", suffix=".spool")
+            shutil.copyfileobj(sys.stdin.buffer, self._spool)
+            self._spool.flush()
+            self.path = Path(self._spool.name)
+        else:
+            self.path = Path(path)
+            if not self.path.is_file():
+                raise CorpusError(f"corpus {path!r} is not a readable file")
+
+    @staticmethod
+    def _format(path: str, fmt: str) -> Format:
+        if fmt in ("jsonl", "csv"):
+            return fmt  # type: ignore[return-value]
+        if path == "-":
+            return "jsonl"
+        suffix = Path(path).suffix.lower()
+        if suffix not in FORMATS_BY_SUFFIX:
+            raise CorpusError(f"cannot tell the format of {path!r} from its suffix: pass --format jsonl|csv")
+        return FORMATS_BY_SUFFIX[suffix]
+
+    def records(self) -> Iterator[RawRecord]:
+        with self.path.open("rb") as stream:
+            reader = read_jsonl if self.format == "jsonl" else read_csv
+            yield from reader(stream)
+
+
+def read_jsonl(stream: BinaryIO) -> Iterator[RawRecord]:
+    for line_no, raw in enumerate(stream, start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield RawRecord(line_no, None, f"invalid UTF-8 at byte {exc.start}")
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield RawRecord(line_no, None, f"malformed JSON: {exc.msg} at column {exc.colno}")
+            continue
+        if not isinstance(data, dict):
+            yield RawRecord(line_no, None, f"expected a JSON object, found {type(data).__name__}")
+            continue
+        yield RawRecord(line_no, data)
+
+
+def read_csv(stream: BinaryIO) -> Iterator[RawRecord]:
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    reader = csv.reader(text)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise CorpusError(f"malformed CSV header: {exc}") from exc
+    next_line = reader.line_num + 1
+    while True:
+        start = next_line
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            next_line = reader.line_num + 1
+            yield RawRecord(start, None, f"malformed CSV: {exc}")
+            continue
+        next_line = reader.line_num + 1
+        if not row:
+            continue
+        if len(row) != len(header):
+            yield RawRecord(start, None, f"malformed CSV: expected {len(header)} fields, found {len(row)}")
+            continue
+        yield RawRecord(start, dict(zip(header, row)))

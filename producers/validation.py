@@ -1,0 +1,100 @@
+"""Read the whole corpus once before anything is sent: count it and find every bad record.
+
+Memory: 8 bytes per record (a 64-bit hash of each id, to find duplicates), nothing else
+grows with the corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from producers.readers import Corpus
+from producers.records import FieldSpec, Invalid, Record, build_record
+
+SHOWN_ERRORS = 20
+
+
+def _id_hash(record_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+class DuplicateFilter:
+    """First occurrence of an id wins; later ones are invalid. Tracks only ids known to repeat."""
+
+    def __init__(self, repeated_hashes: set[int]) -> None:
+        self._repeated = repeated_hashes
+        self._first_line: dict[str, int] = {}
+
+    def check(self, record: Record) -> Invalid | None:
+        if not self._repeated or _id_hash(record.record_id) not in self._repeated:
+            return None
+        first = self._first_line.setdefault(record.record_id, record.line)
+        if first == record.line:
+            return None
+        return Invalid(record.line, record.record_id, f"duplicate id (first at line {first})")
+
+
+@dataclass
+class Scan:
+    records_read: int = 0
+    invalid_count: int = 0
+    invalid_shown: list[Invalid] = field(default_factory=list)
+    repeated_hashes: set[int] = field(default_factory=set)
+
+    def add_invalid(self, invalid: Invalid) -> None:
+        self.invalid_count += 1
+        if len(self.invalid_shown) < SHOWN_ERRORS:
+            self.invalid_shown.append(invalid)
+
+    def report(self) -> str:
+        lines = [str(i) for i in self.invalid_shown]
+        if self.invalid_count > len(self.invalid_shown):
+            lines.append(f"... and {self.invalid_count - len(self.invalid_shown)} more invalid records")
+        return "\n".join(lines)
+
+
+class InvalidInput(Exception):
+    """The corpus has invalid records and --skip-invalid was not given: nothing was sent."""
+
+    def __init__(self, scan: Scan) -> None:
+        self.scan = scan
+        super().__init__(
+            f"{scan.invalid_count} of {scan.records_read} records are invalid; nothing was sent "
+            f"(pass --skip-invalid to send the valid ones):\n{scan.report()}"
+        )
+
+
+def valid_records(corpus: Corpus, spec: FieldSpec, scan: Scan | None = None) -> Iterator[Record | Invalid]:
+    """Every record of the corpus, built and checked; position is its index among all records read."""
+    duplicates = DuplicateFilter(scan.repeated_hashes if scan else set())
+    for position, raw in enumerate(corpus.records()):
+        built = build_record(raw, position, spec)
+        if isinstance(built, Record):
+            built = duplicates.check(built) or built
+        yield built
+
+
+def scan_corpus(corpus: Corpus, spec: FieldSpec) -> Scan:
+    scan = Scan()
+    id_hashes = array("q")
+    for built in valid_records(corpus, spec):
+        scan.records_read += 1
+        if isinstance(built, Invalid):
+            scan.add_invalid(built)
+        else:
+            id_hashes.append(_id_hash(built.record_id))
+    hashes = np.frombuffer(id_hashes, dtype=np.int64)
+    if hashes.size:
+        ordered = np.sort(hashes)
+        scan.repeated_hashes = {int(h) for h in np.unique(ordered[1:][ordered[1:] == ordered[:-1]])}
+    if scan.repeated_hashes:
+        # Second look, only when some id repeats: name each duplicate's line.
+        for built in valid_records(corpus, spec, scan):
+            if isinstance(built, Invalid) and built.reason.startswith("duplicate id"):
+                scan.add_invalid(built)
+    return scan

@@ -1,0 +1,78 @@
+"""Engines, one per database URL per process, with the schema created on first use."""
+
+from __future__ import annotations
+
+import logging
+import os
+from threading import Lock
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from storage.schema import metadata
+
+log = logging.getLogger(__name__)
+
+_engines: dict[tuple[int, str], Engine] = {}
+_lock = Lock()
+
+
+def normalise_url(url: str) -> str:
+    """Plain postgresql:// URLs use psycopg 3, the driver we install."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    """A URL safe to print: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL (a broker URL, say): strip user info
+        head, sep, tail = url.partition("://")
+        if sep and "@" in tail:
+            return f"{head}://***@{tail.split('@', 1)[1]}"
+        return url
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets readers (status, export) run while a collector writes; busy_timeout makes
+    # a second writer wait instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def get_engine(url: str) -> Engine:
+    """The process's engine for url; keyed by pid so a forked child never shares sockets."""
+    key = (os.getpid(), url)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _build(url)
+            _engines[key] = engine
+        return engine
+
+
+def _build(url: str) -> Engine:
+    full = normalise_url(url)
+    if full.startswith("sqlite"):
+        engine = create_engine(full, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(full, pool_pre_ping=True)
+    _create_schema(engine)
+    log.debug("engine ready for %s", redact(full))
+    return engine
+
+
+def _create_schema(engine: Engine) -> None:
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Several workers may start at once; CREATE TABLE IF NOT EXISTS still races
+            # on PostgreSQL's catalogue, so serialise schema creation on a lock.
+            conn.execute(text("SELECT pg_advisory_xact_lock(724183)"))
+        metadata.create_all(conn, checkfirst=True)

@@ -1,0 +1,224 @@
+"""The job and chunk ledger: every chunk has a row before its message is sent."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+
+from storage.schema import chunks, collections, dead_letters, jobs
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+OPEN_CHUNK_STATES = ("queued",)
+
+
+class LedgerError(Exception):
+    """A request the ledger refuses: unknown job, bad collection name, model mismatch."""
+
+
+def check_collection_name(name: str) -> str:
+    if not COLLECTION_NAME.match(name):
+        raise LedgerError(
+            f"invalid collection name {name!r}: use a letter, then up to 63 letters, digits, '_' or '-'"
+        )
+    return name
+
+
+def ensure_collection(conn: Connection, name: str, model: str) -> None:
+    """Create the collection on first use; refuse a second model in the same collection."""
+    check_collection_name(name)
+    row = conn.execute(select(collections.c.model).where(collections.c.name == name)).first()
+    if row is None:
+        conn.execute(insert(collections).values(name=name, model=model, created_at=time.time()))
+    elif row.model != model:
+        raise LedgerError(
+            f"collection {name!r} holds vectors of model {row.model!r}, not {model!r}; "
+            "use another collection for another model"
+        )
+
+
+def create_job(
+    engine: Engine,
+    collection: str,
+    model: str,
+    source: str,
+    options: dict[str, Any],
+    records_read: int,
+    skipped_invalid: int,
+) -> str:
+    """The job row, with the corpus's counts already known from validation."""
+    job_id = uuid.uuid4().hex
+    with engine.begin() as conn:
+        ensure_collection(conn, collection, model)
+        conn.execute(
+            insert(jobs).values(
+                id=job_id,
+                collection=collection,
+                model=model,
+                state="submitting",
+                source=source,
+                options=options,
+                records_read=records_read,
+                skipped_invalid=skipped_invalid,
+                created_at=time.time(),
+            )
+        )
+    return job_id
+
+
+def add_chunk(engine: Engine, job_id: str, seq: int, records: int, payload: bytes) -> None:
+    """Write the chunk's ledger row (with its message) before the message is sent."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(chunks).values(
+                job_id=job_id, seq=seq, state="queued", records=records, payload=payload, sent_at=time.time()
+            )
+        )
+
+
+def close_submission(engine: Engine, job_id: str, chunks_total: int, truncated: int) -> None:
+    """Every chunk is in the ledger: the job may now finish when its last chunk does."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(
+                state="running",
+                truncated=truncated,
+                chunks_total=chunks_total,
+            )
+        )
+        finish_if_complete(conn, job_id)
+
+
+def finish_if_complete(conn: Connection, job_id: str) -> None:
+    """One statement, so two collectors finishing the last chunks cannot both miss it."""
+    open_chunks = select(chunks.c.seq).where(
+        and_(chunks.c.job_id == job_id, chunks.c.state.in_(OPEN_CHUNK_STATES))
+    )
+    conn.execute(
+        update(jobs)
+        .where(and_(jobs.c.id == job_id, jobs.c.state == "running", ~open_chunks.exists()))
+        .values(state="done", finished_at=time.time())
+    )
+
+
+def chunk_counts(engine: Engine, job_id: str) -> tuple[int, int]:
+    """(chunks finished, chunks in the ledger): the embedded producer's back-pressure gauge."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(
+                func.count().filter(chunks.c.state.notin_(OPEN_CHUNK_STATES)),
+                func.count(),
+            ).where(chunks.c.job_id == job_id)
+        ).one()
+    return int(row[0]), int(row[1])
+
+
+def open_chunk_payloads(engine: Engine, job_id: str) -> list[tuple[int, bytes]]:
+    """The messages of every chunk not yet done, for `resume`."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(chunks.c.seq, chunks.c.payload)
+            .where(and_(chunks.c.job_id == job_id, chunks.c.state.in_(OPEN_CHUNK_STATES)))
+            .order_by(chunks.c.seq)
+        ).all()
+    return [(r.seq, r.payload) for r in rows]
+
+
+@dataclass(frozen=True)
+class JobStats:
+    job_id: str
+    collection: str
+    model: str
+    state: str
+    records_read: int
+    stored: int
+    skipped: int
+    dead: int
+    truncated: int
+    chunks_done: int
+    chunks_total: int
+    created_at: float
+    finished_at: float | None
+    # Seconds spent inside the encoder, summed over chunks.
+    encode_seconds: float
+
+    @property
+    def records_done(self) -> int:
+        return self.stored + self.skipped + self.dead
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished_at or time.time()) - self.created_at
+
+    @property
+    def rate(self) -> float:
+        """Records per second, stored or dead, over the job's wall time so far."""
+        return (self.stored + self.dead) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.state == "done":
+            return 0.0
+        remaining = self.records_read - self.records_done
+        if self.rate <= 0 or self.state != "running":
+            return None
+        return max(remaining, 0) / self.rate
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "collection": self.collection,
+            "model": self.model,
+            "state": self.state,
+            "records_read": self.records_read,
+            "stored": self.stored,
+            "skipped": self.skipped,
+            "dead": self.dead,
+            "truncated": self.truncated,
+            "chunks_done": self.chunks_done,
+            "chunks_total": self.chunks_total,
+            "seconds": round(self.elapsed, 3),
+            "records_per_second": round(self.rate, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+            "encode_seconds": round(self.encode_seconds, 3),
+        }
+
+
+def job_stats(engine: Engine, job_id: str) -> JobStats:
+    with engine.connect() as conn:
+        job = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if job is None:
+            raise LedgerError(f"no job {job_id!r}")
+        agg = conn.execute(
+            select(
+                func.coalesce(func.sum(chunks.c.stored), 0),
+                func.count().filter(chunks.c.state.notin_(OPEN_CHUNK_STATES)),
+                func.count(),
+                func.coalesce(func.sum(chunks.c.encode_seconds), 0.0),
+            ).where(chunks.c.job_id == job_id)
+        ).one()
+        dead = conn.execute(
+            select(func.count()).select_from(dead_letters).where(dead_letters.c.job_id == job_id)
+        ).scalar_one()
+    return JobStats(
+        job_id=job.id,
+        collection=job.collection,
+        model=job.model,
+        state=job.state,
+        records_read=job.records_read,
+        stored=int(agg[0]),
+        skipped=job.skipped_invalid,
+        dead=int(dead),
+        truncated=job.truncated,
+        chunks_done=int(agg[1]),
+        chunks_total=max(job.chunks_total, int(agg[2])),
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        encode_seconds=float(agg[3]),
+    )

@@ -1,0 +1,107 @@
+"""SQLAlchemy 2.x schema. SQL is the source of truth; the broker is only transport.
+
+Times are float seconds since the epoch: the same on SQLite and PostgreSQL, and rates
+and ETAs are plain subtraction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+collections = Table(
+    "collections",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("model", String(512), nullable=False),
+    # Unknown until the first chunk is collected: producers never load the model.
+    Column("dim", Integer, nullable=True),
+    Column("normalized", Boolean, nullable=False, default=True),
+    Column("created_at", Float, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("collection", String(64), ForeignKey("collections.name"), nullable=False),
+    Column("model", String(512), nullable=False),
+    # submitting -> running (every chunk is in the ledger) -> done
+    Column("state", String(16), nullable=False),
+    Column("source", Text, nullable=False, default=""),
+    Column("options", JSON, nullable=False, default=dict),
+    Column("records_read", Integer, nullable=False, default=0),
+    Column("skipped_invalid", Integer, nullable=False, default=0),
+    Column("truncated", Integer, nullable=False, default=0),
+    Column("chunks_total", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("job_id", String(32), ForeignKey("jobs.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    # queued -> done (vectors committed) | dead (given up, records in dead_letters)
+    Column("state", String(16), nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("stored", Integer, nullable=False, default=0),
+    Column("dead", Integer, nullable=False, default=0),
+    Column("deliveries", Integer, nullable=False, default=0),
+    # The chunk's message (msgpack), kept until it is done so `resume` can re-send it
+    # after the broker lost it, whatever the source was (stdin included).
+    Column("payload", LargeBinary, nullable=True),
+    Column("sent_at", Float, nullable=True),
+    Column("done_at", Float, nullable=True),
+    Column("encode_seconds", Float, nullable=True),
+    Column("worker", String(255), nullable=True),
+    Index("ix_chunks_job_state", "job_id", "state"),
+)
+
+vectors = Table(
+    "vectors",
+    metadata,
+    Column("collection", String(64), primary_key=True),
+    Column("record_id", String(512), primary_key=True),
+    # Order is data: readers and exports order by the record's position in the corpus.
+    Column("position", BigInteger, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("model", String(512), nullable=False),
+    # float32, little-endian, row-major: what crossed the broker, stored as is.
+    Column("embedding", LargeBinary, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_vectors_collection_position", "collection", "position"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(32), ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("chunk_seq", Integer, nullable=False),
+    Column("collection", String(64), nullable=False),
+    Column("record_id", String(512), nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("error_type", String(255), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("created_at", Float, nullable=False),
+)

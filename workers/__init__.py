@@ -1,0 +1,1 @@
+"""The resident encoder, the encode and collect tasks, and the in-process worker."""

@@ -1,0 +1,123 @@
+"""The embedded default: the same Celery tasks on an in-process worker, no server at all.
+
+The broker is kombu's in-memory transport and the worker is a real Celery WorkController
+(solo pool) in a thread of this process, so `run` exercises the fleet's code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import celery.contrib.testing.tasks  # noqa: F401  registers celery.ping, used to wake the worker
+from celery.contrib.testing.worker import start_worker
+from celery.worker import state as worker_state
+from sqlalchemy import Engine
+
+from config.celery_app import app
+from config.queues import COLLECT_QUEUE, EMBED_QUEUE
+from config.settings import get_settings
+from producers.progress import JobProgress
+from producers.submit import JobRequest, Submission, celery_sender, submit
+from storage.engine import get_engine
+from storage.ledger import JobStats, chunk_counts
+from workers.resident import get_encoder
+
+log = logging.getLogger(__name__)
+
+
+class _Pacer:
+    """Keeps at most `window` chunks ahead of the in-process worker (memory stays flat)
+    and drives the progress display while the producer waits."""
+
+    def __init__(self, engine: Engine, window: int) -> None:
+        self.engine = engine
+        self.window = window
+        self.progress: JobProgress | None = None
+
+    def _progress(self, job_id: str) -> JobProgress:
+        if self.progress is None:
+            self.progress = JobProgress(self.engine, job_id).__enter__()
+        return self.progress
+
+    def __call__(self, job_id: str) -> None:
+        progress = self._progress(job_id)
+        while True:
+            done, written = chunk_counts(self.engine, job_id)
+            if written - done < self.window:
+                return
+            progress.poll()
+            time.sleep(0.01)
+
+    def follow(self, job_id: str, timeout: float | None) -> JobStats:
+        try:
+            return self._progress(job_id).wait_done(timeout=timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)
+            self.progress = None
+
+
+def use_memory_broker() -> None:
+    app.conf.update(
+        broker_url="memory://localhost/",
+        # The virtual transport sleeps this long whenever a queue is empty; the default 1s
+        # would idle the worker between chunks.
+        broker_transport_options={"polling_interval": 0.005},
+        # Nobody watches events in-process.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+
+
+@contextmanager
+def in_process_worker() -> Iterator[None]:
+    """A real Celery worker (solo pool) in a thread of this process, on the memory broker."""
+    use_memory_broker()
+    stop = threading.Event()
+
+    def nudge() -> None:
+        # The worker's loop checks for shutdown only between messages (every 2 s when
+        # idle); pinging it while it winds down lets it stop in milliseconds.
+        while not stop.wait(0.05):
+            app.send_task("celery.ping", queue=EMBED_QUEUE)
+
+    try:
+        with start_worker(
+            app,
+            pool="solo",
+            perform_ping_check=False,
+            queues=[EMBED_QUEUE, COLLECT_QUEUE],
+            loglevel="WARNING",
+            shutdown_timeout=120,
+        ):
+            try:
+                yield
+            finally:
+                worker_state.should_terminate = 0
+                threading.Thread(target=nudge, daemon=True, name="embedded-worker-nudge").start()
+    finally:
+        stop.set()
+
+
+def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple[Submission, JobStats]:
+    settings = get_settings()
+    engine = get_engine(settings.database_url)
+    encoder = get_encoder()  # load before the clock starts; the worker thread reuses it
+    request = dataclasses.replace(request, model=encoder.model_name, window=encoder.max_tokens)
+    pacer = _Pacer(engine, settings.embedded_window)
+    with in_process_worker():
+        try:
+            submission = submit(engine, request, celery_sender(app), wait_for_room=pacer)
+        except BaseException:
+            pacer.close()
+            raise
+        stats = pacer.follow(submission.job_id, job_timeout)
+    return submission, stats

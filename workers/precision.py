@@ -1,0 +1,36 @@
+"""Which device and precision to encode with, chosen from what the hardware does well."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """AMX or AVX-512 BF16 make bf16 matmuls faster than fp32 on the CPU."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in BF16_CPU_FLAGS)
+
+
+def resolve_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return setting
+
+
+def resolve_precision(setting: str, device: str) -> str:
+    if setting != "auto":
+        if setting == "fp16" and device == "cpu":
+            raise RuntimeError("fp16 is for CUDA; use bf16 or fp32 on the CPU")
+        return setting
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
