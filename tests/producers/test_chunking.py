@@ -1,0 +1,98 @@
+"""Chunking by a record cap and an estimated-token budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from producers.chunking import chunk_records, estimate_tokens, is_truncated
+from producers.records import Record, content_hash
+
+
+def rec(i: int, text: str) -> Record:
+    return Record(f"r{i}", i, text, content_hash(text), i + 1)
+
+
+def ids(chunks):
+    return [[r.record_id for r in chunk] for chunk in chunks]
+
+
+def test_estimate_tokens_is_quarter_length_plus_two_capped_at_window():
+    """estimate_tokens is len//4 + 2 special tokens, never more than the window."""
+    assert estimate_tokens("", 256) == 2
+    assert estimate_tokens("abc", 256) == 2
+    assert estimate_tokens("a" * 40, 256) == 12
+    assert estimate_tokens("a" * 40, 10) == 10
+    assert estimate_tokens("a" * 10_000, 256) == 256
+
+
+def test_is_truncated_only_when_estimate_exceeds_window():
+    """is_truncated is true exactly when len//4 + 2 exceeds the window."""
+    assert not is_truncated("a" * 32, 10)  # 8 + 2 == 10: fits
+    assert is_truncated("a" * 36, 10)  # 9 + 2 > 10
+    assert not is_truncated("", 2)
+
+
+def test_max_records_caps_each_chunk():
+    """No chunk holds more than max_records records; the last holds the remainder."""
+    records = [rec(i, "x") for i in range(7)]
+    chunks = list(chunk_records(records, max_records=3, token_budget=10_000, window=256))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+
+
+def test_token_budget_closes_a_chunk_before_it_overflows():
+    """A chunk takes records while their estimated tokens fit the budget, and not one more."""
+    # each text: 40 chars -> 10 + 2 = 12 tokens; budget 36 fits exactly three
+    records = [rec(i, "a" * 40) for i in range(7)]
+    chunks = list(chunk_records(records, max_records=100, token_budget=36, window=256))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    for chunk in chunks:
+        assert sum(estimate_tokens(r.text, 256) for r in chunk) <= 36
+
+
+def test_token_budget_uses_window_capped_estimate():
+    """A long text costs at most the window, so the window cap decides how many fit."""
+    records = [rec(i, "a" * 4000) for i in range(4)]  # 1002 tokens uncapped, 100 capped
+    chunks = list(chunk_records(records, max_records=100, token_budget=200, window=100))
+    assert [len(c) for c in chunks] == [2, 2]
+
+
+def test_record_larger_than_budget_forms_its_own_chunk():
+    """A record whose estimate alone exceeds the budget is sent alone rather than dropped or merged."""
+    records = [rec(0, "a" * 8), rec(1, "b" * 400), rec(2, "c" * 8)]  # 4, 102, 4 tokens
+    chunks = list(chunk_records(records, max_records=10, token_budget=50, window=256))
+    assert ids(chunks) == [["r0"], ["r1"], ["r2"]]
+
+
+def test_order_is_preserved_across_chunks():
+    """Concatenating the chunks gives back every record, in input order."""
+    records = [rec(i, "t" * (i * 7 % 50)) for i in range(53)]
+    chunks = list(chunk_records(records, max_records=5, token_budget=30, window=256))
+    assert len(chunks) > 10
+    assert [r for chunk in chunks for r in chunk] == records
+    assert all(chunks)
+
+
+def test_chunk_records_is_lazy_over_its_input():
+    """Chunks come out while the input is still being read (it works on a generator)."""
+    pulled = []
+
+    def source():
+        for i in range(10):
+            pulled.append(i)
+            yield rec(i, "x")
+
+    first = next(chunk_records(source(), max_records=2, token_budget=100, window=256))
+    assert [r.record_id for r in first] == ["r0", "r1"]
+    assert len(pulled) < 10
+
+
+def test_no_records_no_chunks():
+    """An empty input gives no chunks (not one empty chunk)."""
+    assert list(chunk_records([], max_records=3, token_budget=10, window=256)) == []
+
+
+@pytest.mark.parametrize("max_records, budget", [(0, 100), (-1, 100), (3, 0), (3, -5)])
+def test_invalid_arguments_raise_value_error(max_records, budget):
+    """A record cap or a token budget below 1 is refused with ValueError."""
+    with pytest.raises(ValueError):
+        list(chunk_records([rec(0, "x")], max_records=max_records, token_budget=budget, window=256))

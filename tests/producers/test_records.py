@@ -1,0 +1,150 @@
+"""From RawRecord to Record or Invalid: ids, text fields, hashes and the reasons for rejection."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from producers.readers import RawRecord, read_csv
+from producers.records import FieldSpec, Invalid, Record, build_record, content_hash
+
+MULTI = FieldSpec(text_fields=("title", "description", "files_touched"))
+
+
+def build(data, spec=FieldSpec(), line=7, position=3):
+    return build_record(RawRecord(line, data), position, spec)
+
+
+def test_default_spec_builds_record_from_id_and_text():
+    """With the default FieldSpec a record takes 'id' and 'text', its position and its line."""
+    record = build({"id": "r1", "text": "hello world", "other": "ignored"})
+    assert record == Record("r1", 3, "hello world", content_hash("hello world"), 7)
+
+
+def test_multiple_text_fields_are_joined_by_newlines_in_spec_order():
+    """Several text fields are joined with newlines, in the order the spec names them."""
+    record = build({"id": "c1", "files_touched": "a.py", "title": "Fix bug", "description": "Details here"}, MULTI)
+    assert isinstance(record, Record)
+    assert record.text == "Fix bug\nDetails here\na.py"
+
+
+def test_list_value_in_multi_field_spec_is_joined_by_spaces():
+    """A list of strings in one of several text fields becomes one space-separated line."""
+    record = build({"id": "c1", "title": "T", "description": "D", "files_touched": ["a.py", "b/c.py"]}, MULTI)
+    assert isinstance(record, Record)
+    assert record.text == "T\nD\na.py b/c.py"
+
+
+@pytest.mark.parametrize("missing", [{}, {"description": None}])
+def test_missing_or_none_text_field_is_skipped(missing):
+    """A text field that is absent or null contributes nothing (no blank line in the text)."""
+    data = {"id": "c1", "title": "T", "files_touched": ["x.py"], **missing}
+    record = build(data, MULTI)
+    assert isinstance(record, Record)
+    assert record.text == "T\nx.py"
+
+
+def test_list_value_in_single_text_field_is_invalid():
+    """With a single text field, a list is not accepted as text."""
+    result = build({"id": "a", "text": ["x", "y"]})
+    assert result == Invalid(7, "a", "field 'text' is list, not a string")
+
+
+def test_list_with_non_strings_in_multi_field_spec_is_invalid():
+    """A list holding a non-string is rejected, naming the field."""
+    result = build({"id": "a", "title": "T", "files_touched": ["a.py", 3]}, MULTI)
+    assert isinstance(result, Invalid)
+    assert "'files_touched'" in result.reason
+
+
+def test_int_id_becomes_string():
+    """An integer id is accepted and stored as its decimal string."""
+    record = build({"id": 12345, "text": "x"})
+    assert isinstance(record, Record)
+    assert record.record_id == "12345"
+
+
+def test_custom_id_field_is_used():
+    """FieldSpec.id_field picks which field is the id."""
+    record = build({"sha": "abc", "id": "wrong", "text": "x"}, FieldSpec(id_field="sha"))
+    assert isinstance(record, Record)
+    assert record.record_id == "abc"
+
+
+@pytest.mark.parametrize("data", [{"text": "x"}, {"id": None, "text": "x"}, {"id": "", "text": "x"}, {"id": "  ", "text": "x"}])
+def test_missing_or_blank_id_is_invalid_naming_the_field(data):
+    """No id, a null id or a blank id is Invalid with a reason naming the id field."""
+    result = build(data)
+    assert result == Invalid(7, None, "missing id field 'id'")
+
+
+@pytest.mark.parametrize("value, type_name", [(True, "bool"), (False, "bool"), (1.5, "float"), ({"a": 1}, "dict"), (["a"], "list")])
+def test_non_string_non_int_id_is_invalid(value, type_name):
+    """A bool, float, dict or list id is Invalid, naming the field and the type (bool is not an int here)."""
+    result = build({"id": value, "text": "x"})
+    assert result == Invalid(7, None, f"id field 'id' is {type_name}, not a string")
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t "])
+def test_empty_or_whitespace_text_is_invalid(text):
+    """Empty or whitespace-only text is Invalid with a reason naming the text fields."""
+    result = build({"id": "a", "text": text})
+    assert result == Invalid(7, "a", "empty text (fields 'text')")
+
+
+def test_all_text_fields_missing_is_invalid_naming_every_field():
+    """When no text field has content the reason lists all of the spec's text fields."""
+    result = build({"id": "a", "title": None}, MULTI)
+    assert result == Invalid(7, "a", "empty text (fields 'title', 'description', 'files_touched')")
+
+
+@pytest.mark.parametrize("value, type_name", [(42, "int"), (3.5, "float"), ({"k": "v"}, "dict"), (True, "bool")])
+def test_non_string_text_is_invalid_naming_the_field(value, type_name):
+    """A number, dict or bool as text is Invalid with a reason naming the field and its type."""
+    result = build({"id": "a", "text": value})
+    assert result == Invalid(7, "a", f"field 'text' is {type_name}, not a string")
+
+
+def test_unreadable_raw_record_becomes_invalid_with_its_error():
+    """A RawRecord that carries a read error becomes Invalid with that error and its line."""
+    result = build_record(RawRecord(4, None, "malformed JSON: oops"), 0, FieldSpec())
+    assert result == Invalid(4, None, "malformed JSON: oops")
+
+
+def test_invalid_str_names_line_and_id():
+    """Invalid's text form says the line, the id when known, and the reason."""
+    assert str(Invalid(9, "abc", "empty text")) == "line 9 (id 'abc'): empty text"
+    assert str(Invalid(9, None, "missing id")) == "line 9: missing id"
+
+
+def test_content_hash_is_stable_and_tracks_the_text():
+    """The same text always hashes the same; any change to the text changes the hash."""
+    first = build({"id": "a", "text": "hello"})
+    again = build({"id": "other", "text": "hello"}, position=99, line=1)
+    changed = build({"id": "a", "text": "hello!"})
+    assert first.content_hash == again.content_hash == content_hash("hello")
+    assert changed.content_hash != first.content_hash
+    assert content_hash("hello") != content_hash("Hello")
+
+
+def test_content_hash_covers_the_joined_text():
+    """With several text fields the hash is of the joined text, so a change in any field changes it."""
+    base = build({"id": "a", "title": "T", "description": "D"}, MULTI)
+    other = build({"id": "a", "title": "T", "description": "D2"}, MULTI)
+    assert base.content_hash == content_hash("T\nD")
+    assert other.content_hash != base.content_hash
+
+
+def test_invalid_utf8_in_csv_text_is_invalid():
+    """Non-UTF-8 bytes in a CSV text field (kept as surrogate escapes) make the record Invalid."""
+    [raw] = list(read_csv(io.BytesIO(b"id,text\na,caf\xe9 au lait\n")))
+    result = build_record(raw, 0, FieldSpec())
+    assert result == Invalid(2, "a", "invalid UTF-8 in the text")
+
+
+def test_invalid_utf8_in_csv_id_is_invalid():
+    """Non-UTF-8 bytes in a CSV id make the record Invalid without echoing the bad id."""
+    [raw] = list(read_csv(io.BytesIO(b"id,text\n\xff\xfe,hello\n")))
+    result = build_record(raw, 0, FieldSpec())
+    assert result == Invalid(2, None, "invalid UTF-8 in the id")

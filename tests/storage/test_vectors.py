@@ -1,0 +1,107 @@
+"""Bulk idempotent upserts and ordered reads, on SQLite and on real PostgreSQL."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from config.messages import ChunkVectors
+from storage import codec
+from storage.engine import get_engine, redact
+from storage.export import export_npy, ids_path_for
+from storage.ledger import LedgerError, add_chunk, check_collection_name, close_submission, create_job, job_stats
+from storage.schema import vectors
+from storage.vectors import iter_ordered, store_chunk
+
+DIM = 4
+
+
+def _chunk(job_id: str, seq: int, positions: list[int], model: str = "m") -> ChunkVectors:
+    rng = np.random.default_rng(seq)
+    matrix = rng.standard_normal((len(positions), DIM)).astype(np.float32)
+    return ChunkVectors(
+        job_id=job_id, seq=seq, collection="c1", model=model, dim=DIM,
+        ids=[f"r{p}" for p in positions], positions=positions, hashes=["h"] * len(positions),
+        vectors=codec.pack(matrix),
+    )
+
+
+def _job(engine, chunks: dict[int, list[int]]) -> str:
+    job_id = create_job(engine, "c1", "m", "test", {}, records_read=sum(map(len, chunks.values())), skipped_invalid=0)
+    for seq, positions in chunks.items():
+        add_chunk(engine, job_id, seq, len(positions), b"payload")
+    close_submission(engine, job_id, chunks_total=len(chunks), truncated=0)
+    return job_id
+
+
+def test_codec_round_trip() -> None:
+    """Vectors survive pack/unpack bit for bit; a wrong dimension is refused."""
+    matrix = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(codec.unpack(codec.pack(matrix), 4), matrix)
+    assert [codec.unpack(b, 4)[0, 0] for b in codec.rows(codec.pack(matrix), 4)] == [0.0, 4.0, 8.0]
+    with pytest.raises(ValueError):
+        codec.unpack(codec.pack(matrix), 5)
+
+
+def test_store_is_idempotent_and_finishes_job(db_url: str) -> None:
+    """Storing a chunk twice leaves one row per record; the last chunk marks the job done."""
+    engine = get_engine(db_url)
+    job_id = _job(engine, {0: [0, 1, 2], 1: [3, 4]})
+    first = _chunk(job_id, 0, [0, 1, 2])
+    assert store_chunk(engine, first) == 3
+    assert store_chunk(engine, first) == 3
+    assert job_stats(engine, job_id).state == "running"
+    store_chunk(engine, _chunk(job_id, 1, [3, 4]))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(vectors)).scalar_one() == 5
+    stats = job_stats(engine, job_id)
+    assert (stats.state, stats.stored, stats.chunks_done) == ("done", 5, 2)
+
+
+def test_reads_follow_corpus_order_not_arrival(db_url: str) -> None:
+    """Chunks stored out of order read back ordered by position."""
+    engine = get_engine(db_url)
+    job_id = _job(engine, {0: [0, 1], 1: [2, 3], 2: [4, 5]})
+    for seq in (2, 0, 1):
+        store_chunk(engine, _chunk(job_id, seq, [2 * seq, 2 * seq + 1]))
+    ids = [i for block_ids, _ in iter_ordered(engine, "c1", block=3) for i in block_ids]
+    assert ids == [f"r{p}" for p in range(6)]
+
+
+def test_export_writes_matrix_and_ids(sqlite_url: str, tmp_path) -> None:
+    """export writes an (N, d) float32 .npy in corpus order and PATH.ids.txt beside it."""
+    engine = get_engine(sqlite_url)
+    job_id = _job(engine, {0: [0, 1], 1: [2]})
+    c1, c0 = _chunk(job_id, 1, [2]), _chunk(job_id, 0, [0, 1])
+    store_chunk(engine, c1)
+    store_chunk(engine, c0)
+    out = tmp_path / "v.npy"
+    assert export_npy(engine, "c1", out) == (3, DIM)
+    matrix = np.load(out)
+    np.testing.assert_array_equal(matrix[:2], codec.unpack(c0.vectors, DIM))
+    np.testing.assert_array_equal(matrix[2:], codec.unpack(c1.vectors, DIM))
+    assert ids_path_for(out).read_text().split() == ["r0", "r1", "r2"]
+
+
+def test_a_collection_holds_one_model(sqlite_url: str) -> None:
+    """Vectors from another model than the collection's are refused."""
+    engine = get_engine(sqlite_url)
+    job_id = _job(engine, {0: [0]})
+    with pytest.raises(LedgerError, match="encoded with"):
+        store_chunk(engine, _chunk(job_id, 0, [0], model="other"))
+    with pytest.raises(LedgerError, match="holds vectors of model"):
+        create_job(engine, "c1", "other", "test", {}, records_read=0, skipped_invalid=0)
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "a b", "x;drop table vectors", "a" * 65, "naïve"])
+def test_collection_names_are_checked(name: str) -> None:
+    """Collection names outside the strict pattern never reach SQL."""
+    with pytest.raises(LedgerError, match="invalid collection name"):
+        check_collection_name(name)
+
+
+def test_redact_hides_passwords() -> None:
+    """Database and broker URLs print without their passwords."""
+    assert "s3cret" not in redact("postgresql://u:s3cret@db:5432/x")
+    assert "s3cret" not in redact("rediss://:s3cret@cache:6380/0")

@@ -1,0 +1,57 @@
+"""`embedfleet run`: the embedded default, through the real CLI, the real model and SQLite."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import BIN, assert_matches_reference, commit_text, read_records
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "embedfleet"), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": str(BIN), "HOME": str(cwd)},
+    )
+
+
+def test_run_stores_every_record_in_corpus_order(small_corpus: Path, tmp_path: Path, reference_model) -> None:
+    """run embeds every record once, export gives corpus order, vectors match SentenceTransformer."""
+    db = f"sqlite:///{tmp_path / 'e.db'}"
+    run = _run("run", str(small_corpus), "--collection", "commits", "--fields", "title,description,files_touched",
+               "--chunk-size", "16", "--db", db, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "read 150, stored 150, skipped 0, dead 0" in run.stdout
+
+    out = tmp_path / "v.npy"
+    export = _run("export", "--collection", "commits", "--out", str(out), "--db", db, cwd=tmp_path)
+    assert export.returncode == 0, export.stderr
+    records = read_records(small_corpus)
+    assert (tmp_path / "v.ids.txt").read_text().split() == [r["id"] for r in records]
+    assert_matches_reference(reference_model, [commit_text(r) for r in records], np.load(out))
+
+
+def test_run_uses_default_database_file(tmp_path: Path) -> None:
+    """Without --db, run writes ./embedfleet.db and prints the summary."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "hello world"}\n{"id": "b", "text": "goodbye"}\n')
+    run = _run("run", str(corpus), "--collection", "tiny", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "read 2, stored 2" in run.stdout and "records/s" in run.stdout
+    assert (tmp_path / "embedfleet.db").exists()
+
+
+def test_run_refuses_bad_input_before_sending(tmp_path: Path) -> None:
+    """Invalid records stop the run with line-numbered reasons; --skip-invalid stores the rest."""
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": ""}\nnot json\n{"text": "no id"}\n')
+    db = f"sqlite:///{tmp_path / 'b.db'}"
+    refused = _run("run", str(corpus), "--collection", "bad", "--db", db, cwd=tmp_path)
+    assert refused.returncode == 2
+    for expected in ("line 2 (id 'b'): empty text", "line 3: malformed JSON", "line 4: missing id field 'id'"):
+        assert expected in refused.stderr
+    skipped = _run("run", str(corpus), "--collection", "bad", "--skip-invalid", "--db", db, cwd=tmp_path)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "read 4, stored 1, skipped 3, dead 0" in skipped.stdout
