@@ -26,5 +26,11 @@ demo: install
 test: install
 	$(VENV)/bin/pytest -q
 
+# The benchmark on a corpus of your own: make bench CORPUS=path.jsonl FIELDS=title,body
+CORPUS ?= samples/celery_commits_500.jsonl
+FIELDS ?= title,description,files_touched
+bench: install
+	$(VENV)/bin/embedfleet bench $(CORPUS) --fields $(FIELDS)
+
 clean:
 	rm -rf $(VENV) embedfleet.db* demo-vectors.* .pytest_cache

@@ -26,9 +26,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Each process holds one chunk at a time, so a dead worker strands one chunk only
         # and a slow worker does not hoard work.
         "worker_prefetch_multiplier": 1,
-        # Redis re-delivers an unacked message after this many seconds; it must outlast
-        # the slowest chunk (settings.visibility_timeout says why in one place).
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # Redis re-delivers an unacked message (its worker died) after visibility_timeout;
+        # settings.visibility_timeout says in one place why it must outlast the slowest
+        # chunk. Workers sweep for such messages every restore interval: a tenth of the
+        # timeout, at most 10 s, so a lost chunk waits little longer than the timeout.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
+        },
         "task_queues": QUEUES,
         "task_routes": ROUTES,
         "task_default_queue": EMBED_QUEUE,

@@ -6,8 +6,20 @@ binary float32 blob (row-major, n x dim), never as JSON lists of floats.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class DeadRecord:
+    """A record that failed on its own, with what is needed to redrive it."""
+
+    record_id: str
+    position: int
+    text: str
+    content_hash: str
+    error_type: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -49,13 +61,18 @@ class ChunkVectors:
     vectors: bytes  # float32, row-major, len(ids) * dim values
     encode_seconds: float = 0.0
     worker: str = ""
+    # Records of the chunk that failed on their own: they become dead letters.
+    dead: list[DeadRecord] = field(default_factory=list)
+    # Times the chunk was halved after running out of memory.
+    splits: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> "ChunkVectors":
-        return cls(**data)
+        dead = [DeadRecord(**d) for d in data.get("dead", [])]
+        return cls(**{**data, "dead": dead})
 
     def label(self) -> str:
-        return f"job={self.job_id} chunk={self.seq} records={len(self.ids)} dim={self.dim}"
+        return f"job={self.job_id} chunk={self.seq} records={len(self.ids)} dead={len(self.dead)} dim={self.dim}"

@@ -8,10 +8,16 @@ DEAD_LETTER_QUEUE = "dead_letter"
 
 ENCODE_TASK = "embed.encode_chunk"
 COLLECT_TASK = "embed.collect_chunk"
+DEAD_LETTER_TASK = "embed.dead_letter"
+RECONCILE_TASK = "embed.reconcile"
 
 QUEUES = (Queue(EMBED_QUEUE), Queue(COLLECT_QUEUE), Queue(DEAD_LETTER_QUEUE))
 
 ROUTES = {
     ENCODE_TASK: {"queue": EMBED_QUEUE},
     COLLECT_TASK: {"queue": COLLECT_QUEUE},
+    # A notice per chunk with dead letters, so Flower shows them on their own queue;
+    # the dead_letters table holds the records themselves.
+    DEAD_LETTER_TASK: {"queue": DEAD_LETTER_QUEUE},
+    RECONCILE_TASK: {"queue": COLLECT_QUEUE},
 }

@@ -25,17 +25,26 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     batch_size: int = 32
-    # torch intra-op threads per worker process; 0 means cores / processes.
+    # torch intra-op threads per worker process; 0 means every core. `embedfleet worker -c N`
+    # sets cores / N so its processes do not fight over the cores.
     torch_threads: int = 0
 
     # A chunk closes at this many records or this many estimated tokens, whichever first.
     chunk_size: int = 256
     chunk_token_budget: int = 16384
-    # Tokens the model reads per record; longer texts are truncated (and counted).
+    # The model's window as producers assume it (they never load the model): sizes chunks and
+    # counts the records the model will truncate. The embedded run uses the model's own.
     max_tokens_per_record: int = 256
 
     # Transient failures retry this many times with exponential backoff and jitter.
     max_retries: int = 5
+    # A chunk taken this many times without finishing (its worker killed each time, by the
+    # OOM killer say) goes to the dead letters instead of looping forever.
+    max_deliveries: int = 5
+    # A running job with open chunks and no chunk sent, started or done for this long has
+    # lost its messages (broker restarted empty, say): the reconciler re-sends them.
+    lease_seconds: int = 600
+    reconcile_every_seconds: int = 60
     # Seconds before Redis hands an unacknowledged chunk to another worker. It must be
     # longer than the slowest chunk takes to encode, or healthy chunks are delivered twice.
     visibility_timeout: int = 3600

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,36 @@ def celery_sender(app: Celery) -> Sender:
     return send
 
 
+def send_chunks(
+    engine: Engine,
+    send: Sender,
+    job_id: str,
+    collection: str,
+    chunks: Iterable[list[Record]],
+    window: int,
+    wait_for_room: RoomWaiter | None = None,
+) -> tuple[int, int]:
+    """Per chunk: its ledger row (with the message), then the message. Returns (chunks, truncated)."""
+    seq = truncated = 0
+    for chunk in chunks:
+        truncated += sum(is_truncated(r.text, window) for r in chunk)
+        message = ChunkTexts(
+            job_id=job_id,
+            seq=seq,
+            collection=collection,
+            ids=[r.record_id for r in chunk],
+            positions=[r.position for r in chunk],
+            texts=[r.text for r in chunk],
+            hashes=[r.content_hash for r in chunk],
+        )
+        if wait_for_room is not None:
+            wait_for_room(job_id)
+        add_chunk(engine, job_id, seq, len(chunk), msgpack.packb(message.to_wire()))
+        send(message)
+        seq += 1
+    return seq, truncated
+
+
 def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: RoomWaiter | None = None) -> Submission:
     check_collection_name(request.collection)
     scan = scan_corpus(request.corpus, request.spec)
@@ -91,23 +121,8 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
         skipped_invalid=scan.invalid_count,
     )
     records = (r for r in valid_records(request.corpus, request.spec, scan) if isinstance(r, Record))
-    seq = truncated = 0
-    for chunk in chunk_records(records, request.chunk_size, request.token_budget, request.window):
-        truncated += sum(is_truncated(r.text, request.window) for r in chunk)
-        message = ChunkTexts(
-            job_id=job_id,
-            seq=seq,
-            collection=request.collection,
-            ids=[r.record_id for r in chunk],
-            positions=[r.position for r in chunk],
-            texts=[r.text for r in chunk],
-            hashes=[r.content_hash for r in chunk],
-        )
-        if wait_for_room is not None:
-            wait_for_room(job_id)
-        add_chunk(engine, job_id, seq, len(chunk), msgpack.packb(message.to_wire()))
-        send(message)
-        seq += 1
+    chunks = chunk_records(records, request.chunk_size, request.token_budget, request.window)
+    seq, truncated = send_chunks(engine, send, job_id, request.collection, chunks, request.window, wait_for_room)
     close_submission(engine, job_id, chunks_total=seq, truncated=truncated)
     if truncated:
         log.info("%d records are longer than the model's %d-token window and will be truncated", truncated, request.window)

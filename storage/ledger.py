@@ -92,19 +92,26 @@ def close_submission(engine: Engine, job_id: str, chunks_total: int, truncated: 
                 chunks_total=chunks_total,
             )
         )
-        finish_if_complete(conn, job_id)
+    finish_if_complete(engine, job_id)
 
 
-def finish_if_complete(conn: Connection, job_id: str) -> None:
-    """One statement, so two collectors finishing the last chunks cannot both miss it."""
+def finish_if_complete(engine: Engine, job_id: str) -> None:
+    """Mark the job done if it is running and no chunk is open.
+
+    Called in its own transaction, after the caller's change is committed: two collectors
+    committing the last two chunks at once each see the other's chunk as still open inside
+    their own transaction (READ COMMITTED), but whichever checks last after committing sees
+    both done. One UPDATE ... WHERE NOT EXISTS, so the check and the mark cannot be split.
+    """
     open_chunks = select(chunks.c.seq).where(
         and_(chunks.c.job_id == job_id, chunks.c.state.in_(OPEN_CHUNK_STATES))
     )
-    conn.execute(
-        update(jobs)
-        .where(and_(jobs.c.id == job_id, jobs.c.state == "running", ~open_chunks.exists()))
-        .values(state="done", finished_at=time.time())
-    )
+    with engine.begin() as conn:
+        conn.execute(
+            update(jobs)
+            .where(and_(jobs.c.id == job_id, jobs.c.state == "running", ~open_chunks.exists()))
+            .values(state="done", finished_at=time.time())
+        )
 
 
 def chunk_counts(engine: Engine, job_id: str) -> tuple[int, int]:
@@ -122,12 +129,63 @@ def chunk_counts(engine: Engine, job_id: str) -> tuple[int, int]:
 def open_chunk_payloads(engine: Engine, job_id: str) -> list[tuple[int, bytes]]:
     """The messages of every chunk not yet done, for `resume`."""
     with engine.connect() as conn:
+        if conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None:
+            raise LedgerError(f"no job {job_id!r}")
         rows = conn.execute(
             select(chunks.c.seq, chunks.c.payload)
             .where(and_(chunks.c.job_id == job_id, chunks.c.state.in_(OPEN_CHUNK_STATES)))
             .order_by(chunks.c.seq)
         ).all()
     return [(r.seq, r.payload) for r in rows]
+
+
+def mark_resent(engine: Engine, job_id: str, seqs: list[int]) -> None:
+    if not seqs:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            update(chunks).where(and_(chunks.c.job_id == job_id, chunks.c.seq.in_(seqs))).values(sent_at=time.time())
+        )
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(resends=jobs.c.resends + len(seqs)))
+
+
+def stalled_jobs(engine: Engine, lease_seconds: float) -> list[str]:
+    """Running jobs with open chunks and no sign of life (no chunk sent, started or done) for
+    lease_seconds: the broker has most likely lost their messages."""
+    # greatest() on PostgreSQL; SQLite's max() with several arguments is the same scalar.
+    greatest = func.greatest if engine.dialect.name == "postgresql" else func.max
+    last_activity = greatest(
+        func.max(func.coalesce(chunks.c.done_at, 0.0)),
+        func.max(func.coalesce(chunks.c.started_at, 0.0)),
+        func.max(func.coalesce(chunks.c.sent_at, 0.0)),
+    )
+    query = (
+        select(chunks.c.job_id)
+        .join(jobs, jobs.c.id == chunks.c.job_id)
+        .where(jobs.c.state == "running")
+        .group_by(chunks.c.job_id)
+        .having(and_(last_activity < time.time() - lease_seconds,
+                     func.count().filter(chunks.c.state.in_(OPEN_CHUNK_STATES)) > 0))
+    )
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(query)]
+
+
+def start_delivery(engine: Engine, job_id: str, seq: int) -> int | None:
+    """Count one more delivery of an open chunk; None when the chunk is already done."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            update(chunks)
+            .where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq, chunks.c.state.in_(OPEN_CHUNK_STATES)))
+            .values(deliveries=chunks.c.deliveries + 1, started_at=time.time())
+            .returning(chunks.c.deliveries)
+        ).first()
+    return None if row is None else int(row[0])
+
+
+def count_retry(engine: Engine, job_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(retries=jobs.c.retries + 1))
 
 
 @dataclass(frozen=True)
@@ -147,6 +205,10 @@ class JobStats:
     finished_at: float | None
     # Seconds spent inside the encoder, summed over chunks.
     encode_seconds: float
+    retries: int = 0
+    giveups: int = 0
+    splits: int = 0
+    resends: int = 0
 
     @property
     def records_done(self) -> int:
@@ -187,6 +249,10 @@ class JobStats:
             "records_per_second": round(self.rate, 1),
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
             "encode_seconds": round(self.encode_seconds, 3),
+            "retries": self.retries,
+            "giveups": self.giveups,
+            "splits": self.splits,
+            "resends": self.resends,
         }
 
 
@@ -201,6 +267,7 @@ def job_stats(engine: Engine, job_id: str) -> JobStats:
                 func.count().filter(chunks.c.state.notin_(OPEN_CHUNK_STATES)),
                 func.count(),
                 func.coalesce(func.sum(chunks.c.encode_seconds), 0.0),
+                func.coalesce(func.sum(chunks.c.splits), 0),
             ).where(chunks.c.job_id == job_id)
         ).one()
         dead = conn.execute(
@@ -221,4 +288,8 @@ def job_stats(engine: Engine, job_id: str) -> JobStats:
         created_at=job.created_at,
         finished_at=job.finished_at,
         encode_seconds=float(agg[3]),
+        retries=job.retries,
+        giveups=job.giveups,
+        splits=int(agg[4]),
+        resends=job.resends,
     )

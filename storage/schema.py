@@ -49,6 +49,11 @@ jobs = Table(
     Column("skipped_invalid", Integer, nullable=False, default=0),
     Column("truncated", Integer, nullable=False, default=0),
     Column("chunks_total", Integer, nullable=False, default=0),
+    # Transient failures retried, and chunks given up on after the last retry.
+    Column("retries", Integer, nullable=False, default=0),
+    Column("giveups", Integer, nullable=False, default=0),
+    # Chunks re-sent from the ledger by `resume` or the reconciler.
+    Column("resends", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
 )
@@ -58,12 +63,16 @@ chunks = Table(
     metadata,
     Column("job_id", String(32), ForeignKey("jobs.id"), primary_key=True),
     Column("seq", Integer, primary_key=True),
-    # queued -> done (vectors committed) | dead (given up, records in dead_letters)
+    # queued -> done: every record stored or dead-lettered, committed with the vectors.
     Column("state", String(16), nullable=False),
     Column("records", Integer, nullable=False),
     Column("stored", Integer, nullable=False, default=0),
     Column("dead", Integer, nullable=False, default=0),
+    # Times an encode worker took the chunk; past the cap it is dead-lettered, not looped.
     Column("deliveries", Integer, nullable=False, default=0),
+    # Times the chunk (or a part) was halved after running out of memory.
+    Column("splits", Integer, nullable=False, default=0),
+    Column("started_at", Float, nullable=True),
     # The chunk's message (msgpack), kept until it is done so `resume` can re-send it
     # after the broker lost it, whatever the source was (stdin included).
     Column("payload", LargeBinary, nullable=True),
@@ -104,4 +113,8 @@ dead_letters = Table(
     Column("message", Text, nullable=False),
     Column("attempts", Integer, nullable=False, default=1),
     Column("created_at", Float, nullable=False),
+    # Set when a redrive stored the record: the letter stays as history.
+    Column("resolved_at", Float, nullable=True),
+    Column("redrive_job", String(32), nullable=True),
+    Index("ix_dead_letters_open", "collection", "resolved_at", "record_id"),
 )

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from config.messages import ChunkVectors
 from storage import codec
+from storage.dead_letters import insert_letters, resolve_stored
 from storage.ledger import LedgerError, finish_if_complete
 from storage.schema import chunks, collections, vectors
 
@@ -60,7 +61,7 @@ def store_chunk(engine: Engine, chunk: ChunkVectors) -> int:
 
     Idempotent: a redelivered chunk rewrites the same rows and finds its ledger row done.
     """
-    blobs = codec.rows(chunk.vectors, chunk.dim)
+    blobs = codec.rows(chunk.vectors, chunk.dim) if chunk.ids else []
     if len(blobs) != len(chunk.ids):
         raise ValueError(f"chunk {chunk.seq}: {len(blobs)} vectors for {len(chunk.ids)} records")
     now = time.time()
@@ -78,21 +79,36 @@ def store_chunk(engine: Engine, chunk: ChunkVectors) -> int:
     ]
     with engine.begin() as conn:
         _check_model(conn, chunk)
+        ledger_row = conn.execute(
+            select(chunks.c.state, chunks.c.deliveries).where(
+                and_(chunks.c.job_id == chunk.job_id, chunks.c.seq == chunk.seq)
+            )
+            # Two deliveries of one chunk collected at once: the second waits here, then
+            # sees it done, so its dead letters are not written twice.
+            .with_for_update()
+        ).first()
         if params:
             conn.execute(_upsert_statement(conn), params)
+            resolve_stored(conn, chunk.job_id, chunk.collection, chunk.ids)
+        if ledger_row is not None and ledger_row.state == "done":
+            return len(params)  # a redelivery: rows rewritten, letters and counts already there
+        insert_letters(conn, chunk.job_id, chunk.seq, chunk.collection, chunk.dead,
+                       ledger_row.deliveries if ledger_row else 1)
         conn.execute(
             update(chunks)
             .where(and_(chunks.c.job_id == chunk.job_id, chunks.c.seq == chunk.seq))
             .values(
                 state="done",
                 stored=len(params),
+                dead=len(chunk.dead),
+                splits=chunk.splits,
                 payload=None,
                 done_at=now,
                 encode_seconds=chunk.encode_seconds,
                 worker=chunk.worker,
             )
         )
-        finish_if_complete(conn, chunk.job_id)
+    finish_if_complete(engine, chunk.job_id)
     return len(params)
 
 

@@ -150,6 +150,8 @@ class Fleet:
             "EMBEDFLEET_DATABASE_URL": database_url,
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            # Test encoders (EMBEDFLEET_ENCODER=tests.workers...) import from the repository.
+            "PYTHONPATH": str(REPO),
             **(extra_env or {}),
         }
         self.procs: dict[str, subprocess.Popen] = {}
@@ -162,13 +164,16 @@ class Fleet:
             raise AssertionError(f"embedfleet {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result
 
-    def start_worker(self, name: str, *args: str) -> subprocess.Popen:
-        log = (self.log_dir / f"{name}.log").open("w")
+    def start_worker(self, name: str, *args: str, **env: str) -> subprocess.Popen:
+        return self.start(name, "worker", "-c", "1", "-n", f"{name}@%h", "--without-mingle", "--without-gossip",
+                          *args, **env)
+
+    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen:
+        """Any `embedfleet` command as a long-running process (a worker, beat)."""
+        log = (self.log_dir / f"{name}.log").open("a")
         proc = subprocess.Popen(
-            [str(BIN / "embedfleet"), "worker", "-c", "1", "-n", f"{name}@%h", "--without-mingle", "--without-gossip", *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            [str(BIN / "embedfleet"), *args], env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.log_dir,
         )
         self.procs[name] = proc
         return proc
@@ -195,6 +200,11 @@ class Fleet:
             raise AssertionError(f"workers {names} not ready after {timeout}s")
         finally:
             control.close()
+
+    def pool_children(self, name: str) -> list[int]:
+        """The prefork pool processes of a worker (the ones that run tasks)."""
+        found = subprocess.run(["pgrep", "-P", str(self.procs[name].pid)], capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")

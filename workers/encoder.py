@@ -1,7 +1,8 @@
 """Encoders: a batch API and a single-text API that give the same unit-normalised float32 vectors.
 
 EMBEDFLEET_ENCODER=module:Class swaps in another backend: a class taking the Settings, with
-`model_name`, `dimension`, `max_tokens`, `device`, and `encode_batch(texts) -> (n, dimension)`.
+`model_name`, `dimension`, `max_tokens`, `device`, `batch_size` and
+`encode_batch(texts, batch_size=None) -> (n, dimension)` float32 unit rows.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class Encoder(Protocol):
     dimension: int
     max_tokens: int
     device: str
+    batch_size: int
 
-    def encode_batch(self, texts: Sequence[str]) -> np.ndarray: ...
+    def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray: ...
 
 
 def encode_one(encoder: Encoder, text: str) -> np.ndarray:
@@ -42,8 +44,8 @@ def normalise(matrix: np.ndarray) -> np.ndarray:
     """Unit rows in float32, done here in fp32 whatever precision the model ran in."""
     matrix = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return matrix / norms
+    # A zero row stays zero (and is refused later as a zero-norm vector) instead of NaN.
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
 def model_path(name: str) -> str:
@@ -91,28 +93,50 @@ class SentenceTransformerEncoder:
             return self._torch.autocast("cpu", dtype=self._torch.bfloat16)
         return contextlib.nullcontext()
 
-    def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._torch.inference_mode(), self._precision_context():
-            # encode() sorts by length to cut padding and restores the input order.
-            out = self._model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=False,
-                show_progress_bar=False,
-            )
+        try:
+            with self._torch.inference_mode(), self._precision_context():
+                # encode() sorts by length to cut padding and restores the input order.
+                out = self._model.encode(
+                    list(texts),
+                    batch_size=batch_size or self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=False,
+                    show_progress_bar=False,
+                )
+        except self._torch.OutOfMemoryError:
+            if self.device == "cuda":
+                self._torch.cuda.empty_cache()  # give the halves the memory back
+            raise
         return normalise(out)
 
 
-def load_encoder(settings: Settings) -> Encoder:
+class EncoderConfigError(Exception):
+    """The encoder named in the settings cannot be loaded: a worker fault, never a record's."""
+
+
+def encoder_class(settings: Settings) -> type:
+    """The class EMBEDFLEET_ENCODER names (or sentence-transformers), checked without loading weights."""
     if not settings.encoder:
-        return SentenceTransformerEncoder(settings)
+        path = model_path(settings.model)
+        if not Path(path).is_dir() and "/" not in path:
+            raise EncoderConfigError(f"EMBEDFLEET_MODEL={settings.model!r} is neither a directory nor a model name")
+        return SentenceTransformerEncoder
     module_name, _, class_name = settings.encoder.partition(":")
     if not class_name:
-        raise ValueError(f"EMBEDFLEET_ENCODER={settings.encoder!r}: expected module:Class")
-    cls = getattr(importlib.import_module(module_name), class_name)
+        raise EncoderConfigError(f"EMBEDFLEET_ENCODER={settings.encoder!r}: expected module:Class")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError) as exc:
+        raise EncoderConfigError(f"EMBEDFLEET_ENCODER={settings.encoder!r} cannot be imported: {exc}") from exc
+
+
+def load_encoder(settings: Settings) -> Encoder:
+    cls = encoder_class(settings)
+    if cls is SentenceTransformerEncoder:
+        return SentenceTransformerEncoder(settings)
     encoder: Encoder = cls(settings)
     log.info("loaded encoder %s (%s, dim %d)", settings.encoder, encoder.model_name, encoder.dimension)
     return encoder

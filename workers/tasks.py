@@ -1,4 +1,5 @@
-"""The Celery tasks: encode a whole chunk, then collect its vectors into SQL."""
+"""The Celery tasks: encode a whole chunk, collect its vectors into SQL, note dead letters,
+and re-send chunks whose messages the broker lost."""
 
 from __future__ import annotations
 
@@ -7,62 +8,154 @@ import time
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy.exc import OperationalError
 
 from config.celery_app import app
-from config.messages import ChunkTexts, ChunkVectors
-from config.queues import COLLECT_TASK, ENCODE_TASK
+from config.messages import ChunkTexts, ChunkVectors, DeadRecord
+from config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK, RECONCILE_TASK
 from config.settings import get_settings
 from storage import codec
+from storage.dead_letters import dead_letter_chunk
 from storage.engine import get_engine
+from producers.recovery import resend_open_chunks
+from producers.submit import celery_sender
+from storage.ledger import count_retry, stalled_jobs, start_delivery
 from storage.vectors import store_chunk
+from workers.isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
 from workers.resident import get_encoder
 
 log = logging.getLogger(__name__)
 
-# Failures that pass on their own: the broker or database went away for a moment,
-# SQLite was busy. They retry with exponential backoff and jitter; anything else does not.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OperationalError)
-RETRY_OPTIONS: dict[str, Any] = {
-    "autoretry_for": TRANSIENT_ERRORS,
-    "retry_backoff": 1,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": get_settings().max_retries,
-    "acks_late": True,
-}
+
+def _engine():  # type: ignore[no-untyped-def]
+    return get_engine(get_settings().database_url)
 
 
-@app.task(name=ENCODE_TASK, bind=True, **RETRY_OPTIONS)
+class ChunkTask(Task):
+    """Counts retries on the job and dead-letters a chunk whose task failed for good,
+    so that a failure never loses a record silently."""
+
+    # Transient failures retry with exponential backoff and jitter, a bounded number of times.
+    autoretry_for = TRANSIENT_ERRORS + (OperationalError, BrokerUnreachable)
+    retry_backoff = 1
+    retry_backoff_max = 60
+    retry_jitter = True
+    max_retries = get_settings().max_retries
+    acks_late = True
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        job_id = kwargs["chunk"]["job_id"]
+        log.warning("retrying job=%s chunk=%s after %s: %s", job_id, kwargs["chunk"]["seq"], type(exc).__name__, exc)
+        try:
+            count_retry(_engine(), job_id)
+        except Exception:  # the database may be what is failing; the retry still happens
+            log.exception("could not count the retry of job %s", job_id)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        chunk = kwargs["chunk"]
+        giveup = is_transient(exc)
+        log.error("giving up on job=%s chunk=%s: %s: %s", chunk["job_id"], chunk["seq"], type(exc).__name__, exc)
+        try:
+            dead = dead_letter_chunk(_engine(), chunk["job_id"], chunk["seq"], type(exc).__name__,
+                                     f"{'gave up after retries: ' if giveup else ''}{exc}", giveup=giveup)
+        except Exception:
+            # The ledger still has the chunk open: `resume` or the reconciler re-sends it.
+            log.exception("could not dead-letter job=%s chunk=%s", chunk["job_id"], chunk["seq"])
+            return
+        if dead:
+            notify_dead_letters(chunk["job_id"], chunk["seq"], dead, type(exc).__name__)
+
+
+def notify_dead_letters(job_id: str, seq: int, count: int, error_types: str) -> None:
+    app.send_task(
+        DEAD_LETTER_TASK,
+        kwargs={"job_id": job_id, "seq": seq, "count": count, "error_types": error_types},
+    )
+
+
+def _send_vectors(vectors: ChunkVectors) -> None:
+    app.send_task(COLLECT_TASK, kwargs={"chunk": vectors.to_wire()}, kwargsrepr=vectors.label())
+
+
+@app.task(name=ENCODE_TASK, bind=True, base=ChunkTask)
 def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
     texts = ChunkTexts.from_wire(chunk)
-    encoder = get_encoder()
+    settings = get_settings()
+    deliveries = start_delivery(_engine(), texts.job_id, texts.seq)
+    if deliveries is None:
+        log.info("skipping job=%s chunk=%d: already done", texts.job_id, texts.seq)
+        return
+    try:
+        encoder = get_encoder()
+    except Exception as exc:
+        # The worker cannot encode at all: not the records' fault. Put the chunk back for a
+        # healthy worker; the delivery cap still bounds how often this can happen.
+        log.critical("cannot load the encoder, returning job=%s chunk=%d to the queue: %s",
+                     texts.job_id, texts.seq, exc)
+        raise Reject(str(exc), requeue=True) from exc
+    base = dict(job_id=texts.job_id, seq=texts.seq, collection=texts.collection, model=encoder.model_name,
+                dim=encoder.dimension, worker=str(self.request.hostname or ""))
+    if deliveries > settings.max_deliveries:
+        message = (f"delivered {deliveries} times without finishing (more than {settings.max_deliveries}): "
+                   "its worker was probably killed each time, by the OOM killer say")
+        dead = [DeadRecord(i, p, t, h, "DeliveryLimitExceeded", message)
+                for i, p, t, h in zip(texts.ids, texts.positions, texts.texts, texts.hashes)]
+        _send_vectors(ChunkVectors(**base, ids=[], positions=[], hashes=[], vectors=b"", dead=dead))
+        return
+
     started = time.perf_counter()
-    matrix = encoder.encode_batch(texts.texts)
+    outcome = encode_isolating(
+        lambda batch, size: encoder.encode_batch(batch, batch_size=size),
+        texts.texts, encoder.dimension, getattr(encoder, "batch_size", settings.batch_size),
+    )
     seconds = time.perf_counter() - started
-    if matrix.shape != (len(texts.ids), encoder.dimension):
-        raise ValueError(f"encoder returned shape {matrix.shape} for {len(texts.ids)} records")
-    vectors = ChunkVectors(
-        job_id=texts.job_id,
-        seq=texts.seq,
-        collection=texts.collection,
-        model=encoder.model_name,
-        dim=encoder.dimension,
-        ids=texts.ids,
-        positions=texts.positions,
-        hashes=texts.hashes,
+    ok, matrix = outcome.ordered(encoder.dimension)
+    dead = [
+        DeadRecord(texts.ids[f.index], texts.positions[f.index], texts.texts[f.index], texts.hashes[f.index],
+                   f.error_type, f.message)
+        for f in outcome.failures
+    ]
+    _send_vectors(ChunkVectors(
+        **base,
+        ids=[texts.ids[i] for i in ok],
+        positions=[texts.positions[i] for i in ok],
+        hashes=[texts.hashes[i] for i in ok],
         vectors=codec.pack(matrix),
         encode_seconds=seconds,
-        worker=str(self.request.hostname or ""),
-    )
-    app.send_task(COLLECT_TASK, kwargs={"chunk": vectors.to_wire()}, kwargsrepr=vectors.label())
+        dead=dead,
+        splits=outcome.splits,
+    ))
+    # One structured line per chunk: what the operator greps for.
     log.info(
-        "encoded job=%s chunk=%d records=%d seconds=%.3f device=%s",
-        texts.job_id, texts.seq, len(texts.ids), seconds, encoder.device,
+        "encoded job=%s chunk=%d records=%d dead=%d splits=%d seconds=%.3f device=%s delivery=%d",
+        texts.job_id, texts.seq, len(ok), len(dead), outcome.splits, seconds, encoder.device, deliveries,
     )
 
 
-@app.task(name=COLLECT_TASK, bind=True, **RETRY_OPTIONS)
+@app.task(name=COLLECT_TASK, bind=True, base=ChunkTask)
 def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
     vectors = ChunkVectors.from_wire(chunk)
-    return store_chunk(get_engine(get_settings().database_url), vectors)
+    stored = store_chunk(_engine(), vectors)
+    if vectors.dead:
+        notify_dead_letters(vectors.job_id, vectors.seq, len(vectors.dead),
+                            ",".join(sorted({d.error_type for d in vectors.dead})))
+    return stored
+
+
+@app.task(name=DEAD_LETTER_TASK, max_retries=0)
+def dead_letter(job_id: str, seq: int, count: int, error_types: str) -> None:
+    """A notice Flower shows on the dead_letter queue; `embedfleet dlq` reads the records."""
+    log.warning("dead letters job=%s chunk=%d count=%d errors=%s", job_id, seq, count, error_types)
+
+
+@app.task(name=RECONCILE_TASK, max_retries=0)
+def reconcile() -> dict[str, int]:
+    """Beat runs this: re-send the open chunks of jobs that show no sign of life for a lease."""
+    resent = {}
+    engine = _engine()
+    for job_id in stalled_jobs(engine, get_settings().lease_seconds):
+        resent[job_id] = resend_open_chunks(engine, celery_sender(app), job_id)
+        log.warning("reconciler re-sent %d chunks of stalled job %s", resent[job_id], job_id)
+    return resent

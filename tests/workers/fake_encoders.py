@@ -20,7 +20,9 @@ class HashEncoder:
     def __init__(self, settings: Settings) -> None:
         self.model_name = settings.model
 
-    def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+    batch_size = 32
+
+    def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         rows = [np.frombuffer(hashlib.sha256(t.encode()).digest()[:32], dtype=np.uint8)[:8] for t in texts]
         matrix = np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dimension) + 1.0
         return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)

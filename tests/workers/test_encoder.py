@@ -7,7 +7,7 @@ import pytest
 
 from config.settings import Settings
 from tests.conftest import SAMPLE, commit_text, read_records
-from workers.encoder import SentenceTransformerEncoder, encode_one, load_encoder
+from workers.encoder import EncoderConfigError, SentenceTransformerEncoder, encode_one, load_encoder
 
 
 @pytest.fixture(scope="module")
@@ -67,5 +67,7 @@ def test_encoder_setting_swaps_backend() -> None:
 
 def test_bad_encoder_setting_is_explained() -> None:
     """An EMBEDFLEET_ENCODER without ':Class' fails with a message saying the form."""
-    with pytest.raises(ValueError, match="module:Class"):
+    with pytest.raises(EncoderConfigError, match="module:Class"):
         load_encoder(Settings(encoder="tests.workers.fake_encoders"))
+    with pytest.raises(EncoderConfigError, match="cannot be imported"):
+        load_encoder(Settings(encoder="tests.workers.no_such_module:X"))

@@ -1,0 +1,60 @@
+"""Send again what the broker lost (`resume`), and send dead letters back through the normal path
+(`dlq redrive`). Both work from SQL, the source of truth; neither needs the model."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+import msgpack
+from sqlalchemy import Engine, select
+
+from config.messages import ChunkTexts
+from producers.chunking import chunk_records
+from producers.records import Record
+from producers.submit import Sender, send_chunks
+from storage.dead_letters import Letter
+from storage.ledger import LedgerError, close_submission, create_job, mark_resent, open_chunk_payloads
+from storage.schema import collections
+
+log = logging.getLogger(__name__)
+
+
+def resend_open_chunks(engine: Engine, send: Sender, job_id: str) -> int:
+    """Every chunk of the job that is not done, sent again from the ledger's copy. Chunks that
+    are in fact still queued get done twice, which the idempotent upsert makes harmless."""
+    payloads = open_chunk_payloads(engine, job_id)
+    for _seq, payload in payloads:
+        send(ChunkTexts.from_wire(msgpack.unpackb(payload)))
+    mark_resent(engine, job_id, [seq for seq, _ in payloads])
+    return len(payloads)
+
+
+def redrive(engine: Engine, send: Sender, letters: Sequence[Letter], chunk_size: int, token_budget: int,
+            window: int) -> list[str]:
+    """A new job per collection holding the letters' records at their original positions.
+    Each letter is marked resolved when its record is stored. Returns the job ids."""
+    open_letters = [letter for letter in letters if letter.resolved_at is None]
+    by_collection: dict[str, list[Letter]] = defaultdict(list)
+    for letter in open_letters:
+        by_collection[letter.collection].append(letter)
+    job_ids = []
+    for collection, group in by_collection.items():
+        # One record per id: a record dead-lettered twice is redriven once.
+        latest = {letter.record_id: letter for letter in group}
+        with engine.connect() as conn:
+            model = conn.execute(select(collections.c.model).where(collections.c.name == collection)).scalar()
+        if model is None:
+            raise LedgerError(f"no collection {collection!r}")
+        job_id = create_job(engine, collection, model, source="dlq redrive",
+                            options={"redrive_letters": [letter.id for letter in group]},
+                            records_read=len(latest), skipped_invalid=0)
+        records = [Record(letter.record_id, letter.position, letter.text, letter.content_hash, 0)
+                   for letter in sorted(latest.values(), key=lambda letter: letter.position)]
+        chunks, truncated = send_chunks(engine, send, job_id, collection,
+                                        chunk_records(records, chunk_size, token_budget, window), window)
+        close_submission(engine, job_id, chunks_total=chunks, truncated=truncated)
+        log.info("redrive job %s: %d records of collection %s", job_id, len(records), collection)
+        job_ids.append(job_id)
+    return job_ids

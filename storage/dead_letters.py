@@ -1,0 +1,138 @@
+"""Dead letters: records that could not be embedded, with their error, kept for inspection and redrive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgpack
+from sqlalchemy import Connection, Engine, and_, insert, select, update
+
+from config.messages import ChunkTexts, DeadRecord
+from storage.ledger import LedgerError, finish_if_complete
+from storage.schema import chunks, dead_letters, jobs
+
+
+@dataclass(frozen=True)
+class Letter:
+    id: int
+    job_id: str
+    chunk_seq: int
+    collection: str
+    record_id: str
+    position: int
+    text: str
+    content_hash: str
+    error_type: str
+    message: str
+    attempts: int
+    created_at: float
+    resolved_at: float | None
+    redrive_job: str | None
+
+
+def insert_letters(
+    conn: Connection, job_id: str, seq: int, collection: str, dead: Sequence[DeadRecord], attempts: int
+) -> None:
+    if not dead:
+        return
+    now = time.time()
+    conn.execute(
+        insert(dead_letters),
+        [
+            {
+                "job_id": job_id,
+                "chunk_seq": seq,
+                "collection": collection,
+                "record_id": d.record_id,
+                "position": d.position,
+                "text": d.text,
+                "content_hash": d.content_hash,
+                "error_type": d.error_type,
+                "message": d.message[:4000],
+                "attempts": attempts,
+                "created_at": now,
+            }
+            for d in dead
+        ],
+    )
+
+
+def resolve_stored(conn: Connection, job_id: str, collection: str, record_ids: Sequence[str]) -> None:
+    """Records now stored clear their open letters (a redrive, or a later job, succeeded)."""
+    open_letters = select(dead_letters.c.id).where(
+        and_(dead_letters.c.collection == collection, dead_letters.c.resolved_at.is_(None))
+    )
+    if not record_ids or conn.execute(open_letters.limit(1)).first() is None:
+        return  # the usual case: nothing to resolve, one indexed look-up
+    conn.execute(
+        update(dead_letters)
+        .where(
+            and_(
+                dead_letters.c.collection == collection,
+                dead_letters.c.resolved_at.is_(None),
+                dead_letters.c.record_id.in_(list(record_ids)),
+            )
+        )
+        .values(resolved_at=time.time(), redrive_job=job_id)
+    )
+
+
+def dead_letter_chunk(engine: Engine, job_id: str, seq: int, error_type: str, message: str, giveup: bool) -> int:
+    """Every record of an open chunk becomes a dead letter (the chunk failed as a whole).
+
+    The texts come from the ledger's copy of the message. Returns the letters written;
+    0 when the chunk was already done (another delivery finished it).
+    """
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(chunks.c.payload, chunks.c.deliveries, chunks.c.state).where(
+                and_(chunks.c.job_id == job_id, chunks.c.seq == seq)
+            )
+            .with_for_update()
+        ).first()
+        if row is None or row.state != "queued" or row.payload is None:
+            return 0
+        texts = ChunkTexts.from_wire(msgpack.unpackb(row.payload))
+        dead = [
+            DeadRecord(record_id, position, text, content_hash, error_type, message)
+            for record_id, position, text, content_hash in zip(texts.ids, texts.positions, texts.texts, texts.hashes)
+        ]
+        insert_letters(conn, job_id, seq, texts.collection, dead, max(row.deliveries, 1))
+        conn.execute(
+            update(chunks)
+            .where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq))
+            .values(state="done", dead=len(dead), payload=None, done_at=time.time())
+        )
+        if giveup:
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(giveups=jobs.c.giveups + 1))
+    finish_if_complete(engine, job_id)
+    return len(dead)
+
+
+def _letter(row) -> Letter:  # type: ignore[no-untyped-def]
+    return Letter(**{name: getattr(row, name) for name in Letter.__dataclass_fields__})
+
+
+def list_letters(engine: Engine, job_id: str | None = None, include_resolved: bool = False,
+                 limit: int | None = None) -> list[Letter]:
+    query = select(dead_letters).order_by(dead_letters.c.id)
+    if job_id:
+        query = query.where(dead_letters.c.job_id == job_id)
+    if not include_resolved:
+        query = query.where(dead_letters.c.resolved_at.is_(None))
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        return [_letter(r) for r in conn.execute(query)]
+
+
+def get_letters(engine: Engine, ids: Sequence[int]) -> list[Letter]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(dead_letters).where(dead_letters.c.id.in_(list(ids))).order_by(dead_letters.c.id))
+        letters = [_letter(r) for r in rows]
+    missing = set(ids) - {letter.id for letter in letters}
+    if missing:
+        raise LedgerError(f"no dead letter with id {', '.join(map(str, sorted(missing)))}")
+    return letters

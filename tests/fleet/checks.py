@@ -1,0 +1,49 @@
+"""The checks every fault-injection test makes of a finished job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, select
+
+from storage.engine import get_engine
+from storage.export import export_npy, ids_path_for
+from storage.ledger import JobStats, job_stats
+from storage.schema import dead_letters, vectors
+
+
+def wait_done(db_url: str, job_id: str, timeout: float = 240) -> JobStats:
+    import time
+
+    engine = get_engine(db_url)
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = job_stats(engine, job_id)
+        if stats.state == "done":
+            return stats
+        assert time.monotonic() < deadline, f"job not done after {timeout}s: {stats.as_dict()}"
+        time.sleep(0.25)
+
+
+def assert_accounted(db_url: str, job_id: str, collection: str, corpus_ids: list[str], out: Path) -> JobStats:
+    """stored + skipped + dead = records read; one row per record; export in corpus order."""
+    engine = get_engine(db_url)
+    stats = job_stats(engine, job_id)
+    assert stats.state == "done", stats.as_dict()
+    assert stats.stored + stats.skipped + stats.dead == stats.records_read, stats.as_dict()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(vectors.c.record_id, func.count()).where(vectors.c.collection == collection)
+            .group_by(vectors.c.record_id).having(func.count() > 1)
+        ).all()
+        letters = conn.execute(
+            select(dead_letters.c.record_id, func.count()).where(dead_letters.c.job_id == job_id)
+            .group_by(dead_letters.c.record_id).having(func.count() > 1)
+        ).all()
+    assert rows == [] and letters == [], (rows, letters)
+    export_npy(engine, collection, out)
+    exported = ids_path_for(out).read_text().split()
+    assert exported == [i for i in corpus_ids if i in set(exported)]
+    assert np.isfinite(np.load(out)).all()
+    return stats

@@ -1,0 +1,276 @@
+"""Fault injection on the real fleet: real Redis, real worker processes, the real model.
+
+Every test ends with the same accounting: stored + skipped + dead = records read, no record
+stored twice, export in corpus order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Producer
+
+from storage.dead_letters import list_letters
+from storage.engine import get_engine
+from storage.ledger import job_stats
+from tests.conftest import SAMPLE
+from tests.fleet.checks import assert_accounted, wait_done
+from tests.workers.fault_encoders import NAN_MARKER, POISON_MARKER
+
+pytestmark = pytest.mark.fleet
+FAULTS = "tests.workers.fault_encoders"
+RECOVERY = {}  # seconds from fault to job done, printed at the end of the session
+
+
+def _corpus(tmp_path: Path, n: int, marked: dict[int, str] | None = None) -> tuple[Path, list[str]]:
+    """The first n records of the real sample, one text field, some records marked."""
+    path = tmp_path / "corpus.jsonl"
+    ids = []
+    with SAMPLE.open() as src, path.open("w") as out:
+        for i, line in zip(range(n), src):
+            record = json.loads(line)
+            text = f"{record['title']}\n{record['description']}"[:600]
+            if marked and i in marked:
+                text = f"{text} {marked[i]}"
+            out.write(json.dumps({"id": record["id"], "text": text}) + "\n")
+            ids.append(record["id"])
+    return path, ids
+
+
+def _start(fleet, *names: str, **env: str) -> None:
+    for name in names:
+        fleet.start_worker(name, **env)
+    fleet.wait_ready(list(names))
+
+
+def _submit(fleet, corpus: Path, *extra: str) -> str:
+    return fleet.cli("submit", str(corpus), "--collection", "faults", "--chunk-size", "8", *extra).stdout.split()[0]
+
+
+@pytest.fixture
+def kill_env() -> dict[str, str]:
+    """A short visibility timeout, so a chunk held by a killed worker comes back in seconds."""
+    return {"EMBEDFLEET_VISIBILITY_TIMEOUT": "6", "EMBEDFLEET_TORCH_THREADS": "1",
+            "EMBEDFLEET_ENCODER": f"{FAULTS}:SlowEncoder", "EMBEDFLEET_TEST_DELAY": "0.4"}
+
+
+def _wait_started(db_url: str, job_id: str, chunks: int = 2) -> None:
+    deadline = time.monotonic() + 60
+    while job_stats(get_engine(db_url), job_id).chunks_done < chunks:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_kill_9_worker_mid_job_then_restart(sqlite_url, make_fleet, tmp_path, kill_env) -> None:
+    """kill -9 one of two workers (parent and pool) mid-job and start it again: the job completes."""
+    fleet = make_fleet(sqlite_url, **kill_env)
+    _start(fleet, "w1", "w2")
+    corpus, ids = _corpus(tmp_path, 120)
+    job_id = _submit(fleet, corpus)
+    _wait_started(sqlite_url, job_id)
+    victims = [fleet.procs["w1"].pid, *fleet.pool_children("w1")]
+    killed_at = time.monotonic()
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    fleet.procs["w1"].wait()
+    fleet.start_worker("w1")
+    stats = wait_done(sqlite_url, job_id)
+    RECOVERY["kill -9 worker, restart"] = time.monotonic() - killed_at
+    assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
+    assert stats.stored == 120 and stats.dead == 0
+
+
+def test_kill_9_parent_holding_a_chunk(sqlite_url, make_fleet, tmp_path, kill_env) -> None:
+    """kill -9 a worker's parent while its pool holds a reserved chunk: the other worker finishes the job."""
+    fleet = make_fleet(sqlite_url, **kill_env)
+    _start(fleet, "w1", "w2")
+    corpus, ids = _corpus(tmp_path, 120)
+    job_id = _submit(fleet, corpus)
+    _wait_started(sqlite_url, job_id)
+    killed_at = time.monotonic()
+    os.kill(fleet.procs["w1"].pid, signal.SIGKILL)
+    stats = wait_done(sqlite_url, job_id)
+    RECOVERY["kill -9 parent holding a chunk"] = time.monotonic() - killed_at
+    assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
+    assert stats.stored == 120 and stats.dead == 0
+
+
+def test_redis_flushed_mid_job_then_resume(pg_url, make_fleet, tmp_path, kill_env) -> None:
+    """The broker loses every queue mid-job; `resume` re-sends the open chunks and the job completes."""
+    fleet = make_fleet(pg_url, **kill_env)
+    _start(fleet, "w1", "w2")
+    corpus, ids = _corpus(tmp_path, 120)
+    job_id = _submit(fleet, corpus)
+    _wait_started(pg_url, job_id)
+    redis.Redis.from_url(fleet.broker_url).flushdb()
+    flushed_at = time.monotonic()
+    time.sleep(1.0)
+    assert job_stats(get_engine(pg_url), job_id).state == "running"
+    resumed = fleet.cli("resume", job_id)
+    assert "re-sent" in resumed.stdout
+    stats = wait_done(pg_url, job_id)
+    RECOVERY["redis flushed, resume"] = time.monotonic() - flushed_at
+    assert_accounted(pg_url, job_id, "faults", ids, tmp_path / "out.npy")
+    assert stats.stored == 120 and stats.resends > 0
+
+
+def test_reconciler_resends_after_broker_loss(pg_url, make_fleet, tmp_path, kill_env) -> None:
+    """Redis flushed mid-job and nobody runs resume: beat's reconciler re-sends the stalled chunks."""
+    fleet = make_fleet(pg_url, **kill_env, EMBEDFLEET_LEASE_SECONDS="3", EMBEDFLEET_RECONCILE_EVERY_SECONDS="1")
+    _start(fleet, "w1")
+    corpus, ids = _corpus(tmp_path, 64)
+    job_id = _submit(fleet, corpus)
+    _wait_started(pg_url, job_id)
+    redis.Redis.from_url(fleet.broker_url).flushdb()
+    flushed_at = time.monotonic()
+    fleet.start("beat", "beat", "-s", str(tmp_path / "beat-schedule"))
+    stats = wait_done(pg_url, job_id)
+    RECOVERY["redis flushed, reconciler"] = time.monotonic() - flushed_at
+    assert_accounted(pg_url, job_id, "faults", ids, tmp_path / "out.npy")
+    assert stats.stored == 64 and stats.resends > 0
+    assert "re-sent" in fleet.log("w1")
+
+
+def test_poison_records_are_isolated_then_redriven(sqlite_url, make_fleet, tmp_path) -> None:
+    """Exactly the marked records become dead letters; redrive with the normal encoder stores them."""
+    fleet = make_fleet(sqlite_url)
+    _start(fleet, "poison", EMBEDFLEET_ENCODER=f"{FAULTS}:PoisonEncoder")
+    marked = {3: POISON_MARKER, 17: POISON_MARKER, 18: POISON_MARKER}
+    corpus, ids = _corpus(tmp_path, 40, marked)
+    job_id = _submit(fleet, corpus)
+    stats = wait_done(sqlite_url, job_id)
+    assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
+    letters = list_letters(get_engine(sqlite_url), job_id)
+    assert sorted(letter.position for letter in letters) == [3, 17, 18]
+    assert {letter.error_type for letter in letters} == {"ValueError"}
+    assert (stats.stored, stats.dead) == (37, 3)
+    assert "3" in fleet.cli("dlq", "list", "--job", job_id).stdout
+
+    fleet.stop()
+    fleet.procs.clear()
+    _start(fleet, "normal")
+    redrive_job = fleet.cli("dlq", "redrive", "--job", job_id).stdout.split()[0]
+    wait_done(sqlite_url, redrive_job)
+    assert list_letters(get_engine(sqlite_url), job_id) == []
+    assert "no dead letters" in fleet.cli("dlq", "list", "--job", job_id).stderr
+    assert_accounted(sqlite_url, redrive_job, "faults", ids, tmp_path / "after.npy")
+    assert len((tmp_path / "after.ids.txt").read_text().split()) == 40
+
+
+def test_transient_failures_retry_and_are_counted(sqlite_url, make_fleet, tmp_path) -> None:
+    """Two transient failures, then success: every record stored, two retries on the job."""
+    state = tmp_path / "state"
+    state.mkdir()
+    fleet = make_fleet(sqlite_url, EMBEDFLEET_TEST_STATE_DIR=str(state))
+    _start(fleet, "flaky", EMBEDFLEET_ENCODER=f"{FAULTS}:FlakyEncoder")
+    corpus, ids = _corpus(tmp_path, 24)
+    job_id = _submit(fleet, corpus)
+    stats = wait_done(sqlite_url, job_id)
+    assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
+    assert (stats.stored, stats.dead, stats.retries, stats.giveups) == (24, 0, 2, 0)
+
+
+def test_out_of_memory_splits_the_chunk(sqlite_url, make_fleet, tmp_path) -> None:
+    """An encoder that runs out of memory above 4 texts: the job completes by halving, splits counted."""
+    fleet = make_fleet(sqlite_url)
+    _start(fleet, "oom", EMBEDFLEET_ENCODER=f"{FAULTS}:OutOfMemoryEncoder")
+    corpus, ids = _corpus(tmp_path, 32)
+    job_id = _submit(fleet, corpus)
+    stats = wait_done(sqlite_url, job_id)
+    assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
+    assert (stats.stored, stats.dead) == (32, 0)
+    assert stats.splits >= 4  # each chunk of 8 halved at least once
+
+
+def test_nan_vector_is_a_dead_letter(pg_url, make_fleet, tmp_path) -> None:
+    """A record whose vector comes back NaN is never stored: it is a dead letter, the rest are stored."""
+    fleet = make_fleet(pg_url)
+    _start(fleet, "nan", EMBEDFLEET_ENCODER=f"{FAULTS}:NaNEncoder")
+    corpus, ids = _corpus(tmp_path, 20, {5: NAN_MARKER})
+    job_id = _submit(fleet, corpus)
+    stats = wait_done(pg_url, job_id)
+    assert_accounted(pg_url, job_id, "faults", ids, tmp_path / "out.npy")
+    (letter,) = list_letters(get_engine(pg_url), job_id)
+    assert (letter.position, letter.error_type) == (5, "InvalidVector")
+    assert (stats.stored, stats.dead) == (19, 1)
+
+
+def test_bad_input_on_the_fleet(sqlite_url, make_fleet, tmp_path) -> None:
+    """A bad corpus is refused with line-numbered errors before anything is queued; --skip-invalid sends the rest."""
+    fleet = make_fleet(sqlite_url)
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_bytes(
+        b'{"id": "a", "text": "fine"}\n{"id": "a", "text": "dup"}\n{"id": "c", "text": 7}\n'
+        b'{"id": "d", "text": "   "}\n{"id": "e", "text": "bad \xff byte"}\n{oops\n{"id": "g", "text": "also fine"}\n'
+    )
+    refused = fleet.cli("submit", str(corpus), "--collection", "bad", check=False)
+    assert refused.returncode == 2
+    for expected in ("line 2 (id 'a'): duplicate id (first at line 1)", "line 3 (id 'c'): field 'text' is int",
+                     "line 4 (id 'd'): empty text", "line 5: invalid UTF-8", "line 6: malformed JSON"):
+        assert expected in refused.stderr, refused.stderr
+    assert redis.Redis.from_url(fleet.broker_url).llen("embed") == 0
+
+    _start(fleet, "w1")
+    job_id = fleet.cli("submit", str(corpus), "--collection", "bad", "--skip-invalid").stdout.split()[0]
+    stats = wait_done(sqlite_url, job_id)
+    assert (stats.records_read, stats.stored, stats.skipped, stats.dead) == (7, 2, 5, 0)
+    assert_accounted(sqlite_url, job_id, "bad", ["a", "g"], tmp_path / "out.npy")
+
+
+class _Trap:
+    """Unpickling this would create a file: proof that a pickled message ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
+
+
+def test_pickled_message_is_refused(sqlite_url, make_fleet, tmp_path) -> None:
+    """A pickled message on the embed queue is refused and nothing of it runs; the worker lives on."""
+    fleet = make_fleet(sqlite_url)
+    _start(fleet, "w1")
+    trap = tmp_path / "pickle-ran"
+    with Connection(fleet.broker_url) as conn:
+        producer = Producer(conn.channel(), exchange=Exchange("embed", type="direct"), routing_key="embed")
+        producer.publish(
+            pickle.dumps({"chunk": _Trap(str(trap))}), content_type="application/x-python-serialize",
+            content_encoding="binary", headers={"task": "embed.encode_chunk", "id": "trap-1", "argsrepr": "()"},
+        )
+    deadline = time.monotonic() + 20
+    while "untrusted content" not in fleet.log("w1").lower() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "untrusted content" in fleet.log("w1").lower()
+    assert not trap.exists()
+    assert fleet.procs["w1"].poll() is None
+    corpus, ids = _corpus(tmp_path, 8)
+    stats = wait_done(sqlite_url, _submit(fleet, corpus))
+    assert stats.stored == 8
+
+
+def test_no_password_in_logs_or_status(make_fleet, tmp_path, pg_url) -> None:
+    """A database password in the URL never shows in the worker's log or in status output."""
+    with_password = pg_url.replace("postgres@", "postgres:s3cret-pw@")
+    fleet = make_fleet(with_password)
+    fleet.start_worker("w1", "-l", "DEBUG")
+    fleet.wait_ready(["w1"])
+    corpus, _ = _corpus(tmp_path, 8)
+    job_id = _submit(fleet, corpus)
+    wait_done(pg_url, job_id)
+    status = fleet.cli("status", job_id, "--json")
+    assert "s3cret-pw" not in status.stdout + status.stderr
+    assert "s3cret-pw" not in fleet.log("w1")
+
+
+def test_zz_report_recovery_times() -> None:
+    """Prints how long recovery took in the tests above (for the closing note)."""
+    print("\nrecovery seconds:", {k: round(v, 1) for k, v in RECOVERY.items()})
+    assert all(v < 120 for v in RECOVERY.values())
