@@ -281,6 +281,10 @@ def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
     app.start(["beat", "-l", loglevel, *celery_args])
 
 
+# Operations commands (flower, jobs, metrics) live in their own module and register on `cli`.
+from producers import cli_ops  # noqa: E402,F401
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

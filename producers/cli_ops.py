@@ -1,0 +1,3 @@
+"""Operations commands: registered on the `embedfleet` group by importing this module."""
+
+from __future__ import annotations
