@@ -28,11 +28,17 @@ class ChunkTexts:
 
     job_id: str
     seq: int
-    collection: str
+    # Where the vectors go (a collection's version) and the model that must make them.
+    version_key: str
+    model: str
     ids: list[str]
     positions: list[int]
     texts: list[str]
     hashes: list[str]
+    # [record_id, position, content_hash, text] of records whose text repeats an earlier
+    # record's in the job: not encoded again; the collector copies the vector by content
+    # hash. The text rides along only so a failure can still dead-letter it.
+    aliases: list[list[Any]] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,7 +49,7 @@ class ChunkTexts:
 
     def label(self) -> str:
         """What Flower shows instead of the texts."""
-        return f"job={self.job_id} chunk={self.seq} records={len(self.ids)}"
+        return f"job={self.job_id} chunk={self.seq} records={len(self.ids)} version={self.version_key}"
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class ChunkVectors:
 
     job_id: str
     seq: int
-    collection: str
+    version_key: str
     model: str
     dim: int
     ids: list[str]
@@ -65,6 +71,7 @@ class ChunkVectors:
     dead: list[DeadRecord] = field(default_factory=list)
     # Times the chunk was halved after running out of memory.
     splits: int = 0
+    aliases: list[list[Any]] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ ENCODE_TASK = "embed.encode_chunk"
 COLLECT_TASK = "embed.collect_chunk"
 DEAD_LETTER_TASK = "embed.dead_letter"
 RECONCILE_TASK = "embed.reconcile"
+REINDEX_TASK = "embed.reindex"
 
 QUEUES = (Queue(EMBED_QUEUE), Queue(COLLECT_QUEUE), Queue(DEAD_LETTER_QUEUE))
 
@@ -20,4 +21,6 @@ ROUTES = {
     # the dead_letters table holds the records themselves.
     DEAD_LETTER_TASK: {"queue": DEAD_LETTER_QUEUE},
     RECONCILE_TASK: {"queue": COLLECT_QUEUE},
+    # Reindexing reads the source and submits chunks: producer work, on the light queue.
+    REINDEX_TASK: {"queue": COLLECT_QUEUE},
 }

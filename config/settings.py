@@ -48,9 +48,20 @@ class Settings(BaseSettings):
     # Seconds before Redis hands an unacknowledged chunk to another worker. It must be
     # longer than the slowest chunk takes to encode, or healthy chunks are delivered twice.
     visibility_timeout: int = 3600
+    # The nightly reindex: comma-separated collections, re-run from their registered source
+    # on this crontab schedule (minute hour day-of-month month day-of-week), at most once
+    # per reindex_min_gap_seconds however many beats fire.
+    reindex_collections: str = ""
+    reindex_cron: str = "0 2 * * *"
+    reindex_min_gap_seconds: int = 3600
     # Embedded runs keep at most this many chunks queued ahead of the in-process worker,
     # so memory stays flat however large the corpus is.
     embedded_window: int = 4
+
+    # `embedfleet flower` basic auth. Flower refuses to start without both unless --no-auth
+    # is given explicitly: its UI and API can revoke tasks and shut workers down.
+    flower_user: str = ""
+    flower_password: str = ""
 
 
 _current: Settings | None = None

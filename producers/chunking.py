@@ -28,7 +28,7 @@ def chunk_records(
     chunk: list[Record] = []
     tokens = 0
     for record in records:
-        cost = estimate_tokens(record.text, window)
+        cost = 0 if record.alias else estimate_tokens(record.text, window)
         if chunk and (len(chunk) >= max_records or tokens + cost > token_budget):
             yield chunk
             chunk, tokens = [], 0

@@ -13,11 +13,11 @@ from typing import Any
 import click
 
 from config.settings import Settings, get_settings, set_settings
-from producers.readers import Corpus, CorpusError
+from producers.readers import Corpus, CorpusError, Source, SqlSource
 from producers.records import FieldSpec
-from producers.submit import JobRequest
+from producers.submit import JobRequest, Submission
 from producers.validation import InvalidInput
-from storage.engine import get_engine, redact
+from storage.engine import get_engine
 from storage.ledger import JobStats, LedgerError, job_stats
 
 
@@ -29,43 +29,70 @@ def _apply(**overrides: Any) -> Settings:
     return settings
 
 
+DB_OPTION = click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
+
+
 def corpus_options(func: Any) -> Any:
+    """The options that say what to read and how: shared by run and submit."""
     options = [
-        click.argument("corpus"),
+        click.argument("corpus", required=False),
         click.option("--collection", required=True, help="Where the vectors go (letters, digits, _ and -)."),
+        click.option("--source-url", default=None, help="Read a SQL table or query instead of CORPUS (SQLAlchemy URL)."),
+        click.option("--table", default=None, help="With --source-url: the table to read."),
+        click.option("--query", default=None, help="With --source-url: the query to read (give it an ORDER BY)."),
         click.option("--id-field", default="id", show_default=True, help="The field holding each record's id."),
         click.option("--text-field", default="text", show_default=True, help="The field holding the text."),
         click.option("--fields", default=None, help="Build the text from these comma-separated fields instead."),
         click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True),
         click.option("--chunk-size", type=int, default=None, help="Most records per chunk [256]."),
         click.option("--skip-invalid", is_flag=True, help="Send the valid records and report the invalid ones."),
-        click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL]."),
+        click.option("--sync", type=click.Choice(["none", "full"]), default="none", show_default=True,
+                     help="full: also delete stored vectors whose ids the source no longer holds."),
+        DB_OPTION,
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _request(settings: Settings, corpus: str, collection: str, id_field: str, text_field: str,
-             fields: str | None, fmt: str, skip_invalid: bool) -> JobRequest:
-    text_fields = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields else (text_field,)
+def _source(opts: dict[str, Any]) -> Source:
+    if opts["source_url"]:
+        if opts["corpus"]:
+            raise click.UsageError("give either CORPUS or --source-url, not both")
+        return SqlSource(opts["source_url"], opts["table"], opts["query"])
+    if not opts["corpus"]:
+        raise click.UsageError("give a CORPUS file (or - for stdin), or --source-url with --table or --query")
+    return Corpus(opts["corpus"], opts["fmt"])
+
+
+def _request(settings: Settings, opts: dict[str, Any]) -> JobRequest:
+    fields = opts["fields"]
+    text_fields = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields else (opts["text_field"],)
     return JobRequest(
-        corpus=Corpus(corpus, fmt),  # type: ignore[arg-type]
-        collection=collection,
+        corpus=_source(opts),
+        collection=opts["collection"],
         model=settings.model,
-        spec=FieldSpec(id_field=id_field, text_fields=text_fields),
+        spec=FieldSpec(id_field=opts["id_field"], text_fields=text_fields),
         chunk_size=settings.chunk_size,
         token_budget=settings.chunk_token_budget,
         window=settings.max_tokens_per_record,
-        skip_invalid=skip_invalid,
+        skip_invalid=opts["skip_invalid"],
+        sync=opts["sync"],
     )
+
+
+def _report(submission: Submission) -> None:
+    if submission.skipped_invalid:
+        click.echo(f"skipped {submission.skipped_invalid} invalid records:\n{submission.invalid_report}", err=True)
 
 
 def _summary(stats: JobStats) -> str:
     return (
         f"job {stats.job_id} {stats.state}: read {stats.records_read}, stored {stats.stored}, "
         f"skipped {stats.skipped}, dead {stats.dead}, truncated {stats.truncated}, "
-        f"{stats.elapsed:.1f} s, {stats.rate:.1f} records/s"
+        f"{stats.elapsed:.1f} s, {stats.rate:.1f} records/s\n"
+        f"changes: added {stats.added}, updated {stats.updated}, unchanged {stats.unchanged}, "
+        f"deleted {stats.deleted}, deduplicated {stats.deduplicated}"
     )
 
 
@@ -86,67 +113,94 @@ def _fleet_sender(settings: Settings):  # type: ignore[no-untyped-def]
 
 @cli.command()
 @corpus_options
-def run(corpus: str, collection: str, id_field: str, text_field: str, fields: str | None, fmt: str,
-        chunk_size: int | None, skip_invalid: bool, db: str | None) -> None:
+def run(**opts: Any) -> None:
     """Embed CORPUS on the embedded default: in-process worker, SQLite file, no servers."""
-    settings = _apply(database_url=db, chunk_size=chunk_size)
-    request = _request(settings, corpus, collection, id_field, text_field, fields, fmt, skip_invalid)
+    settings = _apply(database_url=opts["db"], chunk_size=opts["chunk_size"])
     from workers.embedded import run_embedded
 
-    submission, stats = run_embedded(request)
+    submission, stats = run_embedded(_request(settings, opts))
     click.echo(_summary(stats))
-    if submission.skipped_invalid:
-        click.echo(f"skipped {submission.skipped_invalid} invalid records:\n{submission.invalid_report}", err=True)
+    _report(submission)
 
 
 @cli.command()
 @corpus_options
 @click.option("--wait", is_flag=True, help="Follow the job until it ends.")
-def submit(corpus: str, collection: str, id_field: str, text_field: str, fields: str | None, fmt: str,
-           chunk_size: int | None, skip_invalid: bool, db: str | None, wait: bool) -> None:
+def submit(wait: bool, **opts: Any) -> None:
     """Enqueue CORPUS on the fleet (EMBEDFLEET_BROKER_URL) and print the job id."""
-    settings = _apply(database_url=db, chunk_size=chunk_size)
-    request = _request(settings, corpus, collection, id_field, text_field, fields, fmt, skip_invalid)
-    from producers.progress import JobProgress
+    settings = _apply(database_url=opts["db"], chunk_size=opts["chunk_size"])
     from producers.submit import submit as submit_job
 
     engine = get_engine(settings.database_url)
-    submission = submit_job(engine, request, _fleet_sender(settings))
+    submission = submit_job(engine, _request(settings, opts), _fleet_sender(settings))
     click.echo(submission.job_id)
-    if submission.skipped_invalid:
-        click.echo(f"skipped {submission.skipped_invalid} invalid records:\n{submission.invalid_report}", err=True)
+    _report(submission)
     if wait:
-        with JobProgress(engine, submission.job_id) as progress:
-            stats = progress.wait_done()
-        click.echo(_summary(stats))
+        click.echo(_summary(follow(engine, submission.job_id)))
+
+
+def follow(engine: Any, job_id: str) -> JobStats:
+    """A live bar on a terminal (plain lines otherwise) until the job is done."""
+    from producers.progress import JobProgress
+
+    with JobProgress(engine, job_id) as progress:
+        return progress.wait_done()
 
 
 @cli.command()
-@click.argument("job")
+@click.argument("job", required=False)
+@click.option("--collection", default=None, help="Show a collection and its versions instead of a job.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-@click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
-def status(job: str, as_json: bool, db: str | None) -> None:
-    """State, counts, rate and ETA of JOB."""
+@click.option("--watch", is_flag=True, help="Follow the job with a progress display until it is done.")
+@DB_OPTION
+def status(job: str | None, collection: str | None, as_json: bool, watch: bool, db: str | None) -> None:
+    """State, counts, rate and ETA of JOB (or the versions of --collection)."""
     settings = _apply(database_url=db)
-    stats = job_stats(get_engine(settings.database_url), job)
+    engine = get_engine(settings.database_url)
+    if collection:
+        from producers.cli_collections import collection_status
+
+        collection_status(engine, collection, as_json)
+        return
+    if not job:
+        raise click.UsageError("give a JOB id or --collection NAME")
+    stats = follow(engine, job) if watch else job_stats(engine, job)
     if as_json:
-        click.echo(json.dumps(stats.as_dict(), indent=2))
+        click.echo(json.dumps(stats_json(engine, stats), indent=2))
         return
     eta = "-" if stats.eta_seconds is None else f"{stats.eta_seconds:.0f} s"
     click.echo(_summary(stats))
-    click.echo(f"chunks {stats.chunks_done}/{stats.chunks_total}, ETA {eta}")
+    click.echo(f"chunks {stats.chunks_done}/{stats.chunks_total}, retries {stats.retries}, splits {stats.splits}, "
+               f"ETA {eta}")
+
+
+def stats_json(engine: Any, stats: JobStats) -> dict[str, Any]:
+    """The job's figures and, where the metrics module is there, its latency and utilisation."""
+    figures = stats.as_dict()
+    try:
+        from storage.metrics import job_metrics
+    except ImportError:
+        return figures
+    return {**figures, **job_metrics(engine, stats.job_id)}
 
 
 @cli.command()
 @click.option("--collection", required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PATH.npy")
-@click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
-def export(collection: str, out: Path, db: str | None) -> None:
+@click.option("--version", "number", type=int, default=None, help="A version other than the current one.")
+@DB_OPTION
+def export(collection: str, out: Path, number: int | None, db: str | None) -> None:
     """Write the collection's (N, d) float32 matrix in corpus order, and PATH.ids.txt beside it."""
+    from storage.collections import get_collection
     from storage.export import export_npy, ids_path_for
 
     settings = _apply(database_url=db)
-    rows, dim = export_npy(get_engine(settings.database_url), collection, out)
+    engine = get_engine(settings.database_url)
+    info = get_collection(engine, collection)
+    key = info.current_key if number is None else next((v.key for v in info.versions if v.version == number), None)
+    if key is None:
+        raise LedgerError(f"collection {collection!r} has no version {number}")
+    rows, dim = export_npy(engine, key, out)
     click.echo(f"wrote {rows} x {dim} to {out} and ids to {ids_path_for(out)}")
 
 
@@ -200,7 +254,7 @@ def bench(corpus: str, id_field: str, text_field: str, fields: str | None, only:
 
 @cli.command()
 @click.argument("job")
-@click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
+@DB_OPTION
 def resume(job: str, db: str | None) -> None:
     """Send again every chunk of JOB that is not done (after the broker lost its queues)."""
     from producers.recovery import resend_open_chunks
@@ -208,66 +262,6 @@ def resume(job: str, db: str | None) -> None:
     settings = _apply(database_url=db)
     count = resend_open_chunks(get_engine(settings.database_url), _fleet_sender(settings), job)
     click.echo(f"re-sent {count} open chunks of job {job}")
-
-
-@cli.group()
-def dlq() -> None:
-    """Inspect and redrive dead letters: records that could not be embedded."""
-
-
-@dlq.command("list")
-@click.option("--job", default=None, help="Only this job's letters.")
-@click.option("--all", "include_resolved", is_flag=True, help="Include letters already redriven.")
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
-def dlq_list(job: str | None, include_resolved: bool, limit: int, db: str | None) -> None:
-    """One line per letter: id, job, record id, position, error."""
-    from storage.dead_letters import list_letters
-
-    settings = _apply(database_url=db)
-    letters = list_letters(get_engine(settings.database_url), job, include_resolved, limit)
-    for letter in letters:
-        state = "resolved" if letter.resolved_at else "open"
-        click.echo(f"{letter.id}\t{letter.job_id[:8]}\t{letter.record_id}\t{letter.position}\t{state}\t"
-                   f"{letter.error_type}: {letter.message[:120]}")
-    if not letters:
-        click.echo("no dead letters", err=True)
-
-
-@dlq.command("show")
-@click.argument("letter_id", type=int)
-@click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
-def dlq_show(letter_id: int, db: str | None) -> None:
-    """Everything about one letter, its text included, as JSON."""
-    import dataclasses
-
-    from storage.dead_letters import get_letters
-
-    settings = _apply(database_url=db)
-    (letter,) = get_letters(get_engine(settings.database_url), [letter_id])
-    click.echo(json.dumps(dataclasses.asdict(letter), indent=2, ensure_ascii=False))
-
-
-@dlq.command("redrive")
-@click.argument("letter_ids", nargs=-1, type=int)
-@click.option("--job", default=None, help="Redrive every open letter of this job.")
-@click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
-def dlq_redrive(letter_ids: tuple[int, ...], job: str | None, db: str | None) -> None:
-    """Send letters' records through the normal path again; each letter clears when its record is stored."""
-    from producers.recovery import redrive
-    from storage.dead_letters import get_letters, list_letters
-
-    if bool(letter_ids) == bool(job):
-        raise click.UsageError("give either letter ids or --job")
-    settings = _apply(database_url=db)
-    engine = get_engine(settings.database_url)
-    letters = get_letters(engine, letter_ids) if letter_ids else list_letters(engine, job)
-    job_ids = redrive(engine, _fleet_sender(settings), letters, settings.chunk_size, settings.chunk_token_budget,
-                      settings.max_tokens_per_record)
-    for job_id in job_ids:
-        click.echo(job_id)
-    if not job_ids:
-        click.echo("no open dead letters to redrive", err=True)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -281,8 +275,8 @@ def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
     app.start(["beat", "-l", loglevel, *celery_args])
 
 
-# Operations commands (flower, jobs, metrics) live in their own module and register on `cli`.
-from producers import cli_ops  # noqa: E402,F401
+# Command groups in modules of their own, registered on `cli` when imported.
+from producers import cli_collections, cli_dlq, cli_ops  # noqa: E402,F401
 
 
 def main() -> None:

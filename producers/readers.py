@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Protocol
 
 Format = Literal["jsonl", "csv"]
 FORMATS_BY_SUFFIX: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -33,6 +33,19 @@ class RawRecord:
 
 class CorpusError(Exception):
     """The corpus cannot be read at all (missing file, unknown format)."""
+
+
+class Source(Protocol):
+    """Anything records are read from, twice (validation, then submission), in the same order."""
+
+    name: str
+    format: str
+
+    def records(self) -> Iterator[RawRecord]: ...
+
+    def spec(self) -> dict[str, Any]:
+        """How to read it again (what `reindex` re-runs); {} when it cannot be re-read."""
+        ...
 
 
 class Corpus:
@@ -68,6 +81,66 @@ class Corpus:
         with self.path.open("rb") as stream:
             reader = read_jsonl if self.format == "jsonl" else read_csv
             yield from reader(stream)
+
+    def spec(self) -> dict[str, Any]:
+        if self.name == "-":
+            return {}
+        return {"kind": "file", "path": str(self.path.resolve()), "format": self.format}
+
+
+class SqlSource:
+    """Rows of a table or query, read in streamed pages (a server-side cursor on PostgreSQL).
+
+    Positions are row numbers of the result, so give a query an ORDER BY; a table is read
+    in primary-key order."""
+
+    format = "sql"
+    PAGE = 1000
+
+    def __init__(self, url: str, table: str | None = None, query: str | None = None) -> None:
+        if bool(table) == bool(query):
+            raise CorpusError("give exactly one of --table and --query with --source-url")
+        self.url, self.table, self.query = url, table, query
+        from storage.engine import redact
+
+        self.name = f"{redact(url)} {'table ' + table if table else 'query'}"
+
+    def _statement(self, engine: Any) -> Any:
+        from sqlalchemy import MetaData, Table, text
+
+        if self.query:
+            return text(self.query)
+        try:
+            table = Table(self.table, MetaData(), autoload_with=engine)
+        except Exception as exc:
+            raise CorpusError(f"cannot read table {self.table!r}: {exc}") from exc
+        return table.select().order_by(*(table.primary_key.columns or table.columns))
+
+    def records(self) -> Iterator[RawRecord]:
+        from sqlalchemy import create_engine
+
+        from storage.engine import normalise_url
+
+        engine = create_engine(normalise_url(self.url))
+        try:
+            with engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=self.PAGE).execute(self._statement(engine))
+                for row_number, row in enumerate(result, start=1):
+                    yield RawRecord(row_number, dict(row._mapping))
+        finally:
+            engine.dispose()
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "sql", "url": self.url, "table": self.table, "query": self.query}
+
+
+def source_from_spec(spec: dict[str, Any]) -> "Corpus | SqlSource":
+    """The source a collection registered, opened again (for `reindex`)."""
+    if spec.get("kind") == "file":
+        return Corpus(spec["path"], spec.get("format", "auto"))
+    if spec.get("kind") == "sql":
+        return SqlSource(spec["url"], spec.get("table"), spec.get("query"))
+    raise CorpusError("this collection was made from stdin: there is no source to read again")
 
 
 def read_jsonl(stream: BinaryIO) -> Iterator[RawRecord]:

@@ -24,6 +24,9 @@ class Record:
     text: str
     content_hash: str
     line: int
+    # Its text repeats an earlier record's in the job: stored with that record's vector,
+    # not encoded again.
+    alias: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import msgpack
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from config.messages import ChunkTexts
 from producers.chunking import chunk_records
 from producers.records import Record
 from producers.submit import Sender, send_chunks
 from storage.dead_letters import Letter
-from storage.ledger import LedgerError, close_submission, create_job, mark_resent, open_chunk_payloads
-from storage.schema import collections
+from storage.collections import get_version
+from storage.ledger import close_submission, create_job, mark_resent, open_chunk_payloads
 
 log = logging.getLogger(__name__)
 
@@ -33,28 +33,26 @@ def resend_open_chunks(engine: Engine, send: Sender, job_id: str) -> int:
 
 def redrive(engine: Engine, send: Sender, letters: Sequence[Letter], chunk_size: int, token_budget: int,
             window: int) -> list[str]:
-    """A new job per collection holding the letters' records at their original positions.
-    Each letter is marked resolved when its record is stored. Returns the job ids."""
-    open_letters = [letter for letter in letters if letter.resolved_at is None]
-    by_collection: dict[str, list[Letter]] = defaultdict(list)
-    for letter in open_letters:
-        by_collection[letter.collection].append(letter)
+    """A new job per collection version holding the letters' records at their original
+    positions. Each letter is marked resolved when its record is stored. Returns the job ids."""
+    by_version: dict[str, list[Letter]] = defaultdict(list)
+    for letter in letters:
+        if letter.resolved_at is None:
+            by_version[letter.version_key].append(letter)
     job_ids = []
-    for collection, group in by_collection.items():
+    for version_key, group in by_version.items():
+        with engine.connect() as conn:
+            version = get_version(conn, version_key)
         # One record per id: a record dead-lettered twice is redriven once.
         latest = {letter.record_id: letter for letter in group}
-        with engine.connect() as conn:
-            model = conn.execute(select(collections.c.model).where(collections.c.name == collection)).scalar()
-        if model is None:
-            raise LedgerError(f"no collection {collection!r}")
-        job_id = create_job(engine, collection, model, source="dlq redrive",
+        job_id = create_job(engine, version.collection, version.key, version.model, source="dlq redrive",
                             options={"redrive_letters": [letter.id for letter in group]},
                             records_read=len(latest), skipped_invalid=0)
         records = [Record(letter.record_id, letter.position, letter.text, letter.content_hash, 0)
                    for letter in sorted(latest.values(), key=lambda letter: letter.position)]
-        chunks, truncated = send_chunks(engine, send, job_id, collection,
+        chunks, truncated = send_chunks(engine, send, job_id, version,
                                         chunk_records(records, chunk_size, token_budget, window), window)
-        close_submission(engine, job_id, chunks_total=chunks, truncated=truncated)
-        log.info("redrive job %s: %d records of collection %s", job_id, len(records), collection)
+        close_submission(engine, job_id, chunks_total=chunks, truncated=truncated, changes={"updated": len(records)})
+        log.info("redrive job %s: %d records of %s", job_id, len(records), version_key)
         job_ids.append(job_id)
     return job_ids

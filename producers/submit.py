@@ -14,9 +14,11 @@ from sqlalchemy import Engine
 from config.messages import ChunkTexts
 from config.queues import ENCODE_TASK
 from producers.chunking import chunk_records, is_truncated
-from producers.readers import Corpus
+from producers.incremental import Changes, detect_changes, sweep_deleted
+from producers.readers import Source
 from producers.records import FieldSpec, Record
 from producers.validation import InvalidInput, scan_corpus, valid_records
+from storage.collections import Version, get_version, open_collection
 from storage.ledger import add_chunk, check_collection_name, close_submission, create_job
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ RoomWaiter = Callable[[str], None]
 
 @dataclass(frozen=True)
 class JobRequest:
-    corpus: Corpus
+    corpus: Source
     collection: str
     model: str
     spec: FieldSpec = field(default_factory=FieldSpec)
@@ -36,16 +38,21 @@ class JobRequest:
     token_budget: int = 16384
     window: int = 256
     skip_invalid: bool = False
+    # "full": delete stored vectors whose ids the source no longer holds.
+    sync: str = "none"
+    # A migration writes a version of its own, and may switch reads to it when complete.
+    version_key: str | None = None
+    cutover: bool = False
 
     def options(self) -> dict[str, Any]:
         """What a later reindex needs to read this source the same way."""
         return {
-            "format": self.corpus.format,
             "id_field": self.spec.id_field,
             "text_fields": list(self.spec.text_fields),
             "chunk_size": self.chunk_size,
             "token_budget": self.token_budget,
             "skip_invalid": self.skip_invalid,
+            "sync": self.sync,
         }
 
 
@@ -57,6 +64,7 @@ class Submission:
     truncated: int
     chunks: int
     invalid_report: str
+    changes: Changes = field(default_factory=Changes)
 
     @property
     def records_sent(self) -> int:
@@ -77,7 +85,7 @@ def send_chunks(
     engine: Engine,
     send: Sender,
     job_id: str,
-    collection: str,
+    version: Version,
     chunks: Iterable[list[Record]],
     window: int,
     wait_for_room: RoomWaiter | None = None,
@@ -85,15 +93,18 @@ def send_chunks(
     """Per chunk: its ledger row (with the message), then the message. Returns (chunks, truncated)."""
     seq = truncated = 0
     for chunk in chunks:
-        truncated += sum(is_truncated(r.text, window) for r in chunk)
+        encoded = [r for r in chunk if not r.alias]
+        truncated += sum(is_truncated(r.text, window) for r in encoded)
         message = ChunkTexts(
             job_id=job_id,
             seq=seq,
-            collection=collection,
-            ids=[r.record_id for r in chunk],
-            positions=[r.position for r in chunk],
-            texts=[r.text for r in chunk],
-            hashes=[r.content_hash for r in chunk],
+            version_key=version.key,
+            model=version.model,
+            ids=[r.record_id for r in encoded],
+            positions=[r.position for r in encoded],
+            texts=[r.text for r in encoded],
+            hashes=[r.content_hash for r in encoded],
+            aliases=[[r.record_id, r.position, r.content_hash, r.text] for r in chunk if r.alias],
         )
         if wait_for_room is not None:
             wait_for_room(job_id)
@@ -111,19 +122,22 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
     if scan.invalid_count:
         log.warning("skipping %d invalid records:\n%s", scan.invalid_count, scan.report())
 
-    job_id = create_job(
-        engine,
-        request.collection,
-        request.model,
-        source=request.corpus.name,
-        options=request.options(),
-        records_read=scan.records_read,
-        skipped_invalid=scan.invalid_count,
-    )
+    if request.version_key is None:
+        version = open_collection(engine, request.collection, request.model, request.corpus.spec(), request.options())
+    else:
+        with engine.connect() as conn:
+            version = get_version(conn, request.version_key)
+    options = {**request.options(), "cutover": request.cutover}
+    job_id = create_job(engine, request.collection, version.key, version.model, source=request.corpus.name,
+                        options=options, records_read=scan.records_read, skipped_invalid=scan.invalid_count)
+    changes = Changes()
     records = (r for r in valid_records(request.corpus, request.spec, scan) if isinstance(r, Record))
-    chunks = chunk_records(records, request.chunk_size, request.token_budget, request.window)
-    seq, truncated = send_chunks(engine, send, job_id, request.collection, chunks, request.window, wait_for_room)
-    close_submission(engine, job_id, chunks_total=seq, truncated=truncated)
+    changed = detect_changes(engine, version.key, records, scan, changes)
+    chunks = chunk_records(changed, request.chunk_size, request.token_budget, request.window)
+    seq, truncated = send_chunks(engine, send, job_id, version, chunks, request.window, wait_for_room)
+    if request.sync == "full":
+        changes.deleted = sweep_deleted(engine, version.key, scan)
+    close_submission(engine, job_id, chunks_total=seq, truncated=truncated, changes=changes.as_dict())
     if truncated:
         log.info("%d records are longer than the model's %d-token window and will be truncated", truncated, request.window)
-    return Submission(job_id, scan.records_read, scan.invalid_count, truncated, seq, scan.report())
+    return Submission(job_id, scan.records_read, scan.invalid_count, truncated, seq, scan.report(), changes)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from producers.readers import Corpus
+from producers.readers import Source
 from producers.records import FieldSpec, Invalid, Record, build_record
 
 SHOWN_ERRORS = 20
@@ -21,6 +21,23 @@ SHOWN_ERRORS = 20
 
 def _id_hash(record_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def text_hash64(content_hash: str) -> int:
+    """The first 64 bits of a record's content hash, as a signed int (8 bytes per record)."""
+    return int(content_hash[:16], 16) - (1 << 63)
+
+
+def id_hashes(record_ids: list[str]) -> np.ndarray:
+    return np.fromiter((_id_hash(i) for i in record_ids), dtype=np.int64, count=len(record_ids))
+
+
+def _repeated_sorted(ordered: np.ndarray) -> set[int]:
+    return {int(h) for h in np.unique(ordered[1:][ordered[1:] == ordered[:-1]])} if ordered.size else set()
+
+
+def _repeated(values: array) -> set[int]:
+    return _repeated_sorted(np.sort(np.frombuffer(values, dtype=np.int64)))
 
 
 class DuplicateFilter:
@@ -45,6 +62,18 @@ class Scan:
     invalid_count: int = 0
     invalid_shown: list[Invalid] = field(default_factory=list)
     repeated_hashes: set[int] = field(default_factory=set)
+    # 64-bit hashes of texts that occur more than once: embedded once per job.
+    repeated_texts: set[int] = field(default_factory=set)
+    # Sorted 64-bit hashes of every id in the source (invalid records' too, where they have
+    # one): `--sync full` deletes stored ids that are not among them.
+    source_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def has_id(self, record_ids: list[str]) -> np.ndarray:
+        """Which of these ids the source holds (by 64-bit hash)."""
+        hashes = id_hashes(record_ids)
+        where = np.searchsorted(self.source_ids, hashes)
+        where[where == self.source_ids.size] = 0
+        return self.source_ids[where] == hashes if self.source_ids.size else np.zeros(len(record_ids), dtype=bool)
 
     def add_invalid(self, invalid: Invalid) -> None:
         self.invalid_count += 1
@@ -69,7 +98,7 @@ class InvalidInput(Exception):
         )
 
 
-def valid_records(corpus: Corpus, spec: FieldSpec, scan: Scan | None = None) -> Iterator[Record | Invalid]:
+def valid_records(corpus: Source, spec: FieldSpec, scan: Scan | None = None) -> Iterator[Record | Invalid]:
     """Every record of the corpus, built and checked; position is its index among all records read."""
     duplicates = DuplicateFilter(scan.repeated_hashes if scan else set())
     for position, raw in enumerate(corpus.records()):
@@ -79,19 +108,27 @@ def valid_records(corpus: Corpus, spec: FieldSpec, scan: Scan | None = None) -> 
         yield built
 
 
-def scan_corpus(corpus: Corpus, spec: FieldSpec) -> Scan:
+def scan_corpus(corpus: Source, spec: FieldSpec) -> Scan:
     scan = Scan()
-    id_hashes = array("q")
+    ids = array("q")  # every id the source holds, invalid records' too where they have one
+    texts = array("q")
     for built in valid_records(corpus, spec):
         scan.records_read += 1
         if isinstance(built, Invalid):
             scan.add_invalid(built)
+            if built.record_id is not None:
+                ids.append(_id_hash(built.record_id))
         else:
-            id_hashes.append(_id_hash(built.record_id))
-    hashes = np.frombuffer(id_hashes, dtype=np.int64)
-    if hashes.size:
-        ordered = np.sort(hashes)
-        scan.repeated_hashes = {int(h) for h in np.unique(ordered[1:][ordered[1:] == ordered[:-1]])}
+            ids.append(_id_hash(built.record_id))
+            texts.append(text_hash64(built.content_hash))
+    # A repeat that involves an invalid record never reaches DuplicateFilter twice, so one
+    # array serves both duplicate detection and --sync full.
+    scan.source_ids = np.array(ids, dtype=np.int64)
+    del ids
+    scan.source_ids.sort()
+    scan.repeated_hashes = _repeated_sorted(scan.source_ids)
+    scan.repeated_texts = _repeated(texts)
+    del texts
     if scan.repeated_hashes:
         # Second look, only when some id repeats: name each duplicate's line.
         for built in valid_records(corpus, spec, scan):

@@ -10,7 +10,8 @@ import msgpack
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
 from config.messages import ChunkTexts, DeadRecord
-from storage.ledger import LedgerError, finish_if_complete
+from storage.errors import LedgerError
+from storage.ledger import finish_if_complete
 from storage.schema import chunks, dead_letters, jobs
 
 
@@ -19,7 +20,7 @@ class Letter:
     id: int
     job_id: str
     chunk_seq: int
-    collection: str
+    version_key: str
     record_id: str
     position: int
     text: str
@@ -33,7 +34,7 @@ class Letter:
 
 
 def insert_letters(
-    conn: Connection, job_id: str, seq: int, collection: str, dead: Sequence[DeadRecord], attempts: int
+    conn: Connection, job_id: str, seq: int, version_key: str, dead: Sequence[DeadRecord], attempts: int
 ) -> None:
     if not dead:
         return
@@ -44,7 +45,7 @@ def insert_letters(
             {
                 "job_id": job_id,
                 "chunk_seq": seq,
-                "collection": collection,
+                "version_key": version_key,
                 "record_id": d.record_id,
                 "position": d.position,
                 "text": d.text,
@@ -59,10 +60,10 @@ def insert_letters(
     )
 
 
-def resolve_stored(conn: Connection, job_id: str, collection: str, record_ids: Sequence[str]) -> None:
+def resolve_stored(conn: Connection, job_id: str, version_key: str, record_ids: Sequence[str]) -> None:
     """Records now stored clear their open letters (a redrive, or a later job, succeeded)."""
     open_letters = select(dead_letters.c.id).where(
-        and_(dead_letters.c.collection == collection, dead_letters.c.resolved_at.is_(None))
+        and_(dead_letters.c.version_key == version_key, dead_letters.c.resolved_at.is_(None))
     )
     if not record_ids or conn.execute(open_letters.limit(1)).first() is None:
         return  # the usual case: nothing to resolve, one indexed look-up
@@ -70,7 +71,7 @@ def resolve_stored(conn: Connection, job_id: str, collection: str, record_ids: S
         update(dead_letters)
         .where(
             and_(
-                dead_letters.c.collection == collection,
+                dead_letters.c.version_key == version_key,
                 dead_letters.c.resolved_at.is_(None),
                 dead_letters.c.record_id.in_(list(record_ids)),
             )
@@ -98,8 +99,9 @@ def dead_letter_chunk(engine: Engine, job_id: str, seq: int, error_type: str, me
         dead = [
             DeadRecord(record_id, position, text, content_hash, error_type, message)
             for record_id, position, text, content_hash in zip(texts.ids, texts.positions, texts.texts, texts.hashes)
-        ]
-        insert_letters(conn, job_id, seq, texts.collection, dead, max(row.deliveries, 1))
+        ] + [DeadRecord(record_id, position, text, content_hash, error_type, message)
+             for record_id, position, content_hash, text in texts.aliases]
+        insert_letters(conn, job_id, seq, texts.version_key, dead, max(row.deliveries, 1))
         conn.execute(
             update(chunks)
             .where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq))

@@ -16,13 +16,13 @@ def ids_path_for(out: Path) -> Path:
     return out.with_suffix(".ids.txt") if out.suffix == ".npy" else Path(str(out) + ".ids.txt")
 
 
-def export_npy(engine: Engine, collection: str, out: Path) -> tuple[int, int]:
-    """Write the matrix block by block into a memory-mapped .npy. Returns (rows, dim)."""
-    total = vectors.count(engine, collection)
-    blocks = vectors.iter_ordered(engine, collection)
+def export_npy(engine: Engine, version_key: str, out: Path) -> tuple[int, int]:
+    """Write a version's matrix block by block into a memory-mapped .npy. Returns (rows, dim)."""
+    total = vectors.count(engine, version_key)
+    blocks = vectors.iter_ordered(engine, version_key)
     first = next(blocks, None)
     if first is None:
-        raise LedgerError(f"collection {collection!r} has no vectors to export")
+        raise LedgerError(f"collection version {version_key!r} has no vectors to export")
     ids, matrix = first
     out.parent.mkdir(parents=True, exist_ok=True)
     array = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(total, matrix.shape[1]))
@@ -39,5 +39,5 @@ def export_npy(engine: Engine, collection: str, out: Path) -> tuple[int, int]:
     array.flush()
     del array
     if row != total:
-        raise LedgerError(f"collection {collection!r} changed during export ({row} rows read, {total} counted)")
+        raise LedgerError(f"version {version_key!r} changed during export ({row} rows read, {total} counted)")
     return row, matrix.shape[1]

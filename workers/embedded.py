@@ -110,8 +110,8 @@ def in_process_worker() -> Iterator[None]:
 def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple[Submission, JobStats]:
     settings = get_settings()
     engine = get_engine(settings.database_url)
-    encoder = get_encoder()  # load before the clock starts; the worker thread reuses it
-    request = dataclasses.replace(request, model=encoder.model_name, window=encoder.max_tokens)
+    encoder = get_encoder(request.model)  # load before the clock starts; the worker thread reuses it
+    request = dataclasses.replace(request, window=encoder.max_tokens)
     pacer = _Pacer(engine, settings.embedded_window)
     with in_process_worker():
         try:

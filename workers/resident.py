@@ -13,23 +13,25 @@ from config.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-_encoder: Any = None
+# One encoder per model name, kept for the process's life: the configured model is loaded
+# at start; a migration's model is loaded by its first chunk and then stays resident too.
+_encoders: dict[str, Any] = {}
 
 
-def get_encoder() -> Any:
-    """The resident encoder; the first call (at process start, or the first task) loads it."""
-    global _encoder
-    if _encoder is None:
+def get_encoder(model: str | None = None) -> Any:
+    """The resident encoder of `model` (default: the configured one), loaded on first use."""
+    settings = get_settings()
+    name = model or settings.model
+    if name not in _encoders:
         from workers.encoder import load_encoder  # torch is imported here, in the child, not before fork
 
-        _encoder = load_encoder(get_settings())
-    return _encoder
+        _encoders[name] = load_encoder(settings.model_copy(update={"model": name}))
+    return _encoders[name]
 
 
 def reset_encoder() -> None:
-    """Drop the resident encoder so the next call loads a new one (tests, settings change)."""
-    global _encoder
-    _encoder = None
+    """Drop the resident encoders so the next call loads new ones (tests, settings change)."""
+    _encoders.clear()
 
 
 @worker_process_init.connect(weak=False)

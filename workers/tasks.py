@@ -14,13 +14,15 @@ from sqlalchemy.exc import OperationalError
 
 from config.celery_app import app
 from config.messages import ChunkTexts, ChunkVectors, DeadRecord
-from config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK, RECONCILE_TASK
+from config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK, RECONCILE_TASK, REINDEX_TASK
 from config.settings import get_settings
 from storage import codec
+from storage.collections import claim_reindex
 from storage.dead_letters import dead_letter_chunk
 from storage.engine import get_engine
 from producers.recovery import resend_open_chunks
-from producers.submit import celery_sender
+from producers.reindex import registered_request
+from producers.submit import celery_sender, submit
 from storage.ledger import count_retry, stalled_jobs, start_delivery
 from storage.vectors import store_chunk
 from workers.isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
@@ -88,15 +90,15 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
         log.info("skipping job=%s chunk=%d: already done", texts.job_id, texts.seq)
         return
     try:
-        encoder = get_encoder()
+        encoder = get_encoder(texts.model)
     except Exception as exc:
         # The worker cannot encode at all: not the records' fault. Put the chunk back for a
         # healthy worker; the delivery cap still bounds how often this can happen.
         log.critical("cannot load the encoder, returning job=%s chunk=%d to the queue: %s",
                      texts.job_id, texts.seq, exc)
         raise Reject(str(exc), requeue=True) from exc
-    base = dict(job_id=texts.job_id, seq=texts.seq, collection=texts.collection, model=encoder.model_name,
-                dim=encoder.dimension, worker=str(self.request.hostname or ""))
+    base = dict(job_id=texts.job_id, seq=texts.seq, version_key=texts.version_key, model=encoder.model_name,
+                dim=encoder.dimension, worker=str(self.request.hostname or ""), aliases=texts.aliases)
     if deliveries > settings.max_deliveries:
         message = (f"delivered {deliveries} times without finishing (more than {settings.max_deliveries}): "
                    "its worker was probably killed each time, by the OOM killer say")
@@ -159,3 +161,17 @@ def reconcile() -> dict[str, int]:
         resent[job_id] = resend_open_chunks(engine, celery_sender(app), job_id)
         log.warning("reconciler re-sent %d chunks of stalled job %s", resent[job_id], job_id)
     return resent
+
+
+@app.task(name=REINDEX_TASK, max_retries=0)
+def reindex(collection: str) -> str | None:
+    """Beat runs this nightly per collection: re-run its registered source, embedding only
+    what changed. The claim makes a second beat, or a restart across the hour, a no-op."""
+    settings = get_settings()
+    engine = _engine()
+    if not claim_reindex(engine, collection, settings.reindex_min_gap_seconds):
+        log.info("reindex of %s already started within %ss: skipped", collection, settings.reindex_min_gap_seconds)
+        return None
+    submission = submit(engine, registered_request(engine, collection, settings), celery_sender(app))
+    log.warning("reindex of %s: job %s, %d chunks", collection, submission.job_id, submission.chunks)
+    return submission.job_id

@@ -72,7 +72,7 @@ def test_sender_called_once_per_chunk_in_seq_order(tmp_path, engine):
     assert result.records_sent == 7
     assert result.skipped_invalid == 0
     assert {m.job_id for m in send.sent} == {result.job_id}
-    assert {m.collection for m in send.sent} == {"c1"}
+    assert {m.version_key for m in send.sent} == {"c1"}
 
 
 def test_ledger_row_exists_when_sender_is_called(tmp_path, engine):

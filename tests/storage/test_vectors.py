@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from config.messages import ChunkVectors
 from storage import codec
 from storage.engine import get_engine, redact
+from storage.collections import open_collection
 from storage.export import export_npy, ids_path_for
 from storage.ledger import LedgerError, add_chunk, check_collection_name, close_submission, create_job, job_stats
 from storage.schema import vectors
@@ -21,14 +22,16 @@ def _chunk(job_id: str, seq: int, positions: list[int], model: str = "m") -> Chu
     rng = np.random.default_rng(seq)
     matrix = rng.standard_normal((len(positions), DIM)).astype(np.float32)
     return ChunkVectors(
-        job_id=job_id, seq=seq, collection="c1", model=model, dim=DIM,
+        job_id=job_id, seq=seq, version_key="c1", model=model, dim=DIM,
         ids=[f"r{p}" for p in positions], positions=positions, hashes=["h"] * len(positions),
         vectors=codec.pack(matrix),
     )
 
 
 def _job(engine, chunks: dict[int, list[int]]) -> str:
-    job_id = create_job(engine, "c1", "m", "test", {}, records_read=sum(map(len, chunks.values())), skipped_invalid=0)
+    version = open_collection(engine, "c1", "m", {}, {})
+    job_id = create_job(engine, "c1", version.key, "m", "test", {}, records_read=sum(map(len, chunks.values())),
+                        skipped_invalid=0)
     for seq, positions in chunks.items():
         add_chunk(engine, job_id, seq, len(positions), b"payload")
     close_submission(engine, job_id, chunks_total=len(chunks), truncated=0)
@@ -90,8 +93,8 @@ def test_a_collection_holds_one_model(sqlite_url: str) -> None:
     job_id = _job(engine, {0: [0]})
     with pytest.raises(LedgerError, match="encoded with"):
         store_chunk(engine, _chunk(job_id, 0, [0], model="other"))
-    with pytest.raises(LedgerError, match="holds vectors of model"):
-        create_job(engine, "c1", "other", "test", {}, records_read=0, skipped_invalid=0)
+    with pytest.raises(LedgerError, match="is on model 'm', not 'other'"):
+        open_collection(engine, "c1", "other", {}, {})
 
 
 @pytest.mark.parametrize("name", ["", "1abc", "a b", "x;drop table vectors", "a" * 65, "naïve"])

@@ -1,0 +1,31 @@
+"""Jobs that re-run a collection's registered source: the nightly reindex and migrations."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from config.settings import Settings
+from producers.readers import source_from_spec
+from producers.records import FieldSpec
+from producers.submit import JobRequest
+from storage.collections import get_collection
+
+
+def registered_request(engine: Engine, name: str, settings: Settings, model: str | None = None,
+                       version_key: str | None = None, cutover: bool = False, sync: str | None = None) -> JobRequest:
+    """A job request that reads the source the collection was created from, the same way."""
+    info = get_collection(engine, name)
+    options = info.options
+    return JobRequest(
+        corpus=source_from_spec(info.source),
+        collection=name,
+        model=model or info.current.model,
+        spec=FieldSpec(options.get("id_field", "id"), tuple(options.get("text_fields", ["text"]))),
+        chunk_size=options.get("chunk_size", settings.chunk_size),
+        token_budget=options.get("token_budget", settings.chunk_token_budget),
+        window=settings.max_tokens_per_record,
+        skip_invalid=options.get("skip_invalid", False),
+        sync=sync or options.get("sync", "none"),
+        version_key=version_key,
+        cutover=cutover,
+    )

@@ -1,0 +1,190 @@
+"""Collections and their versions: one model per version, reads go to the current one.
+
+A migration fills a new version while the current one stays readable, then switches
+`current_key` in one transaction; rollback switches back until the old version is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+
+from storage.errors import LedgerError, check_collection_name
+from storage.schema import collections, jobs, vectors, versions
+
+
+@dataclass(frozen=True)
+class Version:
+    key: str
+    collection: str
+    version: int
+    model: str
+    dim: int | None
+    normalized: bool
+    state: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    current_key: str
+    previous_key: str | None
+    source: dict[str, Any]
+    options: dict[str, Any]
+    versions: list[Version]
+
+    @property
+    def current(self) -> Version:
+        return next(v for v in self.versions if v.key == self.current_key)
+
+
+def version_key(name: str, version: int) -> str:
+    return name if version == 1 else f"{name}__v{version}"
+
+
+def _version(row: Any) -> Version:
+    return Version(**{f: getattr(row, f) for f in Version.__dataclass_fields__})
+
+
+def _insert_version(conn: Connection, name: str, number: int, model: str) -> Version:
+    key = version_key(name, number)
+    values = dict(key=key, collection=name, version=number, model=model, dim=None, normalized=True,
+                  state="building", created_at=time.time())
+    conn.execute(insert(versions).values(**values))
+    return Version(**values)
+
+
+def open_collection(engine: Engine, name: str, model: str, source: dict[str, Any], options: dict[str, Any]) -> Version:
+    """The version a new job of `model` writes to: the current one, created (as version 1,
+    registering the source) on first use. Another model than the current one's is refused."""
+    check_collection_name(name)
+    with engine.begin() as conn:
+        row = conn.execute(select(collections.c.current_key).where(collections.c.name == name)).first()
+        if row is None:
+            conn.execute(insert(collections).values(name=name, current_key=version_key(name, 1), source=source,
+                                                    options=options, created_at=time.time()))
+            return _insert_version(conn, name, 1, model)
+        current = _version(conn.execute(select(versions).where(versions.c.key == row.current_key)).one())
+    if current.model != model:
+        raise LedgerError(
+            f"collection {name!r} is on model {current.model!r}, not {model!r}: "
+            f"`embedfleet migrate --collection {name} --model ...` moves it to another model"
+        )
+    return current
+
+
+def new_version(engine: Engine, name: str, model: str) -> Version:
+    """The next version of a collection, empty, for a migration to fill."""
+    with engine.begin() as conn:
+        get_collection_conn(conn, name)
+        number = conn.execute(select(func.max(versions.c.version)).where(versions.c.collection == name)).scalar_one()
+        return _insert_version(conn, name, int(number) + 1, model)
+
+
+def get_collection_conn(conn: Connection, name: str) -> Collection:
+    row = conn.execute(select(collections).where(collections.c.name == name)).first()
+    if row is None:
+        raise LedgerError(f"no collection {name!r}")
+    rows = conn.execute(select(versions).where(versions.c.collection == name).order_by(versions.c.version)).all()
+    return Collection(row.name, row.current_key, row.previous_key, row.source or {}, row.options or {},
+                      [_version(r) for r in rows])
+
+
+def get_collection(engine: Engine, name: str) -> Collection:
+    with engine.connect() as conn:
+        return get_collection_conn(conn, name)
+
+
+def get_version(conn: Connection, key: str) -> Version:
+    row = conn.execute(select(versions).where(versions.c.key == key)).first()
+    if row is None:
+        raise LedgerError(f"no collection version {key!r}")
+    return _version(row)
+
+
+def version_rows(engine: Engine, key: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(vectors).where(vectors.c.version_key == key)).scalar_one())
+
+
+def mark_ready(conn: Connection, key: str) -> None:
+    conn.execute(update(versions).where(and_(versions.c.key == key, versions.c.state == "building")).values(state="ready"))
+
+
+def cutover_conn(conn: Connection, name: str, key: str) -> None:
+    """Make `key` current; the old current becomes the rollback target. One transaction."""
+    collection = get_collection_conn(conn, name)
+    target = next((v for v in collection.versions if v.key == key), None)
+    if target is None or target.state == "dropped":
+        raise LedgerError(f"collection {name!r} has no live version {key!r}")
+    if key == collection.current_key:
+        return
+    conn.execute(update(collections).where(collections.c.name == name)
+                 .values(current_key=key, previous_key=collection.current_key))
+
+
+def cutover(engine: Engine, name: str, number: int | None = None) -> Version:
+    """Switch reads to version `number`, or to the newest complete version."""
+    with engine.begin() as conn:
+        collection = get_collection_conn(conn, name)
+        if number is None:
+            ready = [v for v in collection.versions if v.state == "ready" and v.key != collection.current_key
+                     and v.version > collection.current.version]
+            if not ready:
+                raise LedgerError(f"collection {name!r} has no complete version newer than the current one")
+            target = ready[-1]
+        else:
+            target = next((v for v in collection.versions if v.version == number), None)
+            if target is None or target.state != "ready":
+                raise LedgerError(f"version {number} of {name!r} is not complete (or does not exist)")
+        cutover_conn(conn, name, target.key)
+        return target
+
+
+def rollback(engine: Engine, name: str) -> Version:
+    """Back to the previous version; the one left becomes the previous (roll forward again)."""
+    with engine.begin() as conn:
+        collection = get_collection_conn(conn, name)
+        if collection.previous_key is None:
+            raise LedgerError(f"collection {name!r} has no previous version to roll back to")
+        cutover_conn(conn, name, collection.previous_key)
+        return get_version(conn, collection.previous_key)
+
+
+def drop_version(engine: Engine, name: str, number: int) -> int:
+    """Delete a version's vectors (never the current one's). Returns rows deleted."""
+    with engine.begin() as conn:
+        collection = get_collection_conn(conn, name)
+        target = next((v for v in collection.versions if v.version == number), None)
+        if target is None:
+            raise LedgerError(f"collection {name!r} has no version {number}")
+        if target.key == collection.current_key:
+            raise LedgerError(f"version {number} is current: cut over or roll back first")
+        running = conn.execute(select(jobs.c.id).where(and_(jobs.c.version_key == target.key,
+                                                              jobs.c.state != "done"))).first()
+        if running is not None:
+            raise LedgerError(f"job {running.id} is still writing version {number}")
+        deleted = conn.execute(delete(vectors).where(vectors.c.version_key == target.key)).rowcount
+        conn.execute(update(versions).where(versions.c.key == target.key).values(state="dropped"))
+        if collection.previous_key == target.key:
+            conn.execute(update(collections).where(collections.c.name == name).values(previous_key=None))
+        return int(deleted or 0)
+
+
+def claim_reindex(engine: Engine, name: str, min_gap_seconds: float) -> bool:
+    """True for exactly one caller per gap: the guard that keeps two beats (or a restart
+    across the scheduled time) from starting two reindexes of one collection."""
+    now = time.time()
+    with engine.begin() as conn:
+        claimed = conn.execute(
+            update(collections)
+            .where(and_(collections.c.name == name,
+                        or_(collections.c.last_reindex_at.is_(None),
+                            collections.c.last_reindex_at < now - min_gap_seconds)))
+            .values(last_reindex_at=now)
+        ).rowcount
+    return claimed == 1
