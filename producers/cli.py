@@ -181,7 +181,7 @@ def stats_json(engine: Any, stats: JobStats) -> dict[str, Any]:
         from storage.metrics import job_metrics
     except ImportError:
         return figures
-    return {**figures, **job_metrics(engine, stats.job_id)}
+    return {**figures, **job_metrics(engine, stats.job_id, stats)}
 
 
 @cli.command()

@@ -1,3 +1,112 @@
-"""Operations commands: registered on the `embedfleet` group by importing this module."""
+"""Operations commands: registered on the `embedfleet` group by importing this module.
+
+`producers/cli.py` imports this module at its end, after `cli` is defined, so the names
+imported from it below already exist. Like the rest of `producers`, nothing here imports
+torch: a monitoring host needs no model.
+"""
 
 from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+
+import click
+
+from producers.cli import _apply, _summary, cli
+from storage.engine import get_engine, redact
+
+log = logging.getLogger(__name__)
+
+
+def flower_auth_argument(user: str, password: str) -> str:
+    """Flower's `--basic-auth=user:password`, refusing what Flower would misread.
+
+    Flower's option takes a comma-separated list of user:password pairs, and a basic-auth
+    user name ends at the first colon, so neither may appear where they would split.
+    """
+    if not user or not password:
+        raise click.ClickException(
+            "refusing to start Flower without credentials: set EMBEDFLEET_FLOWER_USER and "
+            "EMBEDFLEET_FLOWER_PASSWORD, or pass --no-auth to run it open to anyone who can reach the port"
+        )
+    if ":" in user or "," in user or "," in password:
+        raise click.ClickException("Flower credentials may not contain ',' (and the user name no ':')")
+    return f"--basic-auth={user}:{password}"
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", type=int, default=5555, show_default=True, help="HTTP port of the UI, API and /metrics.")
+@click.option("--no-auth", is_flag=True, help="Run without authentication (the UI is open to anyone on the port).")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, no_auth: bool, flower_args: tuple[str, ...]) -> None:
+    """Flower on EMBEDFLEET_BROKER_URL, with basic auth from EMBEDFLEET_FLOWER_USER/_PASSWORD.
+
+    Extra arguments go to Flower (`--address=127.0.0.1`, `--read_only=True`, ...).
+    """
+    settings = _apply()
+    argv = ["flower", f"--port={port}", *flower_args]
+    if no_auth:
+        # Flower's /api answers 401 to everyone when no auth is configured, unless the
+        # operator also sets FLOWER_UNAUTHENTICATED_API=true themselves.
+        click.echo("warning: Flower runs without authentication (--no-auth)", err=True)
+    else:
+        # In the argv list given to app.start, not the process's command line: `ps` never shows it.
+        argv.insert(1, flower_auth_argument(settings.flower_user, settings.flower_password))
+    from config.celery_app import app
+
+    app.conf.broker_url = settings.broker_url
+    log.info("starting Flower on %s, port %d", redact(settings.broker_url), port)
+    app.start(argv)
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@cli.command()
+@click.option("--limit", type=int, default=20, show_default=True, help="Most jobs to list.")
+@click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
+def jobs(limit: int, db: str | None) -> None:
+    """Recent jobs, newest first, one line each (plus any older job still running)."""
+    from storage.ledger import job_stats
+    from storage.metrics import recent_job_ids
+
+    settings = _apply(database_url=db)
+    engine = get_engine(settings.database_url)
+    ids = recent_job_ids(engine, limit)
+    if not ids:
+        click.echo("no jobs", err=True)
+        return
+    click.echo(f"{'JOB':<32}  {'COLLECTION':<16} {'STATE':<10} {'READ':>9} {'STORED':>9} {'SKIPPED':>8} "
+               f"{'DEAD':>6} {'REC/S':>9}  CREATED")
+    for job_id in ids:
+        s = job_stats(engine, job_id)
+        click.echo(f"{s.job_id:<32}  {s.collection:<16} {s.state:<10} {s.records_read:>9} {s.stored:>9} "
+                   f"{s.skipped:>8} {s.dead:>6} {s.rate:>9.1f}  {_when(s.created_at)}")
+
+
+@cli.command()
+@click.option("--port", type=int, default=9808, show_default=True, help="HTTP port of /metrics.")
+@click.option("--address", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--limit", type=int, default=20, show_default=True,
+              help="Export the newest N jobs (and every running one).")
+@click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
+def metrics(port: int, address: str, limit: int, db: str | None) -> None:
+    """A Prometheus exporter of per-job figures read from the ledger on each scrape."""
+    from prometheus_client import start_http_server
+
+    from storage.metrics import collect_registry
+
+    settings = _apply(database_url=db)
+    engine = get_engine(settings.database_url)
+    server, thread = start_http_server(port, addr=address, registry=collect_registry(engine, limit))
+    click.echo(f"serving job metrics of {redact(settings.database_url)} on http://{address}:{port}/metrics",
+               err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    thread.join(timeout=5)

@@ -47,6 +47,15 @@ class ChunkTask(Task):
     max_retries = get_settings().max_retries
     acks_late = True
 
+    def signature_from_request(self, request: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A retry re-sends the task from this signature, and Celery does not carry kwargsrepr
+        over: without this, Flower would show a retried chunk's texts."""
+        signature = super().signature_from_request(request, *args, **kwargs)
+        label = getattr(self.request if request is None else request, "kwargsrepr", None)
+        if label:
+            signature.set(kwargsrepr=label)
+        return signature
+
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         job_id = kwargs["chunk"]["job_id"]
         log.warning("retrying job=%s chunk=%s after %s: %s", job_id, kwargs["chunk"]["seq"], type(exc).__name__, exc)
