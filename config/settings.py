@@ -24,7 +24,10 @@ class Settings(BaseSettings):
     encoder: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # A batch holds at most batch_size texts and batch_tokens padded tokens (count x longest);
+    # 0 means 4096 on a CPU (where throughput peaks, docs/benchmarks.md) and 65536 on a GPU.
     batch_size: int = 32
+    batch_tokens: int = 0
     # torch intra-op threads per worker process; 0 means every core. `embedfleet worker -c N`
     # sets cores / N so its processes do not fight over the cores.
     torch_threads: int = 0
@@ -32,6 +35,9 @@ class Settings(BaseSettings):
     # A chunk closes at this many records or this many estimated tokens, whichever first.
     chunk_size: int = 256
     chunk_token_budget: int = 16384
+    # Producers sort each window of this many records by length before chunking, so a chunk
+    # holds texts of like length and pads little; positions keep the corpus order.
+    sort_window: int = 4096
     # The model's window as producers assume it (they never load the model): sizes chunks and
     # counts the records the model will truncate. The embedded run uses the model's own.
     max_tokens_per_record: int = 256

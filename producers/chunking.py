@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 from producers.records import Record
@@ -18,6 +19,19 @@ def estimate_tokens(text: str, window: int) -> int:
 
 def is_truncated(text: str, window: int) -> bool:
     return len(text) // CHARS_PER_TOKEN + 2 > window
+
+
+def sort_windows(records: Iterable[Record], window: int) -> Iterator[Record]:
+    """Each run of `window` records, longest first: chunks then hold texts of like length and
+    batches pad little, as a whole-corpus sort would, with memory bounded by the window.
+    The sort is stable, so a repeated text still comes after its first occurrence."""
+    if window <= 1:
+        yield from records
+        return
+    iterator = iter(records)
+    while buffer := list(itertools.islice(iterator, window)):
+        buffer.sort(key=lambda r: -len(r.text))
+        yield from buffer
 
 
 def chunk_records(

@@ -78,6 +78,7 @@ def _request(settings: Settings, opts: dict[str, Any]) -> JobRequest:
         window=settings.max_tokens_per_record,
         skip_invalid=opts["skip_invalid"],
         sync=opts["sync"],
+        sort_window=settings.sort_window,
     )
 
 
@@ -113,9 +114,10 @@ def _fleet_sender(settings: Settings):  # type: ignore[no-untyped-def]
 
 @cli.command()
 @corpus_options
-def run(**opts: Any) -> None:
+@click.option("--batch-size", type=int, default=None, help="Most texts per forward pass [32].")
+def run(batch_size: int | None, **opts: Any) -> None:
     """Embed CORPUS on the embedded default: in-process worker, SQLite file, no servers."""
-    settings = _apply(database_url=opts["db"], chunk_size=opts["chunk_size"])
+    settings = _apply(database_url=opts["db"], chunk_size=opts["chunk_size"], batch_size=batch_size)
     from workers.embedded import run_embedded
 
     submission, stats = run_embedded(_request(settings, opts))
@@ -206,16 +208,28 @@ def export(collection: str, out: Path, number: int | None, db: str | None) -> No
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--queues", "-Q", default="embed,collect,dead_letter", show_default=True, help="Queues to consume.")
-@click.option("--concurrency", "-c", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--concurrency", "-c", type=int, default=None,
+              help="Worker processes [one per core on a CPU, one per GPU with --device cuda].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[EMBEDFLEET_DEVICE]")
+@click.option("--batch-size", type=int, default=None, help="Most texts per forward pass [32].")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(queues: str, concurrency: int, device: str | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
+def worker(queues: str, concurrency: int | None, device: str | None, batch_size: int | None, loglevel: str,
+           celery_args: tuple[str, ...]) -> None:
     """A fleet worker on EMBEDFLEET_BROKER_URL (extra arguments go to `celery worker`)."""
+    from workers.precision import gpu_count
+
     if device:
         os.environ["EMBEDFLEET_DEVICE"] = device
-    # Split the cores between the processes so torch threads do not fight each other.
-    os.environ.setdefault("EMBEDFLEET_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, concurrency))))
+    if batch_size:
+        os.environ["EMBEDFLEET_BATCH_SIZE"] = str(batch_size)
+    set_settings(None)
+    gpus = gpu_count() if get_settings().device in ("auto", "cuda") else 0
+    # Measured on 2 cores: two processes of one torch thread beat one of two threads by
+    # 7-10% (docs/benchmarks.md), so a CPU worker runs a process per core; a GPU worker
+    # runs a process per GPU, each pinned to its own.
+    concurrency = concurrency or gpus or os.cpu_count() or 1
+    os.environ.setdefault("EMBEDFLEET_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
     set_settings(None)
     if "embed" in queues.split(","):
         # Fail here, with the reason, rather than in every task: a worker that cannot load its
@@ -238,18 +252,22 @@ def worker(queues: str, concurrency: int, device: str | None, loglevel: str, cel
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--fields", default=None, help="Build the text from these comma-separated fields.")
-@click.option("--only", default="direct,run,fleet,memory", show_default=True, help="Sections to run.")
+@click.option("--only", default="batching,direct,run,fleet,layout,pipeline,storage,stress,memory", show_default=True,
+              help="Sections to run, comma-separated.")
 @click.option("--limit", type=int, default=None, help="Use the first N valid records.")
 @click.option("--broker-url", default="redis://127.0.0.1:6379/14", show_default=True,
-              help="A broker database of the bench's own: fleet and memory purge its queues.")
+              help="A broker database of the bench's own: the fleet sections purge its queues.")
+@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
+              help="A PostgreSQL server on which the bench creates (and drops) a database of its own.")
 @click.option("--json", "as_json", is_flag=True)
 def bench(corpus: str, id_field: str, text_field: str, fields: str | None, only: str, limit: int | None,
-          broker_url: str, as_json: bool) -> None:
+          broker_url: str, pg_url: str, as_json: bool) -> None:
     """Measure embedfleet against a plain SentenceTransformer.encode loop, in one run."""
     from workers.bench import run_bench
 
     text_fields = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields else (text_field,)
-    run_bench(corpus, FieldSpec(id_field, text_fields), only.split(","), limit, broker_url, as_json)
+    run_bench(corpus, FieldSpec(id_field, text_fields), [s.strip() for s in only.split(",")], limit, broker_url,
+              pg_url, as_json)
 
 
 @cli.command()

@@ -28,4 +28,5 @@ def registered_request(engine: Engine, name: str, settings: Settings, model: str
         sync=sync or options.get("sync", "none"),
         version_key=version_key,
         cutover=cutover,
+        sort_window=settings.sort_window,
     )

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from config.messages import ChunkTexts
 from config.queues import ENCODE_TASK
-from producers.chunking import chunk_records, is_truncated
+from producers.chunking import chunk_records, is_truncated, sort_windows
 from producers.incremental import Changes, detect_changes, sweep_deleted
 from producers.readers import Source
 from producers.records import FieldSpec, Record
@@ -43,6 +43,8 @@ class JobRequest:
     # A migration writes a version of its own, and may switch reads to it when complete.
     version_key: str | None = None
     cutover: bool = False
+    # Records sorted by length within windows of this many before chunking (1: corpus order).
+    sort_window: int = 4096
 
     def options(self) -> dict[str, Any]:
         """What a later reindex needs to read this source the same way."""
@@ -133,7 +135,8 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
     changes = Changes()
     records = (r for r in valid_records(request.corpus, request.spec, scan) if isinstance(r, Record))
     changed = detect_changes(engine, version.key, records, scan, changes)
-    chunks = chunk_records(changed, request.chunk_size, request.token_budget, request.window)
+    chunks = chunk_records(sort_windows(changed, request.sort_window), request.chunk_size, request.token_budget,
+                           request.window)
     seq, truncated = send_chunks(engine, send, job_id, version, chunks, request.window, wait_for_room)
     if request.sync == "full":
         changes.deleted = sweep_deleted(engine, version.key, scan)

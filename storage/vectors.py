@@ -8,36 +8,14 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from config.messages import ChunkVectors, DeadRecord
 from storage import codec
+from storage.bulk import Row, upsert_rows
 from storage.dead_letters import insert_letters, resolve_stored
 from storage.errors import LedgerError, SourceNotStored
 from storage.ledger import finish_if_complete
 from storage.schema import chunks, dead_letters, vectors, versions
-
-
-def _upsert_statement(conn: Connection) -> Any:
-    """INSERT ... ON CONFLICT (version_key, record_id) DO UPDATE, in the connection's dialect."""
-    name = conn.dialect.name
-    if name == "postgresql":
-        stmt = postgresql.insert(vectors)
-    elif name == "sqlite":
-        stmt = sqlite.insert(vectors)
-    else:
-        raise LedgerError(f"unsupported database dialect {name!r}: use SQLite or PostgreSQL")
-    excluded = stmt.excluded
-    return stmt.on_conflict_do_update(
-        index_elements=[vectors.c.version_key, vectors.c.record_id],
-        set_={
-            "position": excluded.position,
-            "content_hash": excluded.content_hash,
-            "model": excluded.model,
-            "embedding": excluded.embedding,
-            "updated_at": excluded.updated_at,
-        },
-    )
 
 
 def _check_model(conn: Connection, chunk: ChunkVectors) -> None:
@@ -53,7 +31,7 @@ def _check_model(conn: Connection, chunk: ChunkVectors) -> None:
         raise LedgerError(f"version {chunk.version_key!r} has dimension {row.dim}, chunk has {chunk.dim}")
 
 
-def _resolve_aliases(conn: Connection, chunk: ChunkVectors, now: float) -> tuple[list[dict[str, Any]], list[DeadRecord]]:
+def _resolve_aliases(conn: Connection, chunk: ChunkVectors, now: float) -> tuple[list[Row], list[DeadRecord]]:
     """Rows for records whose text repeats an earlier record's, copied by content hash.
 
     A repeat of a dead letter is a dead letter too; a repeat of a record not stored yet
@@ -77,9 +55,7 @@ def _resolve_aliases(conn: Connection, chunk: ChunkVectors, now: float) -> tuple
     rows, dead = [], []
     for record_id, position, content_hash, text in chunk.aliases:
         if content_hash in found:
-            rows.append({"version_key": chunk.version_key, "record_id": record_id, "position": position,
-                         "content_hash": content_hash, "model": chunk.model, "embedding": found[content_hash],
-                         "updated_at": now})
+            rows.append((chunk.version_key, record_id, position, content_hash, chunk.model, found[content_hash], now))
         else:
             dead.append(DeadRecord(record_id, position, text, content_hash, "RepeatOfDeadLetter",
                                    "its text repeats a record that is a dead letter; redrive that one"))
@@ -96,12 +72,16 @@ def store_chunk(engine: Engine, chunk: ChunkVectors) -> int:
     if len(blobs) != len(chunk.ids):
         raise ValueError(f"chunk {chunk.seq}: {len(blobs)} vectors for {len(chunk.ids)} records")
     now = time.time()
-    params = [
-        {"version_key": chunk.version_key, "record_id": record_id, "position": position,
-         "content_hash": content_hash, "model": chunk.model, "embedding": blob, "updated_at": now}
+    params: list[Row] = [
+        (chunk.version_key, record_id, position, content_hash, chunk.model, blob, now)
         for record_id, position, content_hash, blob in zip(chunk.ids, chunk.positions, chunk.hashes, blobs)
     ]
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Safe to skip the WAL flush wait: the vectors and the chunk's "done" commit
+            # together, so a crash loses both or neither, and a chunk lost that way is still
+            # open in the ledger, where resume and the reconciler find it.
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         _check_model(conn, chunk)
         ledger_row = conn.execute(
             select(chunks.c.state, chunks.c.deliveries)
@@ -110,12 +90,10 @@ def store_chunk(engine: Engine, chunk: ChunkVectors) -> int:
             # sees it done, so its dead letters are not written twice.
             .with_for_update()
         ).first()
-        if params:
-            conn.execute(_upsert_statement(conn), params)
+        upsert_rows(conn, params)
         alias_rows, alias_dead = _resolve_aliases(conn, chunk, now)
-        if alias_rows:
-            conn.execute(_upsert_statement(conn), alias_rows)
-        stored_ids = chunk.ids + [row["record_id"] for row in alias_rows]
+        upsert_rows(conn, alias_rows)
+        stored_ids = chunk.ids + [row[1] for row in alias_rows]
         resolve_stored(conn, chunk.job_id, chunk.version_key, stored_ids)
         if ledger_row is not None and ledger_row.state == "done":
             return len(stored_ids)  # a redelivery: rows rewritten, letters and counts already there

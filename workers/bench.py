@@ -1,8 +1,10 @@
-"""`embedfleet bench`: measured side by side in one run, as ratios against a baseline.
+"""`embedfleet bench`: everything measured side by side in one run, as ratios to a baseline.
 
-Sections: direct (plain SentenceTransformer fp32 encode, the user's alternative), run (the
-embedded default end to end), fleet (two worker processes on a real broker), memory
-(producer peak RSS for two corpus sizes).
+In-process sections: batching (the seed's table: one at a time vs batch sizes), direct (a
+plain fp32 SentenceTransformer.encode(batch_size=32), the user's alternative), run (the
+embedded default end to end, and the cosine of its vectors to the direct ones), stress
+(30,000 one-line records through `run`), memory (producer peak RSS). Fleet sections are in
+workers/bench_fleet.py.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from config.settings import Settings
 from producers.readers import Corpus
 from producers.records import FieldSpec, Record
 from producers.validation import valid_records
 
 BIN = Path(sys.executable).parent
+SECTIONS = ("batching", "direct", "run", "fleet", "layout", "pipeline", "storage", "stress", "memory")
 
 
 @dataclass
@@ -31,49 +36,76 @@ class BenchReport:
     records: int
     rows: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, section: str, what: str, seconds: float | None, records: int | None, **extra: Any) -> dict[str, Any]:
+    def add(self, section: str, what: str, seconds: float | None = None, records: int | None = None,
+            **extra: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"section": section, "what": what}
         if seconds is not None:
             row["seconds"] = round(seconds, 3)
         if seconds and records:
             row["records_per_s"] = round(records / seconds, 1)
-        row.update(extra)
+        row.update({k: v for k, v in extra.items() if v is not None})
         self.rows.append(row)
+        print(f"  {section}: {what}: {json.dumps({k: v for k, v in row.items() if k not in ('section', 'what')})}",
+              file=sys.stderr, flush=True)
         return row
 
 
-def load_texts(corpus: str, spec: FieldSpec, limit: int | None) -> list[Record]:
+def load_records(corpus: str, spec: FieldSpec, limit: int | None) -> list[Record]:
     records = [r for r in valid_records(Corpus(corpus), spec) if isinstance(r, Record)]
     return records[:limit] if limit else records
 
 
-def write_corpus(records: list[Record], path: Path, copies: int = 1, total: int | None = None) -> None:
-    """A JSONL corpus of the given records' texts (cycled, with fresh ids, up to total)."""
-    total = total or len(records) * copies
+def write_corpus(records: list[Record], path: Path, total: int | None = None) -> list[str]:
+    """A JSONL corpus of the records' texts (cycled with fresh ids up to total). Returns the ids."""
+    total = total or len(records)
+    ids = []
     with path.open("w", encoding="utf-8") as out:
         for i in range(total):
             record = records[i % len(records)]
-            out.write(json.dumps({"id": f"{record.record_id}-{i}", "text": record.text}) + "\n")
+            record_id = record.record_id if total == len(records) else f"{record.record_id}-{i}"
+            ids.append(record_id)
+            out.write(json.dumps({"id": record_id, "text": record.text}) + "\n")
+    return ids
 
 
-def bench_direct(report: BenchReport, texts: list[str]) -> float:
-    """The baseline: one process calling SentenceTransformer.encode(batch_size=32) in fp32."""
+def fp32_model():  # type: ignore[no-untyped-def]
     import torch
     from sentence_transformers import SentenceTransformer
 
     from workers.encoder import model_path
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model = SentenceTransformer(model_path(Settings().model), device="cpu")
+    return SentenceTransformer(model_path(Settings().model), device="cpu")
+
+
+def bench_batching(report: BenchReport, model: Any, texts: list[str]) -> None:
+    """The seed's table: one call per text against batches of 1, 8, 16, 32 and 64 (fp32)."""
+    sample = texts[:256]
+    model.encode(sample[:16])
+    started = time.perf_counter()
+    for text in sample:
+        model.encode(text)
+    one = (time.perf_counter() - started) / len(sample)
+    report.add("batching", "one at a time (encode(text) per record)", one * len(sample), len(sample),
+               ms_per_record=round(one * 1000, 2), speedup=1.0)
+    for size in (1, 8, 16, 32, 64):
+        started = time.perf_counter()
+        model.encode(sample, batch_size=size)
+        per = (time.perf_counter() - started) / len(sample)
+        report.add("batching", f"encode(texts, batch_size={size})", per * len(sample), len(sample),
+                   ms_per_record=round(per * 1000, 2), speedup=round(one / per, 2))
+
+
+def bench_direct(report: BenchReport, model: Any, texts: list[str]) -> tuple[float, np.ndarray]:
     model.encode(texts[:64], batch_size=32)
     started = time.perf_counter()
-    model.encode(texts, batch_size=32, normalize_embeddings=True)
+    vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
     seconds = time.perf_counter() - started
-    report.add("direct", "SentenceTransformer.encode fp32 batch 32", seconds, len(texts), ratio=1.0)
-    return seconds
+    report.add("direct", "SentenceTransformer.encode fp32, batch_size=32 (baseline)", seconds, len(texts), ratio=1.0)
+    return seconds, vectors
 
 
-def _job_seconds(db_url: str) -> tuple[float, dict[str, Any]]:
+def latest_job(db_url: str) -> dict[str, Any]:
     from sqlalchemy import select
 
     from storage.engine import get_engine
@@ -83,77 +115,53 @@ def _job_seconds(db_url: str) -> tuple[float, dict[str, Any]]:
     engine = get_engine(db_url)
     with engine.connect() as conn:
         job_id = conn.execute(select(jobs.c.id).order_by(jobs.c.created_at.desc())).scalars().first()
-    stats = job_stats(engine, job_id)
-    return stats.elapsed, stats.as_dict()
+    return job_stats(engine, job_id).as_dict()
 
 
-def bench_run(report: BenchReport, corpus: Path, records: int, baseline: float | None, work: Path) -> None:
-    db = f"sqlite:///{work / 'run.db'}"
+def cli_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", **extra}
+
+
+def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float | None, reference: np.ndarray | None,
+              work: Path, section: str = "run") -> None:
+    db = f"sqlite:///{work / f'{section}.db'}"
     started = time.perf_counter()
-    subprocess.run(
-        [str(BIN / "embedfleet"), "run", str(corpus), "--collection", "bench", "--db", db],
-        check=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    subprocess.run([str(BIN / "embedfleet"), "run", str(corpus), "--collection", "bench", "--db", db],
+                   check=True, capture_output=True, text=True, env=cli_env())
     wall = time.perf_counter() - started
-    job_seconds, stats = _job_seconds(db)
-    assert stats["stored"] == records, stats
-    report.add("run", "embedfleet run, job (submit to last commit)", job_seconds, records,
-               ratio=round(baseline / job_seconds, 2) if baseline else None)
-    report.add("run", "embedfleet run, whole command (with imports and model load)", wall, records,
+    stats = latest_job(db)
+    if stats["stored"] != len(ids):
+        raise RuntimeError(f"run stored {stats['stored']} of {len(ids)} records: {stats}")
+    report.add(section, "embedfleet run, job (validation to last commit)", stats["seconds"], len(ids),
+               ratio=round(baseline / stats["seconds"], 2) if baseline else None)
+    report.add(section, "embedfleet run, whole command (imports, model load)", wall, len(ids),
                ratio=round(baseline / wall, 2) if baseline else None)
-
-
-def bench_fleet(report: BenchReport, corpus: Path, records: int, baseline: float | None, work: Path,
-                broker_url: str, processes: int = 2) -> None:
-    """`processes` single-process workers on the broker, torch threads split between them."""
-    from celery import Celery
-
-    from config.celeryconfig import celery_config
-
-    db = f"sqlite:///{work / 'fleet.db'}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDFLEET_BROKER_URL": broker_url, "EMBEDFLEET_DATABASE_URL": db,
-           "EMBEDFLEET_TORCH_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
-    control = Celery("bench-control")
-    control.conf.update(celery_config(Settings(broker_url=broker_url)))
-    control.control.purge()
-    workers = [
-        subprocess.Popen([str(BIN / "embedfleet"), "worker", "-c", "1", "-n", f"bench{i}@%h", "--without-mingle",
-                          "--without-gossip", "-l", "WARNING"], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-        for i in range(processes)
-    ]
-    try:
-        deadline = time.monotonic() + 180
-        while len(control.control.ping(timeout=1.0) or []) < processes:
-            if time.monotonic() > deadline:
-                raise RuntimeError("bench workers did not start")
-        subprocess.run([str(BIN / "embedfleet"), "submit", str(corpus), "--collection", "bench", "--wait"],
-                       check=True, capture_output=True, text=True, env=env)
-        job_seconds, stats = _job_seconds(db)
-        assert stats["stored"] == records, stats
-        report.add("fleet", f"{processes} worker processes on Redis, job", job_seconds, records,
-                   ratio=round(baseline / job_seconds, 2) if baseline else None)
-    finally:
-        for proc in workers:
-            proc.terminate()
-        for proc in workers:
-            proc.wait(timeout=30)
-        control.control.purge()
-        control.close()
+    if reference is not None:
+        out = work / f"{section}.npy"
+        subprocess.run([str(BIN / "embedfleet"), "export", "--collection", "bench", "--out", str(out), "--db", db],
+                       check=True, capture_output=True, env=cli_env())
+        assert out.with_suffix(".ids.txt").read_text().split() == ids, "export is not in corpus order"
+        cosine = (np.load(out) * reference).sum(axis=1)
+        report.add(section, "cosine of run's vectors to fp32, every record", None, None,
+                   min=round(float(cosine.min()), 6), mean=round(float(cosine.mean()), 6),
+                   below_0_999=int((cosine < 0.999).sum()))
 
 
 _MEMORY_PROBE = """
-import resource, sys
+import sys
 from producers.cli import main
 try:
     main()
 finally:
-    print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    # VmHWM: this process's own peak RSS. (ru_maxrss would include the parent's pages
+    # counted in the forked child before exec.)
+    peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+    print("PEAK_KB", peak, file=sys.stderr)
 """
 
 
 def bench_memory(report: BenchReport, records: list[Record], work: Path, broker_url: str) -> None:
-    """Producer peak RSS submitting 10,000 and 100,000 records (nothing consumes them)."""
+    """Producer peak RSS submitting 10,000 and 100,000 records to the broker."""
     from celery import Celery
 
     from config.celeryconfig import celery_config
@@ -165,43 +173,79 @@ def bench_memory(report: BenchReport, records: list[Record], work: Path, broker_
         for size in (10_000, 100_000):
             path = work / f"memory-{size}.jsonl"
             write_corpus(records, path, total=size)
-            env = {**os.environ, "EMBEDFLEET_BROKER_URL": broker_url,
-                   "EMBEDFLEET_DATABASE_URL": f"sqlite:///{work / f'memory-{size}.db'}"}
+            env = cli_env(EMBEDFLEET_BROKER_URL=broker_url, EMBEDFLEET_DATABASE_URL=f"sqlite:///{work / f'memory-{size}.db'}")
             started = time.perf_counter()
             done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, "submit", str(path), "--collection", "mem"],
                                   check=True, capture_output=True, text=True, env=env)
             seconds = time.perf_counter() - started
-            peaks[size] = int(done.stderr.rsplit("MAXRSS_KB", 1)[1].split()[0]) / 1024
-            report.add("memory", f"producer submit of {size} records", seconds, size, peak_rss_mb=round(peaks[size], 1))
+            peaks[size] = int(done.stderr.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024
+            report.add("memory", f"producer submit of {size:,} records", seconds, size, peak_rss_mb=round(peaks[size], 1))
             control.control.purge()
     finally:
         control.close()
-    report.add("memory", "peak RSS 100k / 10k", None, None, ratio=round(peaks[100_000] / peaks[10_000], 3))
+    report.add("memory", "producer peak RSS, 100k / 10k", ratio=round(peaks[100_000] / peaks[10_000], 3))
+
+
+def bench_stress(report: BenchReport, records: list[Record], work: Path) -> None:
+    """The seed's stress test: 30,000 one-line records embedded and stored by `run`."""
+    one_liners = [r for r in records if "\n" not in r.text] or records
+    corpus = work / "stress.jsonl"
+    ids = write_corpus(one_liners, corpus, total=30_000)
+    db = f"sqlite:///{work / 'stress.db'}"
+    started = time.perf_counter()
+    subprocess.run([str(BIN / "embedfleet"), "run", str(corpus), "--collection", "stress", "--db", db],
+                   check=True, capture_output=True, text=True, env=cli_env())
+    wall = time.perf_counter() - started
+    stats = latest_job(db)
+    assert stats["stored"] + stats["skipped"] == len(ids), stats
+    report.add("stress", "30,000 one-line records, embedfleet run, whole command", wall, len(ids),
+               job_seconds=stats["seconds"], stored=stats["stored"], deduplicated=stats["deduplicated"])
 
 
 def print_table(report: BenchReport) -> None:
     print(f"corpus {report.corpus}: {report.records} records")
-    print(f"{'section':8} {'what':62} {'seconds':>9} {'rec/s':>9} {'ratio':>7}  extra")
+    print(f"{'section':9} {'what':58} {'seconds':>9} {'rec/s':>9} {'ratio':>7}  extra")
     for row in report.rows:
         extra = {k: v for k, v in row.items() if k not in ("section", "what", "seconds", "records_per_s", "ratio")}
         ratio = row.get("ratio")
-        print(f"{row['section']:8} {row['what']:62} {row.get('seconds', ''):>9} {row.get('records_per_s', ''):>9} "
+        print(f"{row['section']:9} {row['what'][:58]:58} {row.get('seconds', ''):>9} {row.get('records_per_s', ''):>9} "
               f"{'' if ratio is None else str(ratio) + 'x':>7}  {extra or ''}")
 
 
-def run_bench(corpus: str, spec: FieldSpec, sections: list[str], limit: int | None, broker_url: str,
+def run_bench(corpus: str, spec: FieldSpec, sections: list[str], limit: int | None, broker_url: str, pg_url: str,
               as_json: bool) -> BenchReport:
-    records = load_texts(corpus, spec, limit)
+    from workers import bench_fleet
+
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown bench sections {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
+    records = load_records(corpus, spec, limit)
     report = BenchReport(corpus=corpus, records=len(records))
+    texts = [r.text for r in records]
     with tempfile.TemporaryDirectory(prefix="embedfleet-bench-") as tmp:
         work = Path(tmp)
         bench_corpus = work / "bench.jsonl"
-        write_corpus(records, bench_corpus)
-        baseline = bench_direct(report, [r.text for r in records]) if "direct" in sections else None
+        ids = write_corpus(records, bench_corpus)
+        baseline, reference = None, None
+        if {"batching", "direct"} & set(sections):
+            model = fp32_model()
+            if "batching" in sections:
+                bench_batching(report, model, texts)
+            if "direct" in sections:
+                baseline, reference = bench_direct(report, model, texts)
+            del model
         if "run" in sections:
-            bench_run(report, bench_corpus, len(records), baseline, work)
+            bench_run(report, bench_corpus, ids, baseline, reference, work)
         if "fleet" in sections:
-            bench_fleet(report, bench_corpus, len(records), baseline, work, broker_url)
+            bench_fleet.bench_fleet(report, bench_corpus, len(ids), baseline, work, broker_url, processes=2, threads=1)
+        if "layout" in sections:
+            bench_fleet.bench_layout(report, records, work, broker_url)
+        if "pipeline" in sections:
+            bench_fleet.bench_pipeline(report, records, work, broker_url, pg_url)
+        if "storage" in sections:
+            bench_fleet.bench_storage(report, work, pg_url)
+        if "stress" in sections:
+            bench_stress(report, records, work)
         if "memory" in sections:
             bench_memory(report, records, work, broker_url)
     if as_json:

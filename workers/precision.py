@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -34,3 +35,22 @@ def resolve_precision(setting: str, device: str) -> str:
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def gpu_count() -> int:
+    """GPUs the NVIDIA driver shows, read without initialising CUDA (safe before fork)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def pool_device(device: str) -> str:
+    """One process per GPU: a prefork child takes the GPU of its pool index."""
+    if device != "cuda":
+        return device
+    from billiard.process import current_process
+
+    index = getattr(current_process(), "index", 0) or 0
+    return f"cuda:{index % max(1, torch.cuda.device_count())}"

@@ -96,3 +96,15 @@ def test_invalid_arguments_raise_value_error(max_records, budget):
     """A record cap or a token budget below 1 is refused with ValueError."""
     with pytest.raises(ValueError):
         list(chunk_records([rec(0, "x")], max_records=max_records, token_budget=budget, window=256))
+
+
+def test_sort_windows_orders_each_window_by_length_stably() -> None:
+    """Within each window, longest first; equal lengths keep corpus order; windows never mix."""
+    from producers.chunking import sort_windows
+    from producers.records import Record
+
+    texts = ["aa", "b", "cccc", "dd", "e", "ffffff", "g"]
+    records = [Record(f"r{i}", i, t, "h", i + 1) for i, t in enumerate(texts)]
+    ordered = [r.record_id for r in sort_windows(records, 3)]
+    assert ordered == ["r2", "r0", "r1", "r5", "r3", "r4", "r6"]
+    assert [r.record_id for r in sort_windows(records, 1)] == [f"r{i}" for i in range(7)]

@@ -90,3 +90,15 @@ def test_error_classification() -> None:
     assert not is_out_of_memory(ValueError("out of memory"))
     assert is_transient(redis.exceptions.ConnectionError()) and is_transient(TimeoutError())
     assert not is_transient(ValueError())
+
+
+def test_token_batches_respect_count_and_padded_tokens() -> None:
+    """Batches go longest first, hold at most max_count texts and max_tokens padded tokens, and cover every text once."""
+    from workers.encoder import token_batches
+
+    lengths = [10, 200, 10, 50, 256, 256, 12, 11]
+    batches = token_batches(lengths, max_count=3, max_tokens=600)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3 and max(lengths[i] for i in batch) * len(batch) <= 600
+    assert batches[0] == [4, 5]
