@@ -6,7 +6,7 @@ binary float32 blob (row-major, n x dim), never as JSON lists of floats.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -41,7 +41,8 @@ class ChunkTexts:
     aliases: list[list[Any]] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow: asdict() would deep-copy every list of every chunk.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> "ChunkTexts":
@@ -74,7 +75,9 @@ class ChunkVectors:
     aliases: list[list[Any]] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        wire = {f.name: getattr(self, f.name) for f in fields(self)}
+        wire["dead"] = [asdict(d) for d in self.dead]
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> "ChunkVectors":

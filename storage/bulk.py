@@ -20,6 +20,7 @@ Row = tuple[str, str, int, str, str, bytes, float]
 
 
 def upsert_rows(conn: Connection, rows: Sequence[Row]) -> None:
+    """Once per transaction (the staging table is emptied only at commit)."""
     if not rows:
         return
     dialect = conn.dialect.name
@@ -44,10 +45,13 @@ def _postgres(conn: Connection, rows: Sequence[Row]) -> None:
     (Measured: 4x faster than one INSERT over unnest() of array parameters.)"""
     raw: Any = conn.connection.driver_connection
     with raw.cursor() as cursor:
-        # ON COMMIT DELETE ROWS: the staging rows vanish with the collector's transaction.
-        cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS vectors_in (LIKE vectors INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
+        if not conn.connection.info.get("vectors_in"):
+            # Once per database connection. ON COMMIT DELETE ROWS: the staging rows vanish
+            # with the collector's transaction.
+            cursor.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS vectors_in (LIKE vectors INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            conn.connection.info["vectors_in"] = True
         with cursor.copy(f"COPY vectors_in ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["varchar", "varchar", "int8", "varchar", "varchar", "bytea", "float8"])
             for row in rows:
@@ -56,4 +60,3 @@ def _postgres(conn: Connection, rows: Sequence[Row]) -> None:
             f"INSERT INTO vectors ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM vectors_in "
             f"ON CONFLICT (version_key, record_id) DO UPDATE SET {UPDATE}"
         )
-        cursor.execute("TRUNCATE vectors_in")  # a second chunk in the same transaction starts empty

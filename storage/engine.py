@@ -63,7 +63,9 @@ def _build(url: str) -> Engine:
         engine = create_engine(full, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(full, pool_pre_ping=True)
+        # No pool_pre_ping: it costs a round trip per checkout on the collector's hot path,
+        # and a connection that died is an OperationalError, which the tasks retry.
+        engine = create_engine(full)
     _create_schema(engine)
     log.debug("engine ready for %s", redact(full))
     return engine

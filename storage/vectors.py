@@ -18,31 +18,45 @@ from storage.ledger import finish_if_complete
 from storage.schema import chunks, dead_letters, vectors, versions
 
 
+# (database, version key) -> (model, dim) once the dim is fixed: neither changes after that,
+# so the collector checks them in memory instead of with a query per chunk.
+_fixed_versions: dict[tuple[str, str], tuple[str, int]] = {}
+
+
 def _check_model(conn: Connection, chunk: ChunkVectors) -> None:
     """A version holds one model's vectors of one dimension; the first chunk fixes dim."""
-    row = conn.execute(select(versions.c.model, versions.c.dim).where(versions.c.key == chunk.version_key)).first()
-    if row is None:
-        raise LedgerError(f"no collection version {chunk.version_key!r}")
-    if row.model != chunk.model:
-        raise LedgerError(f"worker encoded with {chunk.model!r} but version {chunk.version_key!r} uses {row.model!r}")
-    if row.dim is None:
-        conn.execute(update(versions).where(versions.c.key == chunk.version_key).values(dim=chunk.dim))
-    elif row.dim != chunk.dim:
-        raise LedgerError(f"version {chunk.version_key!r} has dimension {row.dim}, chunk has {chunk.dim}")
+    cache_key = (str(conn.engine.url), chunk.version_key)
+    known = _fixed_versions.get(cache_key)
+    if known is None:
+        row = conn.execute(select(versions.c.model, versions.c.dim).where(versions.c.key == chunk.version_key)).first()
+        if row is None:
+            raise LedgerError(f"no collection version {chunk.version_key!r}")
+        if row.dim is None and row.model == chunk.model:
+            conn.execute(update(versions).where(versions.c.key == chunk.version_key).values(dim=chunk.dim))
+        else:
+            _fixed_versions[cache_key] = known = (row.model, row.dim)
+    if known is not None and known[0] != chunk.model:
+        raise LedgerError(f"worker encoded with {chunk.model!r} but version {chunk.version_key!r} uses {known[0]!r}")
+    if known is not None and known[1] != chunk.dim:
+        raise LedgerError(f"version {chunk.version_key!r} has dimension {known[1]}, chunk has {chunk.dim}")
 
 
-def _resolve_aliases(conn: Connection, chunk: ChunkVectors, now: float) -> tuple[list[Row], list[DeadRecord]]:
-    """Rows for records whose text repeats an earlier record's, copied by content hash.
+def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes],
+                     now: float) -> tuple[list[Row], list[DeadRecord]]:
+    """Rows for records whose text repeats an earlier record's, copied by content hash: from
+    this chunk's own vectors first, then from what the version stores.
 
     A repeat of a dead letter is a dead letter too; a repeat of a record not stored yet
     (its chunk is still in flight) raises SourceNotStored, which the task retries."""
     if not chunk.aliases:
         return [], []
-    wanted = {content_hash for _, _, content_hash, _ in chunk.aliases}
-    found = dict(conn.execute(
-        select(vectors.c.content_hash, vectors.c.embedding)
-        .where(and_(vectors.c.version_key == chunk.version_key, vectors.c.content_hash.in_(wanted)))
-    ).all())
+    wanted = {content_hash for _, _, content_hash, _ in chunk.aliases} - own.keys()
+    found = dict(own)
+    if wanted:
+        found.update(conn.execute(
+            select(vectors.c.content_hash, vectors.c.embedding)
+            .where(and_(vectors.c.version_key == chunk.version_key, vectors.c.content_hash.in_(wanted)))
+        ).all())
     missing = wanted - found.keys()
     dead_hashes = set(conn.execute(
         select(dead_letters.c.content_hash).where(and_(
@@ -55,7 +69,7 @@ def _resolve_aliases(conn: Connection, chunk: ChunkVectors, now: float) -> tuple
     rows, dead = [], []
     for record_id, position, content_hash, text in chunk.aliases:
         if content_hash in found:
-            rows.append((chunk.version_key, record_id, position, content_hash, chunk.model, found[content_hash], now))
+            rows.append((chunk.version_key, record_id, position, content_hash, chunk.model, bytes(found[content_hash]), now))
         else:
             dead.append(DeadRecord(record_id, position, text, content_hash, "RepeatOfDeadLetter",
                                    "its text repeats a record that is a dead letter; redrive that one"))
@@ -67,12 +81,13 @@ def store_chunk(engine: Engine, chunk: ChunkVectors) -> int:
     Returns rows written.
 
     Idempotent: a redelivered chunk rewrites the same rows and finds its ledger row done.
+    The hot path of the collector, so every round trip to the database counts.
     """
     blobs = codec.rows(chunk.vectors, chunk.dim) if chunk.ids else []
     if len(blobs) != len(chunk.ids):
         raise ValueError(f"chunk {chunk.seq}: {len(blobs)} vectors for {len(chunk.ids)} records")
     now = time.time()
-    params: list[Row] = [
+    rows: list[Row] = [
         (chunk.version_key, record_id, position, content_hash, chunk.model, blob, now)
         for record_id, position, content_hash, blob in zip(chunk.ids, chunk.positions, chunk.hashes, blobs)
     ]
@@ -83,31 +98,24 @@ def store_chunk(engine: Engine, chunk: ChunkVectors) -> int:
             # open in the ledger, where resume and the reconciler find it.
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         _check_model(conn, chunk)
-        ledger_row = conn.execute(
-            select(chunks.c.state, chunks.c.deliveries)
-            .where(and_(chunks.c.job_id == chunk.job_id, chunks.c.seq == chunk.seq))
-            # Two deliveries of one chunk collected at once: the second waits here, then
-            # sees it done, so its dead letters are not written twice.
-            .with_for_update()
-        ).first()
-        upsert_rows(conn, params)
-        alias_rows, alias_dead = _resolve_aliases(conn, chunk, now)
-        upsert_rows(conn, alias_rows)
-        stored_ids = chunk.ids + [row[1] for row in alias_rows]
-        resolve_stored(conn, chunk.job_id, chunk.version_key, stored_ids)
-        if ledger_row is not None and ledger_row.state == "done":
-            return len(stored_ids)  # a redelivery: rows rewritten, letters and counts already there
+        alias_rows, alias_dead = _resolve_aliases(conn, chunk, {row[3]: row[5] for row in rows}, now)
+        rows += alias_rows
         dead = chunk.dead + alias_dead
-        insert_letters(conn, chunk.job_id, chunk.seq, chunk.version_key, dead,
-                       ledger_row.deliveries if ledger_row else 1)
-        conn.execute(
+        # Marking done first takes the chunk's row lock: a second delivery collected at the
+        # same moment waits here, then finds the chunk done and writes no letters twice.
+        marked = conn.execute(
             update(chunks)
-            .where(and_(chunks.c.job_id == chunk.job_id, chunks.c.seq == chunk.seq))
-            .values(state="done", stored=len(stored_ids), dead=len(dead), splits=chunk.splits, payload=None,
+            .where(and_(chunks.c.job_id == chunk.job_id, chunks.c.seq == chunk.seq, chunks.c.state == "queued"))
+            .values(state="done", stored=len(rows), dead=len(dead), splits=chunk.splits, payload=None,
                     done_at=now, encode_seconds=chunk.encode_seconds, worker=chunk.worker)
-        )
+            .returning(chunks.c.deliveries)
+        ).first()
+        upsert_rows(conn, rows)
+        resolve_stored(conn, chunk.job_id, chunk.version_key, [row[1] for row in rows])
+        if marked is not None:  # None: a redelivery, rows rewritten, letters already there
+            insert_letters(conn, chunk.job_id, chunk.seq, chunk.version_key, dead, max(marked.deliveries, 1))
     finish_if_complete(engine, chunk.job_id)
-    return len(stored_ids)
+    return len(rows)
 
 
 def stored_state(engine: Engine, version_key: str, record_ids: Iterable[str]) -> dict[str, tuple[str, int]]:

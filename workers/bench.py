@@ -56,15 +56,18 @@ def load_records(corpus: str, spec: FieldSpec, limit: int | None) -> list[Record
 
 
 def write_corpus(records: list[Record], path: Path, total: int | None = None) -> list[str]:
-    """A JSONL corpus of the records' texts (cycled with fresh ids up to total). Returns the ids."""
+    """A JSONL corpus of the records' texts, cycled up to total with fresh ids and a number on
+    each text, so repeats are not deduplicated away. Returns the ids."""
     total = total or len(records)
+    cycled = total != len(records)
     ids = []
     with path.open("w", encoding="utf-8") as out:
         for i in range(total):
             record = records[i % len(records)]
-            record_id = record.record_id if total == len(records) else f"{record.record_id}-{i}"
+            record_id = f"{record.record_id}-{i}" if cycled else record.record_id
+            text = f"{record.text} ({i})" if cycled else record.text
             ids.append(record_id)
-            out.write(json.dumps({"id": record_id, "text": record.text}) + "\n")
+            out.write(json.dumps({"id": record_id, "text": text}) + "\n")
     return ids
 
 

@@ -63,14 +63,6 @@ class Isolated:
         return indices, np.stack([self.vectors[i] for i in indices]).astype(np.float32, copy=False)
 
 
-def _bad_vector(row: np.ndarray) -> str | None:
-    if not np.all(np.isfinite(row)):
-        return "vector has NaN or infinite values"
-    if not np.any(row):
-        return "vector has zero norm"
-    return None
-
-
 def encode_isolating(encode: EncodeFn, texts: Sequence[str], dim: int, batch_size: int) -> Isolated:
     result = Isolated()
     # A stack instead of recursion: (indices, batch size) still to try.
@@ -95,10 +87,13 @@ def encode_isolating(encode: EncodeFn, texts: Sequence[str], dim: int, batch_siz
             pending.append((indices[half:], size))
             pending.append((indices[:half], size))
             continue
-        for index, row in zip(indices, matrix):
-            reason = _bad_vector(row)
-            if reason:
-                result.failures.append(RecordFailure(index, "InvalidVector", reason))
+        finite = np.isfinite(matrix).all(axis=1)
+        nonzero = matrix.any(axis=1)
+        for index, row, is_finite, is_nonzero in zip(indices, matrix, finite, nonzero):
+            if not is_finite:
+                result.failures.append(RecordFailure(index, "InvalidVector", "vector has NaN or infinite values"))
+            elif not is_nonzero:
+                result.failures.append(RecordFailure(index, "InvalidVector", "vector has zero norm"))
             else:
                 result.vectors[index] = row
     result.failures.sort(key=lambda f: f.index)
