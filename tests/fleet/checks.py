@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
+from storage.collections import get_collection
 from storage.engine import get_engine
 from storage.export import export_npy, ids_path_for
 from storage.ledger import JobStats, job_stats
@@ -31,10 +32,11 @@ def assert_accounted(db_url: str, job_id: str, collection: str, corpus_ids: list
     engine = get_engine(db_url)
     stats = job_stats(engine, job_id)
     assert stats.state == "done", stats.as_dict()
+    key = get_collection(engine, collection).current_key
     assert stats.stored + stats.skipped + stats.dead == stats.records_read, stats.as_dict()
     with engine.connect() as conn:
         rows = conn.execute(
-            select(vectors.c.record_id, func.count()).where(vectors.c.collection == collection)
+            select(vectors.c.record_id, func.count()).where(vectors.c.version_key == key)
             .group_by(vectors.c.record_id).having(func.count() > 1)
         ).all()
         letters = conn.execute(
@@ -42,7 +44,7 @@ def assert_accounted(db_url: str, job_id: str, collection: str, corpus_ids: list
             .group_by(dead_letters.c.record_id).having(func.count() > 1)
         ).all()
     assert rows == [] and letters == [], (rows, letters)
-    export_npy(engine, collection, out)
+    export_npy(engine, key, out)
     exported = ids_path_for(out).read_text().split()
     assert exported == [i for i in corpus_ids if i in set(exported)]
     assert np.isfinite(np.load(out)).all()
