@@ -286,7 +286,7 @@ def resume(job: str, db: str | None) -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
-    """The scheduler: reconciles stalled jobs (extra arguments go to `celery beat`)."""
+    """The scheduler: the nightly reindex and the stalled-job reconciler (extra arguments go to `celery beat`)."""
     from config.celery_app import app
 
     app.conf.broker_url = get_settings().broker_url

@@ -11,6 +11,8 @@ import click
 from sqlalchemy import Engine
 
 from producers.cli import DB_OPTION, _apply, _fleet_sender, _report, _summary, cli, follow
+from producers.readers import CorpusError
+from producers.validation import InvalidInput
 from storage.collections import cutover, drop_version, get_collection, new_version, rollback, version_rows
 from storage.engine import get_engine
 
@@ -87,7 +89,12 @@ def migrate(collection: str, model: str, no_cutover: bool, wait: bool, local: bo
     version = new_version(engine, collection, model)
     click.echo(f"filling version {version.version} ({version.key}) with {model}", err=True)
     request = dataclasses.replace(request, model=model, version_key=version.key, cutover=not no_cutover, sync="none")
-    _run_request(request, local, wait, settings)
+    try:
+        _run_request(request, local, wait, settings)
+    except (InvalidInput, CorpusError):
+        # Nothing was sent: leave no empty version behind.
+        drop_version(engine, collection, version.version)
+        raise
 
 
 @cli.command("cutover")

@@ -121,12 +121,16 @@ class SqlSource:
 
         from storage.engine import normalise_url
 
+        from sqlalchemy.exc import SQLAlchemyError
+
         engine = create_engine(normalise_url(self.url))
         try:
             with engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=self.PAGE).execute(self._statement(engine))
                 for row_number, row in enumerate(result, start=1):
                     yield RawRecord(row_number, dict(row._mapping))
+        except SQLAlchemyError as exc:
+            raise CorpusError(f"cannot read {self.name}: {exc.__class__.__name__}: {exc.orig or exc}") from exc
         finally:
             engine.dispose()
 

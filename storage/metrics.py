@@ -22,17 +22,7 @@ from storage.schema import chunks, jobs
 
 log = logging.getLogger(__name__)
 
-# The jobs column that counts records skipped because their content hash did not change,
-# under whichever name the incremental reindex gives it; the cache hit rate is 0 without one.
-UNCHANGED_COLUMNS = ("skipped_unchanged", "unchanged")
 ACTIVE_STATES = ("submitting", "running")
-
-
-def _unchanged_column() -> Any:
-    for name in UNCHANGED_COLUMNS:
-        if name in jobs.c:
-            return jobs.c[name]
-    return None
 
 
 def job_metrics(engine: Engine, job_id: str, stats: JobStats | None = None) -> dict[str, Any]:
@@ -43,14 +33,12 @@ def job_metrics(engine: Engine, job_id: str, stats: JobStats | None = None) -> d
     - worker_utilisation: per worker name, seconds spent encoding over the job's wall time.
       A worker name covers all its processes, so a `-c 2` worker can reach 2.0.
     - error_rate: dead / (stored + dead), the share of finished records that were dead-lettered.
-    - cache_hit_rate: records skipped as unchanged / records read (0 until the jobs table
-      counts unchanged records).
+    - cache_hit_rate: records skipped as unchanged (same text, same version) / records read.
 
     `stats` is the job's `job_stats`, when the caller has it already (it raises
     LedgerError for an unknown job).
     """
     stats = stats or job_stats(engine, job_id)
-    unchanged = _unchanged_column()
     with engine.connect() as conn:
         rows = conn.execute(
             select(chunks.c.worker, chunks.c.encode_seconds).where(
@@ -58,9 +46,6 @@ def job_metrics(engine: Engine, job_id: str, stats: JobStats | None = None) -> d
                      chunks.c.encode_seconds.is_not(None))
             )
         ).all()
-        unchanged_count = 0 if unchanged is None else int(
-            conn.execute(select(unchanged).where(jobs.c.id == job_id)).scalar_one() or 0
-        )
     seconds = np.fromiter((r.encode_seconds for r in rows), dtype=np.float64, count=len(rows))
     p50, p95 = (np.percentile(seconds, [50, 95]).tolist() if len(seconds) else (None, None))
     wall = (stats.finished_at or time.time()) - stats.created_at
@@ -74,7 +59,7 @@ def job_metrics(engine: Engine, job_id: str, stats: JobStats | None = None) -> d
         "encode_p95_s": None if p95 is None else round(p95, 4),
         "worker_utilisation": {w: round(b / wall, 4) if wall > 0 else 0.0 for w, b in sorted(busy.items())},
         "error_rate": round(dead / (stored + dead), 6) if stored + dead else 0.0,
-        "cache_hit_rate": round(unchanged_count / stats.records_read, 6) if stats.records_read else 0.0,
+        "cache_hit_rate": round(stats.unchanged / stats.records_read, 6) if stats.records_read else 0.0,
     }
 
 

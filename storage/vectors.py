@@ -31,23 +31,27 @@ def _check_model(conn: Connection, chunk: ChunkVectors) -> None:
         row = conn.execute(select(versions.c.model, versions.c.dim).where(versions.c.key == chunk.version_key)).first()
         if row is None:
             raise LedgerError(f"no collection version {chunk.version_key!r}")
-        if row.dim is None and row.model == chunk.model:
+        if row.model != chunk.model:
+            raise LedgerError(f"worker encoded with {chunk.model!r} but version {chunk.version_key!r} uses {row.model!r}")
+        if row.dim is None:
             conn.execute(update(versions).where(versions.c.key == chunk.version_key).values(dim=chunk.dim))
-        else:
-            _fixed_versions[cache_key] = known = (row.model, row.dim)
+            return
+        _fixed_versions[cache_key] = known = (row.model, row.dim)
     if known is not None and known[0] != chunk.model:
         raise LedgerError(f"worker encoded with {chunk.model!r} but version {chunk.version_key!r} uses {known[0]!r}")
     if known is not None and known[1] != chunk.dim:
         raise LedgerError(f"version {chunk.version_key!r} has dimension {known[1]}, chunk has {chunk.dim}")
 
 
-def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes],
-                     now: float) -> tuple[list[Row], list[DeadRecord]]:
+def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes], now: float,
+                     last_attempt: bool) -> tuple[list[Row], list[DeadRecord]]:
     """Rows for records whose text repeats an earlier record's, copied by content hash: from
     this chunk's own vectors first, then from what the version stores.
 
-    A repeat of a dead letter is a dead letter too; a repeat of a record not stored yet
-    (its chunk is still in flight) raises SourceNotStored, which the task retries."""
+    A repeat of a dead letter (in this chunk or before) is a dead letter too. A repeat of a
+    record not stored yet (its chunk is still in flight) raises SourceNotStored, which the
+    task retries; on the last attempt it becomes a dead letter instead, to redrive, so the
+    rest of the chunk is still stored."""
     if not chunk.aliases:
         return [], []
     wanted = {content_hash for _, _, content_hash, _ in chunk.aliases} - own.keys()
@@ -58,25 +62,30 @@ def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes
             .where(and_(vectors.c.version_key == chunk.version_key, vectors.c.content_hash.in_(wanted)))
         ).all())
     missing = wanted - found.keys()
-    dead_hashes = set(conn.execute(
-        select(dead_letters.c.content_hash).where(and_(
-            dead_letters.c.version_key == chunk.version_key, dead_letters.c.resolved_at.is_(None),
-            dead_letters.c.content_hash.in_(missing)))
-    ).scalars()) if missing else set()
+    dead_hashes = {d.content_hash for d in chunk.dead} & missing
     if missing - dead_hashes:
-        waiting = len(missing - dead_hashes)
-        raise SourceNotStored(f"{waiting} repeated texts of chunk {chunk.seq} wait for their first record")
+        dead_hashes |= set(conn.execute(
+            select(dead_letters.c.content_hash).where(and_(
+                dead_letters.c.version_key == chunk.version_key, dead_letters.c.resolved_at.is_(None),
+                dead_letters.c.content_hash.in_(missing - dead_hashes)))
+        ).scalars())
+    waiting = missing - dead_hashes
+    if waiting and not last_attempt:
+        raise SourceNotStored(f"{len(waiting)} repeated texts of chunk {chunk.seq} wait for their first record")
     rows, dead = [], []
     for record_id, position, content_hash, text in chunk.aliases:
         if content_hash in found:
             rows.append((chunk.version_key, record_id, position, content_hash, chunk.model, bytes(found[content_hash]), now))
-        else:
+        elif content_hash in dead_hashes:
             dead.append(DeadRecord(record_id, position, text, content_hash, "RepeatOfDeadLetter",
-                                   "its text repeats a record that is a dead letter; redrive that one"))
+                                   "its text repeats a record that is a dead letter; redrive either"))
+        else:
+            dead.append(DeadRecord(record_id, position, text, content_hash, "SourceNotStored",
+                                   "the record whose text it repeats was not stored in time; redrive it"))
     return rows, dead
 
 
-def store_chunk(engine: Engine, chunk: ChunkVectors) -> int:
+def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) -> int:
     """Upsert the chunk's vectors, write its dead letters and mark it done, in one transaction.
     Returns rows written.
 
@@ -98,7 +107,7 @@ def store_chunk(engine: Engine, chunk: ChunkVectors) -> int:
             # open in the ledger, where resume and the reconciler find it.
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         _check_model(conn, chunk)
-        alias_rows, alias_dead = _resolve_aliases(conn, chunk, {row[3]: row[5] for row in rows}, now)
+        alias_rows, alias_dead = _resolve_aliases(conn, chunk, {row[3]: row[5] for row in rows}, now, last_attempt)
         rows += alias_rows
         dead = chunk.dead + alias_dead
         # Marking done first takes the chunk's row lock: a second delivery collected at the

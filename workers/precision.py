@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -20,6 +18,8 @@ def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 
 def resolve_device(setting: str) -> str:
+    import torch  # here, not at import: `embedfleet worker` reads gpu_count() before fork
+
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if setting == "cuda" and not torch.cuda.is_available():
@@ -33,6 +33,8 @@ def resolve_precision(setting: str, device: str) -> str:
             raise RuntimeError("fp16 is for CUDA; use bf16 or fp32 on the CPU")
         return setting
     if device == "cuda":
+        import torch
+
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
@@ -50,6 +52,7 @@ def pool_device(device: str) -> str:
     """One process per GPU: a prefork child takes the GPU of its pool index."""
     if device != "cuda":
         return device
+    import torch
     from billiard.process import current_process
 
     index = getattr(current_process(), "index", 0) or 0

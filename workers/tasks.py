@@ -148,10 +148,12 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
 @app.task(name=COLLECT_TASK, bind=True, base=ChunkTask)
 def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
     vectors = ChunkVectors.from_wire(chunk)
-    stored = store_chunk(_engine(), vectors)
-    if vectors.dead:
-        notify_dead_letters(vectors.job_id, vectors.seq, len(vectors.dead),
-                            ",".join(sorted({d.error_type for d in vectors.dead})))
+    # Repeated texts wait (by retrying) for their first record; on the last try they are
+    # dead-lettered instead, so the rest of the chunk is stored either way.
+    stored = store_chunk(_engine(), vectors, last_attempt=self.request.retries >= (self.max_retries or 0))
+    dead = len(vectors.ids) + len(vectors.aliases) - stored
+    if dead:
+        notify_dead_letters(vectors.job_id, vectors.seq, dead, ",".join(sorted({d.error_type for d in vectors.dead})))
     return stored
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from sqlalchemy import func, select
@@ -108,3 +110,50 @@ def test_redact_hides_passwords() -> None:
     """Database and broker URLs print without their passwords."""
     assert "s3cret" not in redact("postgresql://u:s3cret@db:5432/x")
     assert "s3cret" not in redact("rediss://:s3cret@cache:6380/0")
+
+
+def _with_aliases(job_id: str, seq: int, positions: list[int], aliases: list[list], dead=()) -> ChunkVectors:
+    return dataclasses.replace(_chunk(job_id, seq, positions), aliases=aliases, dead=list(dead))
+
+
+def test_repeats_copy_vectors_or_follow_their_first_record_into_the_dead_letters(sqlite_url: str) -> None:
+    """A repeat copies its first record's vector; a repeat of a dead record is dead; nothing is lost."""
+    from config.messages import DeadRecord
+    from storage.dead_letters import list_letters
+
+    engine = get_engine(sqlite_url)
+    job_id = _job(engine, {0: [0, 1, 2, 3, 4]})
+    chunk = _chunk(job_id, 0, [0, 1])
+    own_hash = "h"  # _chunk gives every record content hash "h"
+    dead = [DeadRecord("r2", 2, "bad text", "bad", "ValueError", "poison")]
+    chunk = dataclasses.replace(chunk, dead=dead, aliases=[["r3", 3, own_hash, "x"], ["r4", 4, "bad", "bad text"]])
+    assert store_chunk(engine, chunk) == 3
+    letters = {letter.record_id: letter.error_type for letter in list_letters(engine, job_id)}
+    assert letters == {"r2": "ValueError", "r4": "RepeatOfDeadLetter"}
+    stats = job_stats(engine, job_id)
+    assert (stats.stored, stats.dead, stats.state) == (3, 2, "done")
+
+
+def test_a_repeat_waits_for_its_first_record_then_gives_up_alone(sqlite_url: str) -> None:
+    """An unstored first record makes the collector retry; on the last try only the repeat is dead-lettered."""
+    from storage.dead_letters import list_letters
+    from storage.errors import SourceNotStored
+
+    engine = get_engine(sqlite_url)
+    job_id = _job(engine, {0: [0, 1, 2]})
+    chunk = _with_aliases(job_id, 0, [0, 1], [["r2", 2, "elsewhere", "text"]])
+    with pytest.raises(SourceNotStored):
+        store_chunk(engine, chunk, last_attempt=False)
+    assert job_stats(engine, job_id).stored == 0  # rolled back whole
+    assert store_chunk(engine, chunk, last_attempt=True) == 2
+    (letter,) = list_letters(engine, job_id)
+    assert (letter.record_id, letter.error_type, letter.text) == ("r2", "SourceNotStored", "text")
+
+
+def test_a_wrong_model_first_does_not_poison_the_version_check(sqlite_url: str) -> None:
+    """A chunk of the wrong model is refused without fixing the version's dimension; the right one then stores."""
+    engine = get_engine(sqlite_url)
+    job_id = _job(engine, {0: [0]})
+    with pytest.raises(LedgerError, match="encoded with"):
+        store_chunk(engine, _chunk(job_id, 0, [0], model="other"))
+    assert store_chunk(engine, _chunk(job_id, 0, [0])) == 1
