@@ -221,7 +221,9 @@ class JobStats:
         if self.state == "done":
             return 0.0
         remaining = self.records_read - self.records_done
-        if self.rate <= 0 or self.state != "running":
+        # records_read is known from validation before the first chunk is sent, so an ETA
+        # holds while the producer is still submitting too (the embedded run feeds as it goes).
+        if self.rate <= 0 or self.state not in ("submitting", "running"):
             return None
         return max(remaining, 0) / self.rate
 
