@@ -237,6 +237,8 @@ class JobStats:
             "records_read": self.records_read,
             "stored": self.stored,
             "skipped": self.skipped,
+            "skipped_invalid": self.skipped - self.unchanged,
+            "skipped_unchanged": self.unchanged,
             "dead": self.dead,
             "truncated": self.truncated,
             "chunks_done": self.chunks_done,
