@@ -125,14 +125,18 @@ def cli_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", **extra}
 
 
-def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float | None, reference: np.ndarray | None,
-              work: Path, section: str = "run") -> None:
-    db = f"sqlite:///{work / f'{section}.db'}"
+def embedded_run(corpus: Path, db: str) -> tuple[float, dict[str, Any]]:
+    """`embedfleet run` as a user runs it: (wall seconds of the command, the job's figures)."""
     started = time.perf_counter()
     subprocess.run([str(BIN / "embedfleet"), "run", str(corpus), "--collection", "bench", "--db", db],
                    check=True, capture_output=True, text=True, env=cli_env())
-    wall = time.perf_counter() - started
-    stats = latest_job(db)
+    return time.perf_counter() - started, latest_job(db)
+
+
+def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float | None, reference: np.ndarray | None,
+              work: Path, section: str = "run") -> None:
+    db = f"sqlite:///{work / f'{section}.db'}"
+    wall, stats = embedded_run(corpus, db)
     if stats["stored"] != len(ids):
         raise RuntimeError(f"run stored {stats['stored']} of {len(ids)} records: {stats}")
     report.add(section, "embedfleet run, job (validation to last commit)", stats["seconds"], len(ids),
@@ -194,12 +198,7 @@ def bench_stress(report: BenchReport, records: list[Record], work: Path) -> None
     one_liners = [r for r in records if "\n" not in r.text] or records
     corpus = work / "stress.jsonl"
     ids = write_corpus(one_liners, corpus, total=30_000)
-    db = f"sqlite:///{work / 'stress.db'}"
-    started = time.perf_counter()
-    subprocess.run([str(BIN / "embedfleet"), "run", str(corpus), "--collection", "stress", "--db", db],
-                   check=True, capture_output=True, text=True, env=cli_env())
-    wall = time.perf_counter() - started
-    stats = latest_job(db)
+    wall, stats = embedded_run(corpus, f"sqlite:///{work / 'stress.db'}")
     assert stats["stored"] + stats["skipped"] == len(ids), stats
     report.add("stress", "30,000 one-line records, embedfleet run, whole command", wall, len(ids),
                job_seconds=stats["seconds"], stored=stats["stored"], deduplicated=stats["deduplicated"])
