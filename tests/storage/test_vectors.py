@@ -157,3 +157,23 @@ def test_a_wrong_model_first_does_not_poison_the_version_check(sqlite_url: str) 
     with pytest.raises(LedgerError, match="encoded with"):
         store_chunk(engine, _chunk(job_id, 0, [0], model="other"))
     assert store_chunk(engine, _chunk(job_id, 0, [0])) == 1
+
+
+def test_stalled_jobs_are_found_after_their_lease(db_url: str) -> None:
+    """A running job whose open chunks show no sign of life for the lease is stalled; a busy one is not."""
+    from sqlalchemy import update as sql_update
+
+    from storage.ledger import stalled_jobs
+    from storage.schema import chunks
+
+    engine = get_engine(db_url)
+    quiet = _job(engine, {0: [0], 1: [1]})
+    busy = _job(engine, {0: [0]})
+    with engine.begin() as conn:
+        conn.execute(sql_update(chunks).where(chunks.c.job_id == quiet).values(sent_at=1.0))
+    store_chunk(engine, _chunk(quiet, 0, [0]))  # done long ago, by its clock
+    with engine.begin() as conn:
+        conn.execute(sql_update(chunks).where(chunks.c.job_id == quiet).values(done_at=2.0))
+    assert stalled_jobs(engine, lease_seconds=60) == [quiet]
+    assert stalled_jobs(engine, lease_seconds=10**10) == []
+    assert busy not in stalled_jobs(engine, lease_seconds=60)
