@@ -29,11 +29,6 @@ def get_encoder(model: str | None = None) -> Any:
     return _encoders[name]
 
 
-def reset_encoder() -> None:
-    """Drop the resident encoders so the next call loads new ones (tests, settings change)."""
-    _encoders.clear()
-
-
 @worker_process_init.connect(weak=False)
 def _load_after_fork(**_: Any) -> None:
     # A prefork child loads its model before taking its first chunk, so the first chunk's
