@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import Engine
 
-from storage.ledger import JobStats, job_stats
+from storage.ledger import JobStats, LedgerError, job_stats
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,12 @@ class JobProgress:
             assert stats is not None
             if stats.state == "done":
                 return stats
+            if stats.state == "abandoned":
+                raise LedgerError(
+                    f"job {self.job_id} was abandoned: its producer stopped before sending every chunk "
+                    f"({stats.records_done} of {stats.records_read} records done). Submit the corpus again: "
+                    "records already stored are skipped as unchanged."
+                )
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.job_id} not done after {timeout}s: {stats.as_dict()}")
             time.sleep(self.interval)

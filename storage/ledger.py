@@ -135,9 +135,22 @@ def mark_resent(engine: Engine, job_id: str, seqs: list[int]) -> None:
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(resends=jobs.c.resends + len(seqs)))
 
 
-def stalled_jobs(engine: Engine, lease_seconds: float) -> list[str]:
-    """Running jobs with open chunks and no sign of life (no chunk sent, started or done) for
-    lease_seconds: the broker has most likely lost their messages."""
+def abandon_stalled_submissions(engine: Engine, lease_seconds: float) -> list[str]:
+    """Jobs still `submitting` with no sign of life for lease_seconds: their producer died
+    before it sent every chunk. They become `abandoned`, so waiting stops; the chunks they did
+    send still complete, and submitting the corpus again sends the rest (unchanged records
+    are skipped)."""
+    stalled = stalled_jobs(engine, lease_seconds, state="submitting", open_only=False)
+    if stalled:
+        with engine.begin() as conn:
+            conn.execute(update(jobs).where(and_(jobs.c.id.in_(stalled), jobs.c.state == "submitting"))
+                         .values(state="abandoned", finished_at=time.time()))
+    return stalled
+
+
+def stalled_jobs(engine: Engine, lease_seconds: float, state: str = "running", open_only: bool = True) -> list[str]:
+    """Jobs in `state` with open chunks and no sign of life (no chunk sent, started or done)
+    for lease_seconds: the broker has most likely lost their messages."""
     # greatest() on PostgreSQL; SQLite's max() with several arguments is the same scalar.
     greatest = func.greatest if engine.dialect.name == "postgresql" else func.max
     last_activity = greatest(
@@ -148,10 +161,10 @@ def stalled_jobs(engine: Engine, lease_seconds: float) -> list[str]:
     query = (
         select(chunks.c.job_id)
         .join(jobs, jobs.c.id == chunks.c.job_id)
-        .where(jobs.c.state == "running")
+        .where(jobs.c.state == state)
         .group_by(chunks.c.job_id)
         .having(and_(last_activity < time.time() - lease_seconds,
-                     func.count().filter(chunks.c.state.in_(OPEN_CHUNK_STATES)) > 0))
+                     func.count().filter(chunks.c.state.in_(OPEN_CHUNK_STATES)) > (0 if open_only else -1)))
     )
     with engine.connect() as conn:
         return [r[0] for r in conn.execute(query)]

@@ -23,7 +23,7 @@ from storage.engine import get_engine
 from producers.recovery import resend_open_chunks
 from producers.reindex import registered_request
 from producers.submit import celery_sender, submit
-from storage.ledger import count_retry, stalled_jobs, start_delivery
+from storage.ledger import abandon_stalled_submissions, count_retry, stalled_jobs, start_delivery
 from storage.vectors import store_chunk
 from workers.isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
 from workers.resident import get_encoder
@@ -168,6 +168,8 @@ def reconcile() -> dict[str, int]:
     """Beat runs this: re-send the open chunks of jobs that show no sign of life for a lease."""
     resent = {}
     engine = _engine()
+    for job_id in abandon_stalled_submissions(engine, get_settings().lease_seconds):
+        log.warning("job %s abandoned: its producer stopped before sending every chunk", job_id)
     for job_id in stalled_jobs(engine, get_settings().lease_seconds):
         resent[job_id] = resend_open_chunks(engine, celery_sender(app), job_id)
         log.warning("reconciler re-sent %d chunks of stalled job %s", resent[job_id], job_id)

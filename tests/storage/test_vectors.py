@@ -177,3 +177,24 @@ def test_stalled_jobs_are_found_after_their_lease(db_url: str) -> None:
     assert stalled_jobs(engine, lease_seconds=60) == [quiet]
     assert stalled_jobs(engine, lease_seconds=10**10) == []
     assert busy not in stalled_jobs(engine, lease_seconds=60)
+
+
+def test_a_submission_whose_producer_died_is_abandoned(sqlite_url: str) -> None:
+    """A job left `submitting` with no sign of life past the lease becomes `abandoned`; waiting on it stops."""
+    from sqlalchemy import update as sql_update
+
+    from producers.progress import JobProgress
+    from storage.ledger import abandon_stalled_submissions
+    from storage.schema import chunks
+
+    engine = get_engine(sqlite_url)
+    version = open_collection(engine, "c1", "m", {}, {})
+    job_id = create_job(engine, "c1", version.key, "m", "test", {}, records_read=10, skipped_invalid=0)
+    add_chunk(engine, job_id, 0, 5, b"payload")  # the producer died before close_submission
+    assert abandon_stalled_submissions(engine, lease_seconds=60) == []
+    with engine.begin() as conn:
+        conn.execute(sql_update(chunks).where(chunks.c.job_id == job_id).values(sent_at=1.0))
+    assert abandon_stalled_submissions(engine, lease_seconds=60) == [job_id]
+    assert job_stats(engine, job_id).state == "abandoned"
+    with pytest.raises(LedgerError, match="abandoned"), JobProgress(engine, job_id) as progress:
+        progress.wait_done(timeout=5)
