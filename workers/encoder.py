@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from config.settings import DEFAULT_MODEL, Settings
-from producers.chunking import CHARS_PER_TOKEN
+from producers.chunking import estimate_tokens
 
 # Weights come from disk (the packaged model or a directory), never from a hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -117,7 +117,7 @@ class SentenceTransformerEncoder:
     def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        lengths = [min(self.max_tokens, len(t) // CHARS_PER_TOKEN + 2) for t in texts]
+        lengths = [estimate_tokens(t, self.max_tokens) for t in texts]
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         try:
             with self._torch.inference_mode():

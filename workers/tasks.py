@@ -151,7 +151,9 @@ def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
     # Repeated texts wait (by retrying) for their first record; on the last try they are
     # dead-lettered instead, so the rest of the chunk is stored either way.
     stored = store_chunk(_engine(), vectors, last_attempt=self.request.retries >= (self.max_retries or 0))
-    dead = len(vectors.ids) + len(vectors.aliases) - stored
+    # Every record of the chunk ends stored or dead-lettered (by the worker or, for repeats,
+    # here), so the rest of the chunk is what the notice counts.
+    dead = len(vectors.ids) + len(vectors.aliases) + len(vectors.dead) - stored
     if dead:
         notify_dead_letters(vectors.job_id, vectors.seq, dead, ",".join(sorted({d.error_type for d in vectors.dead})))
     return stored

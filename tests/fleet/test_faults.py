@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import time
 from pathlib import Path
@@ -152,6 +153,12 @@ def test_poison_records_are_isolated_then_redriven(sqlite_url, make_fleet, tmp_p
     assert {letter.error_type for letter in letters} == {"ValueError"}
     assert (stats.stored, stats.dead) == (37, 3)
     assert "3" in fleet.cli("dlq", "list", "--job", job_id).stdout
+    # The dead_letter queue's notices (what Flower shows) count the same three records.
+    deadline = time.monotonic() + 20
+    while (noticed := sum(int(m) for m in re.findall(rf"dead letters job={job_id} chunk=\d+ count=(\d+)",
+                                                     fleet.log("poison")))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert noticed == 3
 
     fleet.stop()
     fleet.procs.clear()
