@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import time
 from threading import Lock
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -40,10 +42,28 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     # WAL lets readers (status, export) run while a collector writes; busy_timeout makes
     # a second writer wait instead of failing at once.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    _switch_to_wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _switch_to_wal(cursor, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """journal_mode=WAL, waiting for the lock like every other statement does.
+
+    Switching a fresh file to WAL needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without calling the busy handler, while another process holds it (two
+    CLIs opening a new file at the same moment). Once the file is in WAL mode the pragma is
+    a no-op, so this loop only ever runs on a file's first connections."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def get_engine(url: str) -> Engine:
@@ -72,6 +92,16 @@ def _build(url: str) -> Engine:
 
 
 def _create_schema(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        # The driver sends no BEGIN before DDL, so each CREATE TABLE would commit on its own
+        # and two processes opening a fresh file would both see a table missing and both
+        # create it ("table ... already exists"). BEGIN IMMEDIATE takes the write lock first
+        # (waiting on busy_timeout), so the check and the creates happen under one lock.
+        with engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            metadata.create_all(conn, checkfirst=True)
+            conn.commit()
+        return
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Several workers may start at once; CREATE TABLE IF NOT EXISTS still races
