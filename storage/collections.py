@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from storage.errors import LedgerError, check_collection_name
 from storage.schema import collections, jobs, vectors, versions
@@ -42,6 +43,11 @@ class Collection:
         return next(v for v in self.versions if v.key == self.current_key)
 
 
+# Job states after which the job writes nothing more to its version: a version whose jobs
+# all ended (done, cancelled, or abandoned by a producer that died) can be dropped.
+ENDED_JOB_STATES = ("done", "cancelled", "abandoned")
+
+
 def version_key(name: str, version: int) -> str:
     return name if version == 1 else f"{name}__v{version}"
 
@@ -60,21 +66,35 @@ def _insert_version(conn: Connection, name: str, number: int, model: str) -> Ver
 
 def open_collection(engine: Engine, name: str, model: str, source: dict[str, Any], options: dict[str, Any]) -> Version:
     """The version a new job of `model` writes to: the current one, created (as version 1,
-    registering the source) on first use. Another model than the current one's is refused."""
+    registering the source) on first use. Another model than the current one's is refused.
+
+    Race-safe: when two first submits create the collection at once, the loser's INSERT
+    fails on the primary key (PostgreSQL makes it wait for the winner's commit first; SQLite
+    lets one writer in at a time), and it reads the winner's version instead."""
     check_collection_name(name)
-    with engine.begin() as conn:
-        row = conn.execute(select(collections.c.current_key).where(collections.c.name == name)).first()
-        if row is None:
-            conn.execute(insert(collections).values(name=name, current_key=version_key(name, 1), source=source,
-                                                    options=options, created_at=time.time()))
-            return _insert_version(conn, name, 1, model)
-        current = _version(conn.execute(select(versions).where(versions.c.key == row.current_key)).one())
+    for attempt in range(3):
+        try:
+            current = _open_or_create(engine, name, model, source, options)
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
     if current.model != model:
         raise LedgerError(
             f"collection {name!r} is on model {current.model!r}, not {model!r}: "
             f"`embedfleet migrate --collection {name} --model ...` moves it to another model"
         )
     return current
+
+
+def _open_or_create(engine: Engine, name: str, model: str, source: dict[str, Any], options: dict[str, Any]) -> Version:
+    with engine.begin() as conn:
+        row = conn.execute(select(collections.c.current_key).where(collections.c.name == name)).first()
+        if row is None:
+            conn.execute(insert(collections).values(name=name, current_key=version_key(name, 1), source=source,
+                                                    options=options, created_at=time.time()))
+            return _insert_version(conn, name, 1, model)
+        return _version(conn.execute(select(versions).where(versions.c.key == row.current_key)).one())
 
 
 def new_version(engine: Engine, name: str, model: str) -> Version:
@@ -165,7 +185,7 @@ def drop_version(engine: Engine, name: str, number: int) -> int:
         if target.key == collection.current_key:
             raise LedgerError(f"version {number} is current: cut over or roll back first")
         running = conn.execute(select(jobs.c.id).where(and_(jobs.c.version_key == target.key,
-                                                              jobs.c.state != "done"))).first()
+                                                              jobs.c.state.notin_(ENDED_JOB_STATES)))).first()
         if running is not None:
             raise LedgerError(f"job {running.id} is still writing version {number}")
         deleted = conn.execute(delete(vectors).where(vectors.c.version_key == target.key)).rowcount

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-COLLECTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+COLLECTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
 
 
 class LedgerError(Exception):
@@ -12,11 +12,20 @@ class LedgerError(Exception):
 
 
 def check_collection_name(name: str) -> str:
-    if not COLLECTION_NAME.match(name):
+    # fullmatch: `$` in re.match also matches before a trailing newline, so "c7\n" passed.
+    if not COLLECTION_NAME.fullmatch(name):
         raise LedgerError(
             f"invalid collection name {name!r}: use a letter, then up to 63 letters, digits, '_' or '-'"
         )
+    if "__" in name:
+        # Version keys are `name` and `name__vN`: a collection called `c7__v2` would take the
+        # key of c7's version 2.
+        raise LedgerError(f"invalid collection name {name!r}: '__' is reserved for version keys (name__v2)")
     return name
+
+
+class JobEnded(LedgerError):
+    """The job was cancelled or abandoned: it will not finish, so waiting on it stops."""
 
 
 class SourceNotStored(TimeoutError):
