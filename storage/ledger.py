@@ -63,7 +63,8 @@ def close_submission(engine: Engine, job_id: str, chunks_total: int, truncated: 
     with engine.begin() as conn:
         conn.execute(
             update(jobs)
-            .where(jobs.c.id == job_id)
+            # A job cancelled while its producer was still sending stays cancelled.
+            .where(and_(jobs.c.id == job_id, jobs.c.state != "cancelled"))
             .values(state="running", truncated=truncated, chunks_total=chunks_total, **(changes or {}))
         )
     finish_if_complete(engine, job_id)
@@ -215,6 +216,10 @@ class JobStats:
     unchanged: int = 0
     deleted: int = 0
     deduplicated: int = 0
+    # Submitting or running, but no chunk sent, started or done for the lease (stalled_jobs'
+    # notion): it will not finish on its own, so it has no ETA. Set only when job_stats is
+    # given a lease.
+    stalled: bool = False
 
     @property
     def records_done(self) -> int:
@@ -236,7 +241,7 @@ class JobStats:
         remaining = self.records_read - self.records_done
         # records_read is known from validation before the first chunk is sent, so an ETA
         # holds while the producer is still submitting too (the embedded run feeds as it goes).
-        if self.rate <= 0 or self.state not in ("submitting", "running"):
+        if self.rate <= 0 or self.state not in ("submitting", "running") or self.stalled:
             return None
         return max(remaining, 0) / self.rate
 
@@ -269,11 +274,12 @@ class JobStats:
             "unchanged": self.unchanged,
             "deleted": self.deleted,
             "deduplicated": self.deduplicated,
+            "stalled": self.stalled,
             "cache_hit_rate": round(self.unchanged / self.records_read, 4) if self.records_read else 0.0,
         }
 
 
-def job_stats(engine: Engine, job_id: str) -> JobStats:
+def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None) -> JobStats:
     with engine.connect() as conn:
         job = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         if job is None:
@@ -285,6 +291,7 @@ def job_stats(engine: Engine, job_id: str) -> JobStats:
                 func.count(),
                 func.coalesce(func.sum(chunks.c.encode_seconds), 0.0),
                 func.coalesce(func.sum(chunks.c.splits), 0),
+                func.max(chunks.c.sent_at), func.max(chunks.c.started_at), func.max(chunks.c.done_at),
             ).where(chunks.c.job_id == job_id)
         ).one()
         dead = conn.execute(
@@ -316,4 +323,54 @@ def job_stats(engine: Engine, job_id: str) -> JobStats:
         unchanged=job.unchanged,
         deleted=job.deleted,
         deduplicated=job.deduplicated,
+        stalled=lease_seconds is not None and job.state in ("submitting", "running")
+        and max(job.created_at, *(t or 0.0 for t in agg[5:8])) < time.time() - lease_seconds,
     )
+
+
+# Ending a job by hand, and what clients need to know about a job's state.
+
+CANCELLED = "cancelled"
+
+
+def job_state(engine: Engine, job_id: str) -> str | None:
+    """The job's state, or None if there is no such job: one primary-key read."""
+    with engine.connect() as conn:
+        return conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
+
+
+def cancel_job(engine: Engine, job_id: str) -> int:
+    """Mark the job `cancelled` and its open chunks `cancelled`, in one transaction. Returns
+    the chunks cancelled.
+
+    A queued message of a cancelled chunk is skipped when it arrives (start_delivery starts
+    only open chunks); a chunk being encoded at this moment is not stored when it reaches
+    the collector (store_chunk marks and stores only open chunks); the finish check moves
+    only running jobs, so nothing brings the job back. Its counts stay what was stored."""
+    now = time.time()
+    with engine.begin() as conn:
+        ended = conn.execute(
+            update(jobs).where(and_(jobs.c.id == job_id, jobs.c.state.in_(("submitting", "running"))))
+            .values(state=CANCELLED, finished_at=now)
+        ).rowcount
+        if not ended:
+            state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
+            if state is None:
+                raise LedgerError(f"no job {job_id!r}")
+            raise LedgerError(f"job {job_id} is {state}: only a submitting or running job can be cancelled")
+        cancelled = conn.execute(
+            update(chunks).where(and_(chunks.c.job_id == job_id, chunks.c.state.in_(OPEN_CHUNK_STATES)))
+            .values(state=CANCELLED, payload=None, done_at=now)
+        ).rowcount
+    return int(cancelled or 0)
+
+
+def abandon_submission(engine: Engine, job_id: str) -> bool:
+    """The producer cannot finish sending (the broker went away mid-submission): the job
+    becomes `abandoned` at once instead of looking alive until the reconciler notices. The
+    chunks already sent still complete."""
+    with engine.begin() as conn:
+        return bool(conn.execute(
+            update(jobs).where(and_(jobs.c.id == job_id, jobs.c.state == "submitting"))
+            .values(state="abandoned", finished_at=time.time())
+        ).rowcount)

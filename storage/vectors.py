@@ -119,6 +119,9 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) 
                     done_at=now, encode_seconds=chunk.encode_seconds, worker=chunk.worker)
             .returning(chunks.c.deliveries)
         ).first()
+        if marked is None and conn.execute(select(chunks.c.state).where(and_(
+                chunks.c.job_id == chunk.job_id, chunks.c.seq == chunk.seq))).scalar_one_or_none() == "cancelled":
+            return 0  # its job was cancelled while it was encoded: not stored, not counted
         upsert_rows(conn, rows)
         resolve_stored(conn, chunk.job_id, chunk.version_key, [row[1] for row in rows])
         if marked is not None:  # None: a redelivery, rows rewritten, letters already there
