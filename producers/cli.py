@@ -17,7 +17,8 @@ from producers.readers import Corpus, CorpusError, Source, SqlSource
 from producers.records import FieldSpec
 from producers.submit import JobRequest, Submission
 from producers.validation import InvalidInput
-from storage.engine import get_engine
+from storage.engine import get_engine, redact
+from storage.errors import JobEnded
 from storage.ledger import JobStats, LedgerError, job_stats
 
 
@@ -104,12 +105,43 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+class BrokerUnavailable(Exception):
+    """The broker did not answer before anything was written."""
+
+
+# Seconds a producer waits for the broker to accept a connection before it gives up.
+BROKER_CONNECT_TIMEOUT = 5.0
+
+
 def _fleet_sender(settings: Settings):  # type: ignore[no-untyped-def]
+    """A sender on the configured broker, checked first: an unreachable broker fails here,
+    before a job row or a chunk is written, instead of leaving a job `submitting`."""
     from config.celery_app import app
     from producers.submit import celery_sender
 
     app.conf.broker_url = settings.broker_url
+    try:
+        with app.connection_for_write(connect_timeout=BROKER_CONNECT_TIMEOUT) as conn:
+            conn.transport_options.update(socket_connect_timeout=BROKER_CONNECT_TIMEOUT)
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5,
+                                   timeout=BROKER_CONNECT_TIMEOUT)
+    except Exception as exc:
+        raise BrokerUnavailable(f"broker unreachable at {redact(settings.broker_url)}: {_reason(exc)}") from exc
     return celery_sender(app)
+
+
+def _announce(job_id: str) -> None:
+    """The job id on stdout as soon as the job exists, before its first chunk is sent."""
+    click.echo(job_id)
+    sys.stdout.flush()
+
+
+def _submit_fleet(engine: Any, request: JobRequest, settings: Settings) -> Submission:
+    from producers.submit import submit as submit_job
+
+    sender = _fleet_sender(settings)
+    return submit_job(engine, request, sender, on_job=_announce,
+                      broker=f"the broker at {redact(settings.broker_url)}")
 
 
 @cli.command()
@@ -131,22 +163,34 @@ def run(batch_size: int | None, **opts: Any) -> None:
 def submit(wait: bool, **opts: Any) -> None:
     """Enqueue CORPUS on the fleet (EMBEDFLEET_BROKER_URL) and print the job id."""
     settings = _apply(database_url=opts["db"], chunk_size=opts["chunk_size"])
-    from producers.submit import submit as submit_job
-
+    request = _request(settings, opts)
     engine = get_engine(settings.database_url)
-    submission = submit_job(engine, _request(settings, opts), _fleet_sender(settings))
-    click.echo(submission.job_id)
+    submission = _submit_fleet(engine, request, settings)
     _report(submission)
     if wait:
         click.echo(_summary(follow(engine, submission.job_id)))
 
 
 def follow(engine: Any, job_id: str) -> JobStats:
-    """A live bar on a terminal (plain lines otherwise) until the job is done."""
+    """A live bar on a terminal (plain lines otherwise) until the job is done; through
+    database drops it retries with backoff (producers/progress.py)."""
     from producers.progress import JobProgress
 
-    with JobProgress(engine, job_id) as progress:
+    with JobProgress(engine, job_id, lease_seconds=get_settings().lease_seconds) as progress:
         return progress.wait_done()
+
+
+def condition(stats: JobStats, lease_seconds: float) -> str | None:
+    """In words, why a job has no ETA: it ended without finishing, or nothing moves."""
+    if stats.state == "cancelled":
+        return "cancelled: no more chunks are stored; the vectors stored before it stay"
+    if stats.state == "abandoned":
+        return ("abandoned: its producer stopped before sending every chunk; submit the corpus again "
+                "(records already stored are skipped as unchanged)")
+    if stats.stalled:
+        return (f"stalled: no chunk sent, started or done for over {lease_seconds:.0f} s; if the broker lost "
+                f"its messages, `embedfleet resume {stats.job_id}` sends the open chunks again")
+    return None
 
 
 @cli.command()
@@ -166,14 +210,17 @@ def status(job: str | None, collection: str | None, as_json: bool, watch: bool, 
         return
     if not job:
         raise click.UsageError("give a JOB id or --collection NAME")
-    stats = follow(engine, job) if watch else job_stats(engine, job)
+    stats = follow(engine, job) if watch else job_stats(engine, job, lease_seconds=settings.lease_seconds)
+    words = condition(stats, settings.lease_seconds)
     if as_json:
-        click.echo(json.dumps(stats_json(engine, stats), indent=2))
+        click.echo(json.dumps({**stats_json(engine, stats), "condition": words}, indent=2))
         return
     eta = "-" if stats.eta_seconds is None else f"{stats.eta_seconds:.0f} s"
     click.echo(_summary(stats))
     click.echo(f"chunks {stats.chunks_done}/{stats.chunks_total}, retries {stats.retries}, splits {stats.splits}, "
                f"ETA {eta}")
+    if words:
+        click.echo(f"job {stats.job_id} is {words}")
 
 
 def stats_json(engine: Any, stats: JobStats) -> dict[str, Any]:
@@ -294,20 +341,74 @@ def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
 
 
 # Command groups in modules of their own, registered on `cli` when imported.
-from producers import cli_collections, cli_dlq, cli_ops  # noqa: E402,F401
+from producers import cli_cancel, cli_collections, cli_dlq, cli_ops  # noqa: E402,F401
+
+# Exit codes: 0 ok; 1 a failure (a service unreachable, a job cancelled or abandoned);
+# 2 usage or invalid input (click's own usage errors exit 2 as well).
+EXIT_FAILURE = 1
+EXIT_INPUT = 2
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what the driver said (SQLAlchemy appends SQL and a link), secrets out."""
+    orig = getattr(exc, "orig", None) or exc
+    line = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    for url in (get_settings().database_url, get_settings().broker_url):
+        try:
+            from sqlalchemy.engine import make_url
+
+            password = make_url(url).password
+        except Exception:
+            password = url.partition("://")[2].partition("@")[0].partition(":")[2] if "@" in url else None
+        if password:
+            line = line.replace(str(password), "***")
+    return line[:300]
+
+
+def _database_error(exc: BaseException) -> str:
+    return f"database unreachable at {redact(get_settings().database_url)}: {_reason(exc)}"
+
+
+def _broker_error(exc: BaseException) -> str:
+    return f"broker unreachable at {redact(get_settings().broker_url)}: {_reason(exc)}"
+
+
+def _error_map() -> list[tuple[tuple[type[BaseException], ...], Any, int]]:
+    """(exception types, message, exit code): the first match wins, so subclasses come first."""
+    import kombu.exceptions
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    plain = str
+    return [
+        ((JobEnded,), plain, EXIT_FAILURE),
+        ((InvalidInput, CorpusError, LedgerError), plain, EXIT_INPUT),
+        ((BrokerUnavailable,), plain, EXIT_FAILURE),
+        ((sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError), _database_error, EXIT_FAILURE),
+        ((sqlalchemy.exc.DBAPIError,), lambda e: f"database error: {_reason(e)}", EXIT_FAILURE),
+        ((kombu.exceptions.OperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+         _broker_error, EXIT_FAILURE),
+        ((TimeoutError, ConnectionError), lambda e: f"{type(e).__name__}: {_reason(e)}", EXIT_FAILURE),
+    ]
 
 
 def main() -> None:
+    """Every error a user can cause or meet (a service down) ends as one line on stderr and
+    an exit code, never a traceback; `-v` logs the traceback too."""
     try:
         cli(standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (InvalidInput, CorpusError, LedgerError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    except Exception as exc:
+        for types, message, code in _error_map():
+            if isinstance(exc, types):
+                logging.getLogger(__name__).info("%s", type(exc).__name__, exc_info=True)  # -v: the traceback too
+                click.echo(f"error: {message(exc)}", err=True)
+                sys.exit(code)
+        raise
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from producers.cli import DB_OPTION, _apply, _fleet_sender, _report, _summary, cli, follow
+from producers.cli import DB_OPTION, BrokerUnavailable, _apply, _report, _submit_fleet, _summary, cli, follow
 from producers.readers import CorpusError
 from producers.validation import InvalidInput
 from storage.collections import cutover, drop_version, get_collection, new_version, rollback, version_rows
@@ -42,11 +42,8 @@ def _run_request(request: Any, local: bool, wait: bool, settings: Any) -> None:
         click.echo(_summary(stats))
         _report(submission)
         return
-    from producers.submit import submit
-
     engine = get_engine(settings.database_url)
-    submission = submit(engine, request, _fleet_sender(settings))
-    click.echo(submission.job_id)
+    submission = _submit_fleet(engine, request, settings)
     _report(submission)
     if wait:
         click.echo(_summary(follow(engine, submission.job_id)))
@@ -91,7 +88,7 @@ def migrate(collection: str, model: str, no_cutover: bool, wait: bool, local: bo
     request = dataclasses.replace(request, model=model, version_key=version.key, cutover=not no_cutover, sync="none")
     try:
         _run_request(request, local, wait, settings)
-    except (InvalidInput, CorpusError):
+    except (InvalidInput, CorpusError, BrokerUnavailable):
         # Nothing was sent: leave no empty version behind.
         drop_version(engine, collection, version.version)
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import time
 from types import TracebackType
@@ -10,15 +11,31 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from storage.ledger import JobStats, LedgerError, job_stats
+from storage.errors import JobEnded
+from storage.ledger import JobStats, job_stats
 
 log = logging.getLogger(__name__)
 
+# A dropped connection (terminated by the server, a restart, a network blip) or a server
+# briefly down: what a follower waits out instead of failing.
+DATABASE_DROPS = (OperationalError, InterfaceError)
+
+
+def backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
+    """Exponential backoff with full jitter over the upper half: 0.5 s, 1 s, 2 s ... 10 s."""
+    delay = min(cap, base * 2 ** attempt)
+    return delay / 2 + random.uniform(0, delay / 2)
+
 
 class JobProgress:
-    def __init__(self, engine: Engine, job_id: str, interval: float = 0.25, line_every: float = 10.0) -> None:
+    def __init__(self, engine: Engine, job_id: str, interval: float = 0.25, line_every: float = 10.0,
+                 lease_seconds: float | None = None, outage_limit: float = 600.0) -> None:
         self.engine = engine
+        self.lease_seconds = lease_seconds
+        # The longest the database may stay unreachable before waiting gives up.
+        self.outage_limit = outage_limit
         self.job_id = job_id
         self.interval = interval
         self.line_every = line_every
@@ -46,16 +63,20 @@ class JobProgress:
         return self
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
-        self.poll(force=True, final=True)
-        if self._bar is not None:
-            self._bar.stop()
+        try:
+            self.poll(force=True, final=True)
+        except DATABASE_DROPS:
+            pass  # the last figures are already in self.stats; the drop is said elsewhere
+        finally:
+            if self._bar is not None:
+                self._bar.stop()
 
     def poll(self, force: bool = False, final: bool = False) -> JobStats | None:
         now = time.monotonic()
         if not force and now - self._last_poll < self.interval:
             return self.stats
         self._last_poll = now
-        self.stats = stats = job_stats(self.engine, self.job_id)
+        self.stats = stats = job_stats(self.engine, self.job_id, self.lease_seconds)
         if self._bar is not None and self._task is not None:
             self._bar.update(
                 self._task, total=stats.records_read, completed=stats.records_done, rate=stats.rate, dead=stats.dead
@@ -63,8 +84,9 @@ class JobProgress:
         elif final or now - self._last_line >= self.line_every:
             self._last_line = now
             eta = "?" if stats.eta_seconds is None else f"{stats.eta_seconds:.0f}s"
+            state = f"{stats.state} (stalled)" if stats.stalled else stats.state
             print(
-                f"job {stats.job_id[:8]} {stats.state}: {stats.records_done}/{stats.records_read} records, "
+                f"job {stats.job_id[:8]} {state}: {stats.records_done}/{stats.records_read} records, "
                 f"{stats.rate:.1f} rec/s, dead {stats.dead}, ETA {eta}",
                 file=sys.stderr,
                 flush=True,
@@ -72,14 +94,38 @@ class JobProgress:
         return stats
 
     def wait_done(self, timeout: float | None = None) -> JobStats:
+        """The job's figures once it is done. Through a database drop it keeps polling, with
+        backoff, for up to outage_limit seconds; a cancelled or abandoned job raises JobEnded."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        lost_since: float | None = None
+        attempt = 0
         while True:
-            stats = self.poll(force=True)
+            try:
+                stats = self.poll(force=True)
+            except DATABASE_DROPS as exc:
+                now = time.monotonic()
+                if lost_since is None:
+                    lost_since = now
+                    self._say(f"lost the database connection ({str(getattr(exc, 'orig', exc)).splitlines()[0]}); "
+                              "still waiting, retrying with backoff")
+                if now - lost_since > self.outage_limit:
+                    raise
+                time.sleep(backoff(attempt))
+                attempt += 1
+                continue
+            if lost_since is not None:
+                self._say(f"database reachable again after {time.monotonic() - lost_since:.1f} s")
+                lost_since, attempt = None, 0
             assert stats is not None
             if stats.state == "done":
                 return stats
+            if stats.state == "cancelled":
+                raise JobEnded(
+                    f"job {self.job_id} was cancelled: {stats.stored} records stored, {stats.dead} dead, "
+                    f"of {stats.records_read} read"
+                )
             if stats.state == "abandoned":
-                raise LedgerError(
+                raise JobEnded(
                     f"job {self.job_id} was abandoned: its producer stopped before sending every chunk "
                     f"({stats.records_done} of {stats.records_read} records done). Submit the corpus again: "
                     "records already stored are skipped as unchanged."
@@ -87,3 +133,9 @@ class JobProgress:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.job_id} not done after {timeout}s: {stats.as_dict()}")
             time.sleep(self.interval)
+
+    def _say(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(line)
+        else:
+            print(line, file=sys.stderr, flush=True)

@@ -19,13 +19,33 @@ from producers.readers import Source
 from producers.records import FieldSpec, Record
 from producers.validation import InvalidInput, scan_corpus, valid_records
 from storage.collections import Version, get_version, open_collection
-from storage.ledger import add_chunk, check_collection_name, close_submission, create_job
+from storage.errors import JobEnded
+from storage.ledger import (CANCELLED, abandon_submission, add_chunk, check_collection_name, close_submission,
+                            create_job, job_state)
 
 log = logging.getLogger(__name__)
 
 Sender = Callable[[ChunkTexts], None]
 # Called before each chunk is written, with the job id; may block to apply back-pressure.
 RoomWaiter = Callable[[str], None]
+# Called with the job id once the job row exists, before the first chunk is sent.
+JobCallback = Callable[[str], None]
+
+
+class EmptyCorpus(InvalidInput):
+    """No valid record to embed: refused before any collection, version or job is written."""
+
+    def __init__(self, scan: Any) -> None:
+        self.scan = scan
+        Exception.__init__(
+            self,
+            f"the corpus has no valid records ({scan.records_read} read, {scan.invalid_count} invalid): "
+            "nothing to embed, nothing was written",
+        )
+
+
+class SendFailed(Exception):
+    """The broker refused a chunk's message mid-submission; the job is marked abandoned."""
 
 
 @dataclass(frozen=True)
@@ -110,17 +130,29 @@ def send_chunks(
         )
         if wait_for_room is not None:
             wait_for_room(job_id)
+        # One primary-key read per chunk: a job cancelled while it is being submitted stops
+        # growing (its open chunks are already cancelled; no new ones are added).
+        if job_state(engine, job_id) == CANCELLED:
+            raise JobEnded(f"job {job_id} was cancelled while it was submitted: stopped after {seq} chunks")
         add_chunk(engine, job_id, seq, len(chunk), msgpack.packb(message.to_wire()))
-        send(message)
+        try:
+            send(message)
+        except Exception as exc:
+            raise SendFailed(seq) from exc
         seq += 1
     return seq, truncated
 
 
-def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: RoomWaiter | None = None) -> Submission:
+def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: RoomWaiter | None = None,
+           on_job: JobCallback | None = None, broker: str = "the broker") -> Submission:
+    """Validate, write the job, send its chunks. `on_job` hears the job id before any chunk is
+    sent, so a producer that dies mid-submission has already said which job it was."""
     check_collection_name(request.collection)
     scan = scan_corpus(request.corpus, request.spec)
     if scan.invalid_count and not request.skip_invalid:
         raise InvalidInput(scan)
+    if scan.records_read - scan.invalid_count <= 0:
+        raise EmptyCorpus(scan)
     if scan.invalid_count:
         log.warning("skipping %d invalid records:\n%s", scan.invalid_count, scan.report())
 
@@ -132,12 +164,24 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
     options = {**request.options(), "cutover": request.cutover}
     job_id = create_job(engine, request.collection, version.key, version.model, source=request.corpus.name,
                         options=options, records_read=scan.records_read, skipped_invalid=scan.invalid_count)
+    if on_job is not None:
+        on_job(job_id)
     changes = Changes()
     records = (r for r in valid_records(request.corpus, request.spec, scan) if isinstance(r, Record))
     changed = detect_changes(engine, version.key, records, scan, changes)
     chunks = chunk_records(sort_windows(changed, request.sort_window), request.chunk_size, request.token_budget,
                            request.window)
-    seq, truncated = send_chunks(engine, send, job_id, version, chunks, request.window, wait_for_room)
+    try:
+        seq, truncated = send_chunks(engine, send, job_id, version, chunks, request.window, wait_for_room)
+    except SendFailed as failed:
+        # Without this the job would stay `submitting` until the reconciler notices (if beat
+        # runs at all). The chunks already sent still complete.
+        abandon_submission(engine, job_id)
+        raise JobEnded(
+            f"{broker} failed while job {job_id} was submitted ({failed.__cause__!s:.200}): the job is marked "
+            f"abandoned after {failed.args[0]} chunks were sent. Submit the corpus again when the broker is back: "
+            "records already stored are skipped as unchanged."
+        ) from failed.__cause__
     if request.sync == "full":
         changes.deleted = sweep_deleted(engine, version.key, scan)
     close_submission(engine, job_id, chunks_total=seq, truncated=truncated, changes=changes.as_dict())
