@@ -373,9 +373,15 @@ def _broker_error(exc: BaseException) -> str:
     return f"broker unreachable at {redact(get_settings().broker_url)}: {_reason(exc)}"
 
 
+def _settings_error(exc: Any) -> str:
+    fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+    return f"invalid setting (EMBEDFLEET_... or a flag): {fields}"
+
+
 def _error_map() -> list[tuple[tuple[type[BaseException], ...], Any, int]]:
     """(exception types, message, exit code): the first match wins, so subclasses come first."""
     import kombu.exceptions
+    import pydantic
     import redis.exceptions
     import sqlalchemy.exc
 
@@ -383,6 +389,8 @@ def _error_map() -> list[tuple[tuple[type[BaseException], ...], Any, int]]:
     return [
         ((JobEnded,), plain, EXIT_FAILURE),
         ((InvalidInput, CorpusError, LedgerError), plain, EXIT_INPUT),
+        ((pydantic.ValidationError,), _settings_error, EXIT_INPUT),
+        ((sqlalchemy.exc.ArgumentError,), lambda e: f"invalid database URL: {_reason(e)}", EXIT_INPUT),
         ((BrokerUnavailable,), plain, EXIT_FAILURE),
         ((sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError), _database_error, EXIT_FAILURE),
         ((sqlalchemy.exc.DBAPIError,), lambda e: f"database error: {_reason(e)}", EXIT_FAILURE),

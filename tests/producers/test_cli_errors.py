@@ -170,3 +170,14 @@ def test_cancel_a_job_nobody_works_on(redis_url: str, sqlite_url: str, tmp_path:
     assert f"job {job_id} cancelled" in shown.stdout and "ETA -" in shown.stdout and "is cancelled" in shown.stdout
     _one_line_error(fleet.cli("status", job_id, "--watch", check=False), 1, "was cancelled", follows=True)
     _one_line_error(fleet.cli("cancel", job_id, check=False), 2, "is cancelled")
+
+
+@pytest.mark.parametrize(("db", "env", "words"), [
+    ("not a url", {}, "invalid database URL"),
+    ("sqlite:///{tmp}/t.db", {"EMBEDFLEET_CHUNK_SIZE": "abc"}, "invalid setting"),
+])
+def test_a_bad_database_url_or_setting_is_one_line_and_exit_2(redis_url: str, tmp_path: Path, db: str, env: dict,
+                                                              words: str) -> None:
+    """Configuration mistakes are usage errors: one line, exit 2."""
+    fleet = Fleet(redis_url, db.format(tmp=tmp_path), tmp_path, env)
+    _one_line_error(fleet.cli("status", "0123456789abcdef", check=False), 2, words)
