@@ -16,12 +16,19 @@ MAX_MESSAGE = 300
 
 
 class RedactedError(Exception):
-    """A task's exception re-raised without its data: `error_type` is the original class's
-    name, the message is `safe_error` of the original."""
+    """A task's exception re-raised without its data: the message is `safe_error` of the
+    original, `error_type` the original class's name. Built from its args alone, so Celery
+    can pickle it (it wraps exceptions it cannot, and the wrapper hides the type)."""
 
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
+    def __init__(self, message: str, error_type: str = "Error") -> None:
+        super().__init__(message, error_type)
+
+    @property
+    def error_type(self) -> str:
+        return str(self.args[1])
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def error_type(exc: BaseException) -> str:
@@ -58,4 +65,4 @@ def redacted(exc: BaseException, keep: tuple[type[BaseException], ...] = ()) -> 
     no record data), otherwise a RedactedError with the same error type."""
     if isinstance(exc, keep) or isinstance(exc, RedactedError):
         return exc
-    return RedactedError(error_type(exc), safe_error(exc))
+    return RedactedError(safe_error(exc), error_type(exc))

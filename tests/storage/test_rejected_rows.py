@@ -185,3 +185,14 @@ def test_postgres_failed_transaction_does_not_lose_the_staging_table(pg_url):
     assert (stats.state, stats.stored, stats.dead) == ("done", 195, 0)
     with engine.connect() as conn:
         assert conn.execute(select(dead_letters.c.id)).all() == []
+
+
+def test_redacted_error_pickles_with_its_type():
+    """Celery pickles task exceptions (and wraps those it cannot, hiding their type): a RedactedError
+    round-trips with its message and error type."""
+    import pickle
+
+    safe = RedactedError("ValueError: value too long", "DataError")
+    back = pickle.loads(pickle.dumps(safe))
+    assert (str(back), error_type(back), repr(back)) == (
+        "ValueError: value too long", "DataError", "RedactedError('ValueError: value too long', 'DataError')")
