@@ -41,19 +41,27 @@ HASH_LENGTH: int = dead_letters.c.content_hash.type.length
 MESSAGE_LENGTH = 4000
 
 
+# How a letter's message starts when its record id had to be altered: such a letter can
+# be read, not redriven (the record would be stored under the altered id).
+ID_ALTERED = "[record id altered to fit storage: "
+TEXT_ALTERED = "[letter altered to fit storage: "
+
+
 def storable_letter(dead: DeadRecord) -> DeadRecord:
     """The letter as storage can hold it: NUL in the id written as the four characters
     \\x00, NUL removed from the text, an over-long id shortened to the column with a marker
-    "...[N chars]"; the message says what was changed and keeps the original length.
-    A letter with nothing to change is returned as it is (the usual case)."""
+    "...[N chars]"; the message starts by saying what was changed (ID_ALTERED when the id
+    was) and keeps the id's original length. A letter with nothing to change is returned
+    as it is (the usual case)."""
     record_id, text, notes = dead.record_id, dead.text, []
     if "\x00" in record_id:
         record_id = record_id.replace("\x00", "\\x00")
-        notes.append("NUL written as \\x00 in the id")
+        notes.append("NUL written as \\x00")
     if len(record_id) > LETTER_ID_LENGTH:
         marker = f"...[{len(dead.record_id)} chars]"
         record_id = record_id[:LETTER_ID_LENGTH - len(marker)] + marker
-        notes.append(f"id shortened: it has {len(dead.record_id)} characters")
+        notes.append(f"shortened, it has {len(dead.record_id)} characters")
+    id_altered = bool(notes)
     if "\x00" in text:
         text = text.replace("\x00", "")
         notes.append("NUL removed from the text")
@@ -61,11 +69,16 @@ def storable_letter(dead: DeadRecord) -> DeadRecord:
     content_hash = dead.content_hash.replace("\x00", "")[:HASH_LENGTH]
     message = dead.message.replace("\x00", "")
     if notes:
-        message = f"[letter altered to fit storage: {'; '.join(notes)}] {message}"
+        message = f"{ID_ALTERED if id_altered else TEXT_ALTERED}{'; '.join(notes)}] {message}"
     if (record_id, text, error_type, content_hash, message) == (
             dead.record_id, dead.text, dead.error_type, dead.content_hash, dead.message):
         return dead
     return DeadRecord(record_id, dead.position, text, content_hash, error_type, message)
+
+
+def id_altered(letter: Letter) -> bool:
+    """Its record id is not the record's own (storable_letter had to change it)."""
+    return letter.message.startswith(ID_ALTERED)
 
 
 def insert_letters(

@@ -100,3 +100,21 @@ def test_cli_refuses_unstorable_ids_on_postgres_without_a_job(tmp_path, pg_url):
     assert "2 of 4 records are invalid" in result.stderr  # the NUL in a text is removed, not refused
     with get_engine(pg_url).connect() as conn:
         assert conn.execute(select(jobs.c.id, jobs.c.state)).all() == []
+
+
+def test_skip_invalid_on_postgres_skips_a_nul_id_and_the_job_runs(tmp_path, pg_url):
+    """With skip_invalid, a NUL in an id is counted as skipped invalid; the job is written, sent and
+    closed (running), never left `submitting` with a traceback."""
+    from producers.submit import JobRequest, submit
+    from storage.engine import get_engine
+    from storage.ledger import job_stats
+
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"id": "a", "text": "x"}, {"id": "b\x00", "text": "y"},
+                                                            {"id": "c", "text": "z"}]))
+    sent = []
+    engine = get_engine(pg_url)
+    submission = submit(engine, JobRequest(Corpus(str(path)), "docs", "m", skip_invalid=True), sent.append)
+    assert [i for chunk in sent for i in chunk.ids] == ["a", "c"]
+    stats = job_stats(engine, submission.job_id)
+    assert (stats.state, stats.records_read, stats.skipped) == ("running", 3, 1)

@@ -105,11 +105,13 @@ def test_storable_letter_escapes_nul_and_shortens_long_ids():
     assert storable_letter(clean) is clean
     letter = storable_letter(DeadRecord("a\x00b", 1, "x\x00y", "h", "E\x00", "boom\x00"))
     assert (letter.record_id, letter.text, letter.error_type) == ("a\\x00b", "xy", "E")
-    assert letter.message.startswith("[letter altered to fit storage: NUL written as \\x00 in the id; NUL removed")
-    assert letter.message.endswith("] boom")
+    assert letter.message == ("[record id altered to fit storage: NUL written as \\x00; NUL removed from the text] "
+                              "boom")
     long = storable_letter(DeadRecord("L" * 700, 2, "t", "h", "E", "m"))
     assert len(long.record_id) == LETTER_ID_LENGTH and long.record_id.endswith("...[700 chars]")
-    assert "id shortened: it has 700 characters" in long.message
+    assert long.message == "[record id altered to fit storage: shortened, it has 700 characters] m"
+    text_only = storable_letter(DeadRecord("r", 3, "a\x00", "h", "E", "m"))
+    assert text_only.message == "[letter altered to fit storage: NUL removed from the text] m"
 
 
 # --- isolation on SQLite ------------------------------------------------------------------------
@@ -164,7 +166,7 @@ def test_postgres_unstorable_ids_become_letters_and_the_rest_is_stored(pg_url):
     assert {letter.error_type for letter in letters.values()} == {"StorageRejected"}
     assert letters[1].record_id.endswith("...[600 chars]") and len(letters[1].record_id) == 512
     assert "StringDataRightTruncation: value too long for type character varying(512)" in letters[1].message
-    assert "id shortened: it has 600 characters" in letters[1].message
+    assert "[record id altered to fit storage: shortened, it has 600 characters]" in letters[1].message
     assert (letters[3].record_id, letters[3].text) == ("nul\\x00id", f"{SECRET}with NUL")
     assert SECRET not in letters[3].message
     stats = job_stats(engine, job_id)
@@ -196,3 +198,19 @@ def test_redacted_error_pickles_with_its_type():
     back = pickle.loads(pickle.dumps(safe))
     assert (str(back), error_type(back), repr(back)) == (
         "ValueError: value too long", "DataError", "RedactedError('ValueError: value too long', 'DataError')")
+
+
+def test_redrive_skips_letters_whose_id_was_altered(sqlite_url):
+    """A letter whose id had to be altered to fit storage is not redriven (it would store the vector
+    under the wrong id); the others are."""
+    from producers.recovery import redrive
+    from storage.dead_letters import insert_letters
+
+    engine = get_engine(sqlite_url)
+    job_id, _ = _job(engine, ["x"])
+    with engine.begin() as conn:
+        insert_letters(conn, job_id, 0, "c1", [DeadRecord("fine", 0, "t0", "h0", "StorageRejected", "m"),
+                                              DeadRecord("a\x00b", 1, "t1", "h1", "StorageRejected", "m")], 1)
+    sent: list[ChunkTexts] = []
+    assert len(redrive(engine, sent.append, list_letters(engine), 16, 4096, 256)) == 1
+    assert [i for chunk in sent for i in chunk.ids] == ["fine"]
