@@ -96,7 +96,9 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) 
     Returns rows written.
 
     Idempotent: a redelivered chunk rewrites the same rows and finds its ledger row done.
-    The hot path of the collector, so every round trip to the database counts.
+    The hot path of the collector, so every round trip to the database counts. If the
+    database refuses a row (ROW_ERRORS), the transaction is written again isolating the
+    refused rows into StorageRejected dead letters: only such chunks pay for it.
     """
     blobs = codec.rows(chunk.vectors, chunk.dim) if chunk.ids else []
     if len(blobs) != len(chunk.ids):
