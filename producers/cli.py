@@ -239,7 +239,7 @@ def stats_json(engine: Any, stats: JobStats) -> dict[str, Any]:
 @click.option("--version", "number", type=int, default=None, help="A version other than the current one.")
 @DB_OPTION
 def export(collection: str, out: Path, number: int | None, db: str | None) -> None:
-    """Write the collection's (N, d) float32 matrix in corpus order, and PATH.ids.txt beside it."""
+    """Write the collection's (N, d) float32 matrix in corpus order, and PATH.ids.jsonl beside it."""
     from storage.collections import get_collection
     from storage.export import export_npy, ids_path_for
 

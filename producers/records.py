@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from producers.readers import RawRecord
+from storage.schema import vectors
+
+# The longest id storage holds: the vectors.record_id column's length (PostgreSQL enforces
+# it, in characters; dead_letters.record_id has the same length).
+MAX_ID_LENGTH: int = vectors.c.record_id.type.length
+# Characters an id may not hold: the C0 controls U+0000-U+001F (NUL, tab, newline, carriage
+# return among them), DEL U+007F, the C1 controls U+0080-U+009F (NEL U+0085 among them), and
+# the line and paragraph separators U+2028 and U+2029. PostgreSQL cannot store NUL, and the
+# others break lines in logs, in `dlq list` and in anything that reads ids line by line.
+FORBIDDEN_ID_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,8 @@ class Record:
     # Its text repeats an earlier record's in the job: stored with that record's vector,
     # not encoded again.
     alias: bool = False
+    # NUL characters were removed from its text (see build_record).
+    nul_removed: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,8 +50,32 @@ class Invalid:
     reason: str
 
     def __str__(self) -> str:
-        who = f" (id {self.record_id!r})" if self.record_id is not None else ""
+        who = f" (id {shown_id(self.record_id)})" if self.record_id is not None else ""
         return f"line {self.line}{who}: {self.reason}"
+
+
+def shown_id(record_id: str, limit: int = 60) -> str:
+    """An id as reports print it: repr (control characters escaped), long ones shortened."""
+    if len(record_id) <= limit:
+        return repr(record_id)
+    return f"{record_id[:limit]!r}... ({len(record_id)} characters)"
+
+
+def _char_name(char: str) -> str:
+    names = {"\x00": "NUL", "\t": "tab", "\n": "newline", "\r": "carriage return"}
+    return names.get(char) or unicodedata.name(char, "control character")
+
+
+def id_problem(record_id: str) -> str | None:
+    """Why storage cannot hold this id, or None: too long for the column, or a control character."""
+    if len(record_id) > MAX_ID_LENGTH:
+        return f"id too long: {len(record_id)} characters, the most storage holds is {MAX_ID_LENGTH}"
+    bad = FORBIDDEN_ID_CHARS.search(record_id)
+    if bad:
+        char = bad.group()
+        return (f"id contains a control character: U+{ord(char):04X} ({_char_name(char)}) "
+                f"at character {bad.start() + 1}")
+    return None
 
 
 def content_hash(text: str) -> str:
@@ -76,6 +114,9 @@ def build_record(raw: RawRecord, position: int, spec: FieldSpec) -> Record | Inv
     record_id = str(raw_id)
     if _has_bad_utf8(record_id):
         return Invalid(raw.line, None, "invalid UTF-8 in the id")
+    problem = id_problem(record_id)
+    if problem:
+        return Invalid(raw.line, record_id, problem)
     single = len(spec.text_fields) == 1
     parts: list[str] = []
     try:
@@ -86,9 +127,15 @@ def build_record(raw: RawRecord, position: int, spec: FieldSpec) -> Record | Inv
     except ValueError as exc:
         return Invalid(raw.line, record_id, str(exc))
     text = "\n".join(parts)
+    # NUL is removed from texts, not refused: PostgreSQL cannot store it (in a dead letter's
+    # text, say), and the tokenizers drop it anyway, so the vector is the same. The content
+    # hash is of the text without it, which is what is embedded.
+    nul_removed = "\x00" in text
+    if nul_removed:
+        text = text.replace("\x00", "")
     if not text.strip():
         fields = ", ".join(repr(f) for f in spec.text_fields)
         return Invalid(raw.line, record_id, f"empty text (fields {fields})")
     if _has_bad_utf8(text):
         return Invalid(raw.line, record_id, "invalid UTF-8 in the text")
-    return Record(record_id, position, text, content_hash(text), raw.line)
+    return Record(record_id, position, text, content_hash(text), raw.line, nul_removed=nul_removed)

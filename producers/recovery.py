@@ -14,7 +14,7 @@ from config.messages import ChunkTexts
 from producers.chunking import chunk_records
 from producers.records import Record
 from producers.submit import Sender, send_chunks
-from storage.dead_letters import Letter
+from storage.dead_letters import Letter, id_altered
 from storage.collections import get_version
 from storage.ledger import close_submission, create_job, mark_resent, open_chunk_payloads
 
@@ -37,7 +37,9 @@ def redrive(engine: Engine, send: Sender, letters: Sequence[Letter], chunk_size:
     positions. Each letter is marked resolved when its record is stored. Returns the job ids."""
     by_version: dict[str, list[Letter]] = defaultdict(list)
     for letter in letters:
-        if letter.resolved_at is None:
+        if letter.resolved_at is None and id_altered(letter):  # it would be stored under the wrong id
+            log.warning("dead letter %d not redriven: its record id was altered to fit storage", letter.id)
+        elif letter.resolved_at is None:
             by_version[letter.version_key].append(letter)
     job_ids = []
     for version_key, group in by_version.items():

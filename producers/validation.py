@@ -7,6 +7,7 @@ grows with the corpus.
 from __future__ import annotations
 
 import hashlib
+import logging
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ import numpy as np
 
 from producers.readers import Source
 from producers.records import FieldSpec, Invalid, Record, build_record
+
+log = logging.getLogger(__name__)
 
 SHOWN_ERRORS = 20
 
@@ -64,6 +67,8 @@ class Scan:
     repeated_hashes: set[int] = field(default_factory=set)
     # 64-bit hashes of texts that occur more than once: embedded once per job.
     repeated_texts: set[int] = field(default_factory=set)
+    # Valid records whose text held NUL characters, removed (build_record says why).
+    nul_removed: int = 0
     # Sorted 64-bit hashes of every id in the source (invalid records' too, where they have
     # one): `--sync full` deletes stored ids that are not among them.
     source_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -121,6 +126,7 @@ def scan_corpus(corpus: Source, spec: FieldSpec) -> Scan:
         else:
             ids.append(_id_hash(built.record_id))
             texts.append(text_hash64(built.content_hash))
+            scan.nul_removed += built.nul_removed
     # A repeat that involves an invalid record never reaches DuplicateFilter twice, so one
     # array serves both duplicate detection and --sync full.
     scan.source_ids = np.array(ids, dtype=np.int64)
@@ -129,6 +135,9 @@ def scan_corpus(corpus: Source, spec: FieldSpec) -> Scan:
     scan.repeated_hashes = _repeated_sorted(scan.source_ids)
     scan.repeated_texts = _repeated(texts)
     del texts
+    if scan.nul_removed:
+        log.warning("removed NUL characters from the text of %d records (storage cannot hold them)",
+                    scan.nul_removed)
     if scan.repeated_hashes:
         # Second look, only when some id repeats: name each duplicate's line.
         for built in valid_records(corpus, spec, scan):

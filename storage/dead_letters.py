@@ -33,12 +33,61 @@ class Letter:
     redrive_job: str | None
 
 
+# What the dead_letters columns hold: a letter must be writable whatever its record holds,
+# or the record it stands for would be lost.
+LETTER_ID_LENGTH: int = dead_letters.c.record_id.type.length
+ERROR_TYPE_LENGTH: int = dead_letters.c.error_type.type.length
+HASH_LENGTH: int = dead_letters.c.content_hash.type.length
+MESSAGE_LENGTH = 4000
+
+
+# How a letter's message starts when its record id had to be altered: such a letter can
+# be read, not redriven (the record would be stored under the altered id).
+ID_ALTERED = "[record id altered to fit storage: "
+TEXT_ALTERED = "[letter altered to fit storage: "
+
+
+def storable_letter(dead: DeadRecord) -> DeadRecord:
+    """The letter as storage can hold it: NUL in the id written as the four characters
+    \\x00, NUL removed from the text, an over-long id shortened to the column with a marker
+    "...[N chars]"; the message starts by saying what was changed (ID_ALTERED when the id
+    was) and keeps the id's original length. A letter with nothing to change is returned
+    as it is (the usual case)."""
+    record_id, text, notes = dead.record_id, dead.text, []
+    if "\x00" in record_id:
+        record_id = record_id.replace("\x00", "\\x00")
+        notes.append("NUL written as \\x00")
+    if len(record_id) > LETTER_ID_LENGTH:
+        marker = f"...[{len(dead.record_id)} chars]"
+        record_id = record_id[:LETTER_ID_LENGTH - len(marker)] + marker
+        notes.append(f"shortened, it has {len(dead.record_id)} characters")
+    id_altered = bool(notes)
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+        notes.append("NUL removed from the text")
+    error_type = dead.error_type.replace("\x00", "")[:ERROR_TYPE_LENGTH]
+    content_hash = dead.content_hash.replace("\x00", "")[:HASH_LENGTH]
+    message = dead.message.replace("\x00", "")
+    if notes:
+        message = f"{ID_ALTERED if id_altered else TEXT_ALTERED}{'; '.join(notes)}] {message}"
+    if (record_id, text, error_type, content_hash, message) == (
+            dead.record_id, dead.text, dead.error_type, dead.content_hash, dead.message):
+        return dead
+    return DeadRecord(record_id, dead.position, text, content_hash, error_type, message)
+
+
+def id_altered(letter: Letter) -> bool:
+    """Its record id is not the record's own (storable_letter had to change it)."""
+    return letter.message.startswith(ID_ALTERED)
+
+
 def insert_letters(
     conn: Connection, job_id: str, seq: int, version_key: str, dead: Sequence[DeadRecord], attempts: int
 ) -> None:
     if not dead:
         return
     now = time.time()
+    dead = [storable_letter(d) for d in dead]
     conn.execute(
         insert(dead_letters),
         [
@@ -51,7 +100,7 @@ def insert_letters(
                 "text": d.text,
                 "content_hash": d.content_hash,
                 "error_type": d.error_type,
-                "message": d.message[:4000],
+                "message": d.message[:MESSAGE_LENGTH],
                 "attempts": attempts,
                 "created_at": now,
             }

@@ -11,6 +11,7 @@ from threading import Lock
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from storage.bulk import forget_staging
 from storage.schema import metadata
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,19 @@ def get_engine(url: str) -> Engine:
 
 def _build(url: str) -> Engine:
     full = normalise_url(url)
+    # hide_parameters: an error's message never carries the statement's parameters (record
+    # ids, texts), so logs, Flower and dead letters cannot leak the corpus through it.
     if full.startswith("sqlite"):
-        engine = create_engine(full, connect_args={"timeout": 30})
+        engine = create_engine(full, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         # No pool_pre_ping: it costs a round trip per checkout on the collector's hot path,
         # and a connection that died is an OperationalError, which the tasks retry.
-        engine = create_engine(full)
+        engine = create_engine(full, hide_parameters=True)
+        # A rollback drops the bulk upsert's staging table if this transaction created it:
+        # forget it, or every later chunk on the connection fails with UndefinedTable.
+        event.listen(engine, "rollback", forget_staging)
+        event.listen(engine, "rollback_savepoint", forget_staging)
     _create_schema(engine)
     log.debug("engine ready for %s", redact(full))
     return engine

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import msgpack
 import numpy as np
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, select, update
 
-from config.messages import ChunkVectors, DeadRecord
+from config.messages import ChunkTexts, ChunkVectors, DeadRecord
 from storage import codec
-from storage.bulk import Row, upsert_rows
+from storage.bulk import ROW_ERRORS, Row, upsert_isolating, upsert_rows
 from storage.dead_letters import insert_letters, resolve_stored
 from storage.errors import LedgerError, SourceNotStored
 from storage.ledger import finish_if_complete
+from storage.safe_errors import safe_error
 from storage.schema import chunks, dead_letters, vectors, versions
 
+log = logging.getLogger(__name__)
+# The error type of a record the database refused to store (too long an id, a NUL, ...).
+STORAGE_REJECTED = "StorageRejected"
 
 # (database, version key) -> (model, dim) once the dim is fixed: neither changes after that,
 # so the collector checks them in memory instead of with a query per chunk.
@@ -90,7 +96,9 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) 
     Returns rows written.
 
     Idempotent: a redelivered chunk rewrites the same rows and finds its ledger row done.
-    The hot path of the collector, so every round trip to the database counts.
+    The hot path of the collector, so every round trip to the database counts. If the
+    database refuses a row (ROW_ERRORS), the transaction is written again isolating the
+    refused rows into StorageRejected dead letters: only such chunks pay for it.
     """
     blobs = codec.rows(chunk.vectors, chunk.dim) if chunk.ids else []
     if len(blobs) != len(chunk.ids):
@@ -100,6 +108,31 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) 
         (chunk.version_key, record_id, position, content_hash, chunk.model, blob, now)
         for record_id, position, content_hash, blob in zip(chunk.ids, chunk.positions, chunk.hashes, blobs)
     ]
+    try:
+        stored = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=False)
+    except _ChunkCancelled:
+        return 0
+    except ROW_ERRORS as exc:
+        # One row the database refuses aborts the whole transaction: write the chunk again,
+        # isolating the rows it refuses, as the encoder isolates poison records.
+        log.warning("job=%s chunk=%d: the database refused a row (%s); isolating the rows it refuses",
+                    chunk.job_id, chunk.seq, safe_error(exc))
+        try:
+            stored = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=True)
+        except _ChunkCancelled:
+            return 0
+    finish_if_complete(engine, chunk.job_id)
+    return stored
+
+
+class _ChunkCancelled(Exception):
+    """The chunk's job was cancelled while it was encoded: its transaction is rolled back."""
+
+
+def _write_chunk(engine: Engine, chunk: ChunkVectors, encoded: list[Row], now: float, last_attempt: bool,
+                 isolate: bool) -> int:
+    """store_chunk's transaction. With isolate, the rows the database refuses become
+    StorageRejected dead letters (their texts from the ledger's copy of the message)."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Safe to skip the WAL flush wait: the vectors and the chunk's "done" commit
@@ -107,9 +140,19 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) 
             # open in the ledger, where resume and the reconciler find it.
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         _check_model(conn, chunk)
-        alias_rows, alias_dead = _resolve_aliases(conn, chunk, {row[3]: row[5] for row in rows}, now, last_attempt)
-        rows += alias_rows
+        alias_rows, alias_dead = _resolve_aliases(conn, chunk, {row[3]: row[5] for row in encoded}, now, last_attempt)
+        rows = encoded + alias_rows
         dead = chunk.dead + alias_dead
+        if isolate:
+            texts = _ledger_texts(conn, chunk)  # its FOR UPDATE takes the chunk's row lock first
+            rejected = upsert_isolating(conn, rows)
+            dead = dead + [
+                DeadRecord(rows[i][1], rows[i][2], texts.get(rows[i][1], ""), rows[i][3], STORAGE_REJECTED,
+                           f"the database refused to store the record: {safe_error(exc)}")
+                for i, exc in rejected
+            ]
+            refused = {i for i, _ in rejected}
+            rows = [row for i, row in enumerate(rows) if i not in refused]
         # Marking done first takes the chunk's row lock: a second delivery collected at the
         # same moment waits here, then finds the chunk done and writes no letters twice.
         marked = conn.execute(
@@ -121,13 +164,33 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) 
         ).first()
         if marked is None and conn.execute(select(chunks.c.state).where(and_(
                 chunks.c.job_id == chunk.job_id, chunks.c.seq == chunk.seq))).scalar_one_or_none() == "cancelled":
-            return 0  # its job was cancelled while it was encoded: not stored, not counted
-        upsert_rows(conn, rows)
+            # Its job was cancelled while it was encoded: not stored, not counted. Raising
+            # rolls back whatever the isolating path already wrote.
+            raise _ChunkCancelled()
+        if not isolate:
+            upsert_rows(conn, rows)
         resolve_stored(conn, chunk.job_id, chunk.version_key, [row[1] for row in rows])
         if marked is not None:  # None: a redelivery, rows rewritten, letters already there
             insert_letters(conn, chunk.job_id, chunk.seq, chunk.version_key, dead, max(marked.deliveries, 1))
-    finish_if_complete(engine, chunk.job_id)
     return len(rows)
+
+
+def _ledger_texts(conn: Connection, chunk: ChunkVectors) -> dict[str, str]:
+    """record id -> text, from the ledger's copy of the chunk's message (the collector's
+    message carries no texts); empty if the chunk is already done."""
+    payload = conn.execute(
+        select(chunks.c.payload).where(and_(chunks.c.job_id == chunk.job_id, chunks.c.seq == chunk.seq))
+        .with_for_update()
+    ).scalar()
+    if payload is None:
+        return {}
+    try:
+        texts = ChunkTexts.from_wire(msgpack.unpackb(payload))
+    except Exception:  # not a chunk message (a test's placeholder, say): letters without texts
+        return {}
+    found = dict(zip(texts.ids, texts.texts))
+    found.update((record_id, text) for record_id, _, _, text in texts.aliases)
+    return found
 
 
 def stored_state(engine: Engine, version_key: str, record_ids: Iterable[str]) -> dict[str, tuple[str, int]]:

@@ -147,7 +147,9 @@ def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float
         out = work / f"{section}.npy"
         subprocess.run([str(BIN / "embedfleet"), "export", "--collection", "bench", "--out", str(out), "--db", db],
                        check=True, capture_output=True, env=cli_env())
-        assert out.with_suffix(".ids.txt").read_text().split() == ids, "export is not in corpus order"
+        from storage.export import ids_path_for, read_ids
+
+        assert read_ids(ids_path_for(out)) == ids, "export is not in corpus order"
         cosine = (np.load(out) * reference).sum(axis=1)
         report.add(section, "cosine of run's vectors to fp32, every record", None, None,
                    min=round(float(cosine.min()), 6), mean=round(float(cosine.mean()), 6),

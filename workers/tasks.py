@@ -20,6 +20,7 @@ from storage import codec
 from storage.collections import claim_reindex
 from storage.dead_letters import dead_letter_chunk
 from storage.engine import get_engine
+from storage.safe_errors import error_type, redacted, safe_error
 from producers.recovery import resend_open_chunks
 from producers.reindex import registered_request
 from producers.submit import celery_sender, submit
@@ -58,7 +59,7 @@ class ChunkTask(Task):
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         job_id = kwargs["chunk"]["job_id"]
-        log.warning("retrying job=%s chunk=%s after %s: %s", job_id, kwargs["chunk"]["seq"], type(exc).__name__, exc)
+        log.warning("retrying job=%s chunk=%s after %s", job_id, kwargs["chunk"]["seq"], safe_error(exc))
         try:
             count_retry(_engine(), job_id)
         except Exception:  # the database may be what is failing; the retry still happens
@@ -67,16 +68,16 @@ class ChunkTask(Task):
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         chunk = kwargs["chunk"]
         giveup = is_transient(exc)
-        log.error("giving up on job=%s chunk=%s: %s: %s", chunk["job_id"], chunk["seq"], type(exc).__name__, exc)
+        log.error("giving up on job=%s chunk=%s: %s", chunk["job_id"], chunk["seq"], safe_error(exc))
         try:
-            dead = dead_letter_chunk(_engine(), chunk["job_id"], chunk["seq"], type(exc).__name__,
-                                     f"{'gave up after retries: ' if giveup else ''}{exc}", giveup=giveup)
-        except Exception:
+            dead = dead_letter_chunk(_engine(), chunk["job_id"], chunk["seq"], error_type(exc),
+                                     f"{'gave up after retries: ' if giveup else ''}{safe_error(exc)}", giveup=giveup)
+        except Exception as error:
             # The ledger still has the chunk open: `resume` or the reconciler re-sends it.
-            log.exception("could not dead-letter job=%s chunk=%s", chunk["job_id"], chunk["seq"])
+            log.error("could not dead-letter job=%s chunk=%s: %s", chunk["job_id"], chunk["seq"], safe_error(error))
             return
         if dead:
-            notify_dead_letters(chunk["job_id"], chunk["seq"], dead, type(exc).__name__)
+            notify_dead_letters(chunk["job_id"], chunk["seq"], dead, error_type(exc))
 
 
 def notify_dead_letters(job_id: str, seq: int, count: int, error_types: str) -> None:
@@ -150,7 +151,10 @@ def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
     vectors = ChunkVectors.from_wire(chunk)
     # Repeated texts wait (by retrying) for their first record; on the last try they are
     # dead-lettered instead, so the rest of the chunk is stored either way.
-    stored = store_chunk(_engine(), vectors, last_attempt=self.request.retries >= (self.max_retries or 0))
+    try:
+        stored = store_chunk(_engine(), vectors, last_attempt=self.request.retries >= (self.max_retries or 0))
+    except Exception as exc:  # what Flower and the worker's log show: no record text, no SQL parameters
+        raise redacted(exc, keep=self.autoretry_for) from None
     # Every record of the chunk ends stored or dead-lettered (by the worker or, for repeats,
     # here), so the rest of the chunk is what the notice counts.
     dead = len(vectors.ids) + len(vectors.aliases) + len(vectors.dead) - stored

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from storage.collections import get_collection
 from storage.engine import get_engine
-from storage.export import export_npy, ids_path_for
+from storage.export import export_npy, ids_path_for, read_ids
 from storage.ledger import JobStats, job_stats
 from storage.schema import dead_letters, vectors
 
@@ -45,7 +45,7 @@ def assert_accounted(db_url: str, job_id: str, collection: str, corpus_ids: list
         ).all()
     assert rows == [] and letters == [], (rows, letters)
     export_npy(engine, key, out)
-    exported = ids_path_for(out).read_text().split()
+    exported = read_ids(ids_path_for(out))
     assert exported == [i for i in corpus_ids if i in set(exported)]
     assert np.isfinite(np.load(out)).all()
     return stats

@@ -20,6 +20,7 @@ from kombu import Connection, Exchange, Producer
 
 from storage.dead_letters import list_letters
 from storage.engine import get_engine
+from storage.export import read_ids
 from storage.ledger import job_stats
 from tests.conftest import SAMPLE
 from tests.fleet.checks import assert_accounted, wait_done
@@ -168,7 +169,7 @@ def test_poison_records_are_isolated_then_redriven(sqlite_url, make_fleet, tmp_p
     assert list_letters(get_engine(sqlite_url), job_id) == []
     assert "no dead letters" in fleet.cli("dlq", "list", "--job", job_id).stderr
     assert_accounted(sqlite_url, redrive_job, "faults", ids, tmp_path / "after.npy")
-    assert len((tmp_path / "after.ids.txt").read_text().split()) == 40
+    assert len(read_ids(tmp_path / "after.ids.jsonl")) == 40
 
 
 def test_transient_failures_retry_and_are_counted(sqlite_url, make_fleet, tmp_path) -> None:

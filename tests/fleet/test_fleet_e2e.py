@@ -19,6 +19,7 @@ from producers.readers import Corpus
 from producers.records import FieldSpec
 from producers.submit import JobRequest, celery_sender, submit
 from storage.engine import get_engine
+from storage.export import read_ids
 from storage.ledger import job_stats
 from storage.schema import vectors
 from tests.conftest import COMMIT_FIELDS, assert_matches_reference, commit_text, read_records
@@ -57,7 +58,7 @@ def test_two_workers_store_every_record_once(db_url: str, make_fleet, small_corp
     out = tmp_path / "fleet.npy"
     fleet.cli("export", "--collection", "commits", "--out", str(out))
     records = read_records(small_corpus)
-    assert (tmp_path / "fleet.ids.txt").read_text().split() == [r["id"] for r in records]
+    assert read_ids(tmp_path / "fleet.ids.jsonl") == [r["id"] for r in records]
     assert_matches_reference(reference_model, [commit_text(r) for r in records], np.load(out))
     # Both processes took chunks: the work was shared, not done by one.
     assert "encoded job=" in fleet.log("w1") and "encoded job=" in fleet.log("w2")

@@ -12,7 +12,7 @@ from config.messages import ChunkVectors
 from storage import codec
 from storage.engine import get_engine, redact
 from storage.collections import open_collection
-from storage.export import export_npy, ids_path_for
+from storage.export import export_npy, ids_path_for, read_ids
 from storage.ledger import LedgerError, add_chunk, check_collection_name, close_submission, create_job, job_stats
 from storage.schema import vectors
 from storage.vectors import iter_ordered, store_chunk
@@ -75,7 +75,7 @@ def test_reads_follow_corpus_order_not_arrival(db_url: str) -> None:
 
 
 def test_export_writes_matrix_and_ids(sqlite_url: str, tmp_path) -> None:
-    """export writes an (N, d) float32 .npy in corpus order and PATH.ids.txt beside it."""
+    """export writes an (N, d) float32 .npy in corpus order and PATH.ids.jsonl beside it."""
     engine = get_engine(sqlite_url)
     job_id = _job(engine, {0: [0, 1], 1: [2]})
     c1, c0 = _chunk(job_id, 1, [2]), _chunk(job_id, 0, [0, 1])
@@ -86,7 +86,7 @@ def test_export_writes_matrix_and_ids(sqlite_url: str, tmp_path) -> None:
     matrix = np.load(out)
     np.testing.assert_array_equal(matrix[:2], codec.unpack(c0.vectors, DIM))
     np.testing.assert_array_equal(matrix[2:], codec.unpack(c1.vectors, DIM))
-    assert ids_path_for(out).read_text().split() == ["r0", "r1", "r2"]
+    assert read_ids(ids_path_for(out)) == ["r0", "r1", "r2"]
 
 
 def test_a_collection_holds_one_model(sqlite_url: str) -> None:
@@ -198,3 +198,25 @@ def test_a_submission_whose_producer_died_is_abandoned(sqlite_url: str) -> None:
     assert job_stats(engine, job_id).state == "abandoned"
     with pytest.raises(LedgerError, match="abandoned"), JobProgress(engine, job_id) as progress:
         progress.wait_done(timeout=5)
+
+
+@pytest.mark.parametrize("url", ["sqlite", "postgres"])
+def test_export_ids_file_has_one_line_per_row_whatever_the_ids_hold(url: str, tmp_path, request) -> None:
+    """Ids with a newline, carriage return, tab, quotes, backslash, NEL, line separator and non-ASCII
+    letters (stored by older versions or SQL sources) each take one line: as many entries as rows,
+    reading back exactly; str.splitlines() agrees; a stale PATH.ids.txt is removed."""
+    db = request.getfixturevalue("sqlite_url" if url == "sqlite" else "pg_url")
+    engine = get_engine(db)
+    odd = ["plain", "new\nline", "cr\rlf\r\n", "tab\there", 'say "hi"', "back\\slash\\n", "nel\x85x",
+           "ls\u2028ps\u2029", "héllo 世界 🙂", "'single'", "{\"json\": 1}"]
+    job_id = _job(engine, {0: list(range(len(odd)))})
+    chunk = dataclasses.replace(_chunk(job_id, 0, list(range(len(odd)))), ids=odd)
+    store_chunk(engine, chunk)
+    out = tmp_path / "odd.npy"
+    (tmp_path / "odd.ids.txt").write_text("stale\n")
+    assert export_npy(engine, "c1", out) == (len(odd), DIM)
+    path = ids_path_for(out)
+    assert path.name == "odd.ids.jsonl" and not (tmp_path / "odd.ids.txt").exists()
+    assert read_ids(path) == odd
+    assert len(path.read_text(encoding="utf-8").splitlines()) == len(np.load(out)) == len(odd)
+    assert path.read_text(encoding="utf-8").splitlines()[8] == '"héllo 世界 🙂"'  # non-ASCII stays readable

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import BIN, assert_matches_reference, commit_text, read_records
+from storage.export import read_ids
+from tests.conftest import BIN, REPO, assert_matches_reference, commit_text, read_records
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "embedfleet"), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-        env={"HF_HUB_OFFLINE": "1", "PATH": str(BIN), "HOME": str(cwd)},
+        env={"HF_HUB_OFFLINE": "1", "PATH": str(BIN), "HOME": str(cwd), "PYTHONPATH": str(REPO)},
     )
 
 
@@ -29,7 +30,7 @@ def test_run_stores_every_record_in_corpus_order(small_corpus: Path, tmp_path: P
     export = _run("export", "--collection", "commits", "--out", str(out), "--db", db, cwd=tmp_path)
     assert export.returncode == 0, export.stderr
     records = read_records(small_corpus)
-    assert (tmp_path / "v.ids.txt").read_text().split() == [r["id"] for r in records]
+    assert read_ids(tmp_path / "v.ids.jsonl") == [r["id"] for r in records]
     assert_matches_reference(reference_model, [commit_text(r) for r in records], np.load(out))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.engine import get_engine
+from storage.export import ids_path_for, read_ids
 from storage.ledger import job_stats
 from tests.conftest import embedfleet
 
@@ -26,7 +27,7 @@ def _stats(db: str, output: str):
 
 
 def _ids(out: Path) -> list[str]:
-    return out.with_suffix(".ids.txt").read_text().split()
+    return read_ids(ids_path_for(out))
 
 
 def test_unchanged_corpus_is_skipped_and_changes_are_applied(tmp_path: Path) -> None:
