@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # A chunk taken this many times without finishing (its worker killed each time, by the
     # OOM killer say) goes to the dead letters instead of looping forever.
     max_deliveries: int = 5
+    # Seconds a pool process may take to load its model before Celery kills it as hung
+    # (worker_proc_alive_timeout, 4 s by default: a replacement child loading a 6 s model
+    # was killed forever). Generous: a large model from a slow disk takes a minute.
+    model_load_timeout: float = 120.0
     # A running job with open chunks and no chunk sent, started or done for this long has
     # lost its messages (broker restarted empty, say): the reconciler re-sends them.
     lease_seconds: int = 600
