@@ -144,8 +144,12 @@ def submit(wait: bool, **opts: Any) -> None:
 def follow(engine: Any, job_id: str) -> JobStats:
     """A live bar on a terminal (plain lines otherwise) until the job is done."""
     from producers.progress import JobProgress
+    from producers.recovery import resend_stranded
 
-    with JobProgress(engine, job_id) as progress:
+    settings = get_settings()
+    send = _fleet_sender(settings)
+    with JobProgress(engine, job_id, sweep=lambda: resend_stranded(engine, send, settings.dead_after_seconds, job_id),
+                     sweep_every=settings.heartbeat_seconds) as progress:
         return progress.wait_done()
 
 

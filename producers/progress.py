@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
@@ -17,8 +18,15 @@ log = logging.getLogger(__name__)
 
 
 class JobProgress:
-    def __init__(self, engine: Engine, job_id: str, interval: float = 0.25, line_every: float = 10.0) -> None:
+    def __init__(self, engine: Engine, job_id: str, interval: float = 0.25, line_every: float = 10.0,
+                 sweep: Callable[[], object] | None = None, sweep_every: float = 3.0) -> None:
         self.engine = engine
+        # Called every sweep_every seconds while waiting: re-sends the job's chunks held by
+        # dead workers (producers/recovery.py: resend_stranded), so a waiting producer
+        # recovers its job even with no live worker sweeping and no beat.
+        self.sweep = sweep
+        self.sweep_every = sweep_every
+        self._last_sweep = 0.0
         self.job_id = job_id
         self.interval = interval
         self.line_every = line_every
@@ -84,6 +92,12 @@ class JobProgress:
                     f"({stats.records_done} of {stats.records_read} records done). Submit the corpus again: "
                     "records already stored are skipped as unchanged."
                 )
+            if self.sweep is not None and time.monotonic() - self._last_sweep >= self.sweep_every:
+                self._last_sweep = time.monotonic()
+                try:
+                    self.sweep()
+                except Exception as exc:  # the database or broker may be down: keep waiting
+                    log.warning("sweep for stranded chunks failed: %s: %s", type(exc).__name__, exc)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.job_id} not done after {timeout}s: {stats.as_dict()}")
             time.sleep(self.interval)

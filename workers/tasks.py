@@ -20,11 +20,12 @@ from storage import codec
 from storage.collections import claim_reindex
 from storage.dead_letters import dead_letter_chunk
 from storage.engine import get_engine
-from producers.recovery import resend_open_chunks
+from producers.recovery import resend_open_chunks, resend_stranded
 from producers.reindex import registered_request
 from producers.submit import celery_sender, submit
 from storage.ledger import abandon_stalled_submissions, count_retry, stalled_jobs, start_delivery
 from storage.vectors import store_chunk
+from workers import heartbeat
 from workers.isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
 from workers.resident import get_encoder
 
@@ -94,7 +95,7 @@ def _send_vectors(vectors: ChunkVectors) -> None:
 def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
     texts = ChunkTexts.from_wire(chunk)
     settings = get_settings()
-    deliveries = start_delivery(_engine(), texts.job_id, texts.seq)
+    deliveries = start_delivery(_engine(), texts.job_id, texts.seq, holder=heartbeat.INCARNATION)
     if deliveries is None:
         log.info("skipping job=%s chunk=%d: already done", texts.job_id, texts.seq)
         return
@@ -172,6 +173,8 @@ def reconcile() -> dict[str, int]:
     engine = _engine()
     for job_id in abandon_stalled_submissions(engine, get_settings().lease_seconds):
         log.warning("job %s abandoned: its producer stopped before sending every chunk", job_id)
+    # Chunks held by dead workers (the workers' own sweeps usually got there first).
+    resend_stranded(engine, celery_sender(app), get_settings().dead_after_seconds)
     for job_id in stalled_jobs(engine, get_settings().lease_seconds):
         resent[job_id] = resend_open_chunks(engine, celery_sender(app), job_id)
         log.warning("reconciler re-sent %d chunks of stalled job %s", resent[job_id], job_id)

@@ -1,0 +1,110 @@
+"""The liveness ledger (heartbeats, holders, the sweep), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from sqlalchemy import create_engine, select, text, update
+
+from config.messages import ChunkTexts
+from storage.engine import get_engine, normalise_url
+from storage.ledger import add_chunk, close_submission, create_job, job_stats
+from storage.liveness import beat, claim_stranded, db_now, hold, retire
+from storage.schema import chunks, workers
+
+DEAD_AFTER = 15.0
+
+
+def _job(engine, n_chunks: int = 2) -> tuple[str, list[ChunkTexts]]:
+    from storage.collections import open_collection
+
+    version = open_collection(engine, "live", "m", source={}, options={})
+    job_id = create_job(engine, "live", version.key, "m", "test", {}, records_read=4 * n_chunks, skipped_invalid=0)
+    texts = []
+    for seq in range(n_chunks):
+        ids = [f"r{seq}-{i}" for i in range(4)]
+        chunk = ChunkTexts(job_id, seq, version.key, "m", ids, [seq * 4 + i for i in range(4)], ids, ["h"] * 4)
+        add_chunk(engine, job_id, seq, 4, msgpack.packb(chunk.to_wire()))
+        texts.append(chunk)
+    close_submission(engine, job_id, n_chunks, 0)
+    return job_id, texts
+
+
+def _age(engine, incarnation: str, last_seen_ago: float, up_since_ago: float) -> None:
+    with engine.begin() as conn:
+        now = conn.execute(select(db_now(conn.dialect.name))).scalar_one()
+        conn.execute(update(workers).where(workers.c.incarnation == incarnation)
+                     .values(last_seen=now - last_seen_ago, up_since=now - up_since_ago))
+
+
+def _holders(engine, job_id: str) -> dict[int, str | None]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(chunks.c.seq, chunks.c.holder).where(chunks.c.job_id == job_id)).all())
+
+
+@pytest.fixture
+def engine(db_url):
+    from storage.collections import open_collection  # noqa: F401  (imports the schema's users)
+
+    return get_engine(db_url)
+
+
+def test_dead_holder_is_swept_once(engine) -> None:
+    """A chunk held by a node silent for dead_after is claimed by exactly one sweep, and the node is pruned."""
+    job_id, _ = _job(engine)
+    for node in ("dead", "alive"):
+        beat(engine, node, node, "h", 1, DEAD_AFTER)
+    hold(engine, "dead", [(job_id, 0)])
+    hold(engine, "alive", [(job_id, 1)])
+    _age(engine, "dead", 20, 100)
+    _age(engine, "alive", 1, 100)
+    claimed = claim_stranded(engine, DEAD_AFTER, claimant="alive")
+    assert [(c.job_id, c.seq, c.holder) for c in claimed] == [(job_id, 0, "dead")]
+    assert claim_stranded(engine, DEAD_AFTER) == []
+    assert _holders(engine, job_id) == {0: "alive", 1: "alive"}
+    assert job_stats(engine, job_id).resends == 1
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(workers.c.incarnation)).scalars()) == ["alive"]
+
+
+def test_no_judgement_without_a_witness(engine) -> None:
+    """After an outage every node is stale and none has beaten unbroken for dead_after: nobody is judged."""
+    job_id, _ = _job(engine)
+    beat(engine, "dead", "dead", "h", 1, DEAD_AFTER)
+    beat(engine, "back", "back", "h", 1, DEAD_AFTER)
+    hold(engine, "dead", [(job_id, 0)])
+    _age(engine, "dead", 40, 100)
+    _age(engine, "back", 40, 100)
+    beat(engine, "back", "back", "h", 1, DEAD_AFTER)  # the first beat after the outage restarts its run
+    assert claim_stranded(engine, DEAD_AFTER) == []
+    _age(engine, "back", 1, DEAD_AFTER + 1)  # ... and once it has beaten for dead_after, it judges
+    assert [c.seq for c in claim_stranded(engine, DEAD_AFTER, job_id=job_id)] == [0]
+
+
+def test_retire_releases_held_chunks(engine) -> None:
+    """A node shutting down cleanly releases its chunks (Celery returned their messages) and its row."""
+    job_id, _ = _job(engine)
+    beat(engine, "w", "w", "h", 1, DEAD_AFTER)
+    hold(engine, "w", [(job_id, 0), (job_id, 1)])
+    retire(engine, "w")
+    assert _holders(engine, job_id) == {0: None, 1: None}
+
+
+def test_old_database_gains_new_columns(tmp_path) -> None:
+    """A database created before holder/parent_seq existed gets them (NULL) on first use."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    get_engine(url)
+    raw = create_engine(normalise_url(url))
+    with raw.begin() as conn:
+        conn.execute(text("DROP INDEX ix_chunks_holder_state"))
+        conn.execute(text("ALTER TABLE chunks DROP COLUMN holder"))
+        conn.execute(text("ALTER TABLE chunks DROP COLUMN parent_seq"))
+        conn.execute(text("DROP TABLE workers"))
+    raw.dispose()
+    from storage.engine import _build
+
+    engine = _build(url)
+    with engine.connect() as conn:
+        names = {r[1] for r in conn.execute(text("PRAGMA table_info(chunks)"))}
+        assert {"holder", "parent_seq"} <= names
+        assert conn.execute(text("SELECT count(*) FROM workers")).scalar_one() == 0
