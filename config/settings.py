@@ -45,8 +45,13 @@ class Settings(BaseSettings):
     # Transient failures retry this many times with exponential backoff and jitter.
     max_retries: int = 5
     # A chunk taken this many times without finishing (its worker killed each time, by the
-    # OOM killer say) goes to the dead letters instead of looping forever.
+    # OOM killer say) is split in two new chunks, down to the one record that kills its
+    # process, which becomes a WorkerCrashed dead letter.
     max_deliveries: int = 5
+    # A half born of such a split has already shown that it crashes: it splits again after
+    # this many deliveries, so isolating one record of a 256-record chunk takes about
+    # 5 + 8 x 2 crashes, not hundreds.
+    crash_split_deliveries: int = 2
     # Seconds a pool process may take to load its model before Celery kills it as hung
     # (worker_proc_alive_timeout, 4 s by default: a replacement child loading a 6 s model
     # was killed forever). Generous: a large model from a slow disk takes a minute.

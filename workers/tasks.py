@@ -26,6 +26,7 @@ from producers.submit import celery_sender, submit
 from storage.ledger import abandon_stalled_submissions, count_retry, stalled_jobs, start_delivery
 from storage.vectors import store_chunk
 from workers import heartbeat
+from workers.deliveries import crashed_too_often, isolate_crash
 from workers.isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
 from workers.resident import get_encoder
 
@@ -109,12 +110,15 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
         raise Reject(str(exc), requeue=True) from exc
     base = dict(job_id=texts.job_id, seq=texts.seq, version_key=texts.version_key, model=encoder.model_name,
                 dim=encoder.dimension, worker=str(self.request.hostname or ""), aliases=texts.aliases)
-    if deliveries > settings.max_deliveries:
-        message = (f"delivered {deliveries} times without finishing (more than {settings.max_deliveries}): "
-                   "its worker was probably killed each time, by the OOM killer say")
-        dead = [DeadRecord(i, p, t, h, "DeliveryLimitExceeded", message)
-                for i, p, t, h in zip(texts.ids, texts.positions, texts.texts, texts.hashes)]
-        _send_vectors(ChunkVectors(**base, ids=[], positions=[], hashes=[], vectors=b"", dead=dead))
+    if crashed_too_often(deliveries, self.request.retries, texts.seq, settings):
+        # Its process died in each earlier delivery: halve it (or dead-letter its last record).
+        dead, halves = isolate_crash(_engine(), texts, deliveries, heartbeat.INCARNATION)
+        for half in halves:
+            celery_sender(app)(half)
+        log.warning("job=%s chunk=%d lost its process in %d deliveries: %s", texts.job_id, texts.seq,
+                    deliveries - 1, f"split into {[h.seq for h in halves]}" if halves else f"{len(dead)} dead")
+        if dead:
+            _send_vectors(ChunkVectors(**base, ids=[], positions=[], hashes=[], vectors=b"", dead=dead))
         return
 
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The liveness ledger (heartbeats, holders, the sweep), on SQLite and PostgreSQL."""
+"""The liveness ledger (heartbeats, holders, the sweep) and crash splits, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import pytest
 from sqlalchemy import create_engine, select, text, update
 
 from config.messages import ChunkTexts
+from config.settings import Settings
 from storage.engine import get_engine, normalise_url
 from storage.ledger import add_chunk, close_submission, create_job, job_stats
 from storage.liveness import beat, claim_stranded, db_now, hold, retire
 from storage.schema import chunks, workers
+from storage.splits import halve, split_chunk
+from workers.deliveries import crashed_too_often
 
 DEAD_AFTER = 15.0
 
@@ -88,6 +91,41 @@ def test_retire_releases_held_chunks(engine) -> None:
     hold(engine, "w", [(job_id, 0), (job_id, 1)])
     retire(engine, "w")
     assert _holders(engine, job_id) == {0: None, 1: None}
+
+
+def test_halve_keeps_order_and_aliases_ride_second() -> None:
+    """Halves hold the records in order; aliases go with the second half."""
+    chunk = ChunkTexts("j", 3, "v", "m", list("abcde"), [0, 1, 2, 3, 4], list("abcde"), list("hhhhh"),
+                       aliases=[["z", 9, "h", "a"]])
+    first, second = halve(chunk, -1, -2)
+    assert (first.seq, first.ids, first.positions, first.aliases) == (-1, ["a", "b"], [0, 1], [])
+    assert (second.seq, second.ids, second.positions, second.aliases) == (-2, ["c", "d", "e"], [2, 3, 4],
+                                                                           [["z", 9, "h", "a"]])
+
+
+def test_split_chunk_in_the_ledger(engine) -> None:
+    """A split closes the parent as `split`, adds two open halves with fresh negative seqs, and grows the job."""
+    job_id, texts = _job(engine)
+    halves = split_chunk(engine, texts[0], holder="w")
+    assert [h.seq for h in halves] == [-1, -2]
+    assert split_chunk(engine, texts[0], holder="w") == ()  # no longer open
+    again = split_chunk(engine, halves[1], holder="w")
+    assert [h.seq for h in again] == [-3, -4]
+    stats = job_stats(engine, job_id)
+    assert (stats.chunks_total, stats.chunks_done) == (6, 2)
+    with engine.connect() as conn:
+        rows = {r.seq: r for r in conn.execute(select(chunks).where(chunks.c.job_id == job_id))}
+    assert (rows[0].state, rows[-2].state, rows[-1].state, rows[-3].parent_seq) == ("split", "split", "queued", -2)
+    assert rows[-1].records + rows[-3].records + rows[-4].records == 4
+
+
+def test_crash_cap_arithmetic() -> None:
+    """A producer's chunk splits after max_deliveries crashes, a split-born half after crash_split_deliveries;
+    retries do not count as crashes."""
+    settings = Settings(max_deliveries=5, crash_split_deliveries=2)
+    assert not crashed_too_often(5, 0, 7, settings) and crashed_too_often(6, 0, 7, settings)
+    assert not crashed_too_often(6, 2, 7, settings)
+    assert not crashed_too_often(2, 0, -1, settings) and crashed_too_often(3, 0, -1, settings)
 
 
 def test_old_database_gains_new_columns(tmp_path) -> None:

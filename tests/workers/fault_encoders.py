@@ -83,3 +83,16 @@ class SlowEncoder(_Wrapped):
     def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         time.sleep(float(os.environ.get("EMBEDFLEET_TEST_DELAY", "0.5")))
         return super().encode_batch(texts, batch_size)
+
+
+CRASH_MARKER = "CRASH-MARKER"
+
+
+class CrashEncoder(_Wrapped):
+    """Exits its process, as the OOM killer or a segfault in native code would end it, on any
+    batch holding a record with the crash marker."""
+
+    def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        if any(CRASH_MARKER in t for t in texts):
+            os._exit(137)
+        return super().encode_batch(texts, batch_size)
