@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     max_retries: int = 5
     # A chunk taken this many times without finishing (its worker killed each time, by the
     # OOM killer say) is split in two new chunks, down to the one record that kills its
-    # process, which becomes a WorkerCrashed dead letter.
+    # process, which becomes a WorkerCrashed dead letter. A chunk whose model cannot be
+    # loaded is dead-lettered (ModelUnavailable) at this many deliveries.
     max_deliveries: int = 5
     # A half born of such a split has already shown that it crashes: it splits again after
     # this many deliveries, so isolating one record of a 256-record chunk takes about

@@ -236,14 +236,18 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
     os.environ.setdefault("EMBEDFLEET_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
     set_settings(None)
     if "embed" in queues.split(","):
-        # Fail here, with the reason, rather than in every task: a worker that cannot load its
-        # encoder must not take chunks at all.
+        # Fail here, with the reason in one line, rather than in every task: a worker that
+        # cannot load its encoder or find its model's files must not take chunks at all.
+        from workers.availability import model_problem
         from workers.encoder import EncoderConfigError, encoder_class
 
         try:
             encoder_class(get_settings())
         except EncoderConfigError as exc:
             raise click.ClickException(str(exc)) from exc
+        problem = None if get_settings().encoder else model_problem(get_settings().model)
+        if problem:
+            raise click.ClickException(f"cannot load model {get_settings().model!r}: {problem}")
     from config.celery_app import app
 
     app.conf.broker_url = get_settings().broker_url

@@ -4,9 +4,14 @@
   exits the process): after `max_deliveries` such deliveries the chunk is split in two new
   chunks (storage/splits.py), and a half after `crash_split_deliveries`, down to the one
   record that kills its process: a `WorkerCrashed` dead letter, the rest stored.
+- Its model cannot be loaded on the worker: each delivery counts, it goes back with a
+  growing pause (another worker may have the model), and at `max_deliveries` its records
+  become `ModelUnavailable` dead letters.
 """
 
 from __future__ import annotations
+
+import random
 
 from sqlalchemy import Engine
 
@@ -15,6 +20,7 @@ from config.settings import Settings
 from storage.splits import is_split_born, split_chunk
 
 WORKER_CRASHED = "WorkerCrashed"
+MODEL_UNAVAILABLE = "ModelUnavailable"
 
 
 def crash_cap(seq: int, settings: Settings) -> int:
@@ -40,3 +46,8 @@ def isolate_crash(engine: Engine, texts: ChunkTexts, deliveries: int,
     return [DeadRecord(i, p, t, h, WORKER_CRASHED, message)
             for i, p, t, h in zip(texts.ids, texts.positions, texts.texts, texts.hashes)], ()
 
+
+def model_backoff(deliveries: int) -> float:
+    """Seconds before a chunk whose model could not be loaded is delivered again: 1, 2, 4, ...
+    at most 60, with jitter, so a fleet without the model never spins on it."""
+    return min(60.0, 2.0 ** max(0, deliveries - 1)) * random.uniform(0.8, 1.2)

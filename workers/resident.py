@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -10,6 +12,7 @@ from celery.signals import worker_process_init
 from config.celery_app import app
 from config.queues import EMBED_QUEUE
 from config.settings import get_settings
+from workers import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -35,5 +38,17 @@ def _load_after_fork(**_: Any) -> None:
     # latency is encoding, not loading, and a broken model fails the worker at start.
     # A collector-only worker (-Q collect) never needs the model.
     consumed = app.amqp.queues.consume_from or app.amqp.queues
-    if EMBED_QUEUE in consumed:
+    if EMBED_QUEUE not in consumed:
+        return
+    try:
         get_encoder()
+    except Exception as exc:
+        if heartbeat.INCARNATION is None:
+            raise  # not a pool process of a fleet worker (the embedded run's in-process worker)
+        # `embedfleet worker` checked the model's files before starting; if it still cannot
+        # load, this worker cannot serve: stop it (cold shutdown, exit status 1) rather than
+        # take chunks it cannot encode or have its pool replace this process forever.
+        log.critical("cannot load model %r, stopping the worker: %s: %s", get_settings().model,
+                     type(exc).__name__, exc)
+        os.kill(os.getppid(), signal.SIGQUIT)
+        os._exit(1)

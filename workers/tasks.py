@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject
 from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy.exc import OperationalError
 
@@ -26,7 +25,7 @@ from producers.submit import celery_sender, submit
 from storage.ledger import abandon_stalled_submissions, count_retry, stalled_jobs, start_delivery
 from storage.vectors import store_chunk
 from workers import heartbeat
-from workers.deliveries import crashed_too_often, isolate_crash
+from workers.deliveries import MODEL_UNAVAILABLE, crashed_too_often, isolate_crash, model_backoff
 from workers.isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
 from workers.resident import get_encoder
 
@@ -103,11 +102,19 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
     try:
         encoder = get_encoder(texts.model)
     except Exception as exc:
-        # The worker cannot encode at all: not the records' fault. Put the chunk back for a
-        # healthy worker; the delivery cap still bounds how often this can happen.
-        log.critical("cannot load the encoder, returning job=%s chunk=%d to the queue: %s",
-                     texts.job_id, texts.seq, exc)
-        raise Reject(str(exc), requeue=True) from exc
+        # Not the records' fault, and another worker may have the model: the delivery counts,
+        # the cap is checked before the chunk goes back, and it goes back after a pause.
+        problem = f"model {texts.model!r} cannot be loaded: {type(exc).__name__}: {exc}"
+        if deliveries < settings.max_deliveries:
+            log.error("job=%s chunk=%d delivery %d: %s", texts.job_id, texts.seq, deliveries, problem)
+            raise self.retry(exc=exc, countdown=model_backoff(deliveries),
+                             max_retries=settings.max_retries + settings.max_deliveries)
+        dead = dead_letter_chunk(_engine(), texts.job_id, texts.seq, MODEL_UNAVAILABLE,
+                                 f"{problem} (in {deliveries} deliveries)", giveup=False)
+        log.error("dead-lettered job=%s chunk=%d (%d records): %s", texts.job_id, texts.seq, dead, problem)
+        if dead:
+            notify_dead_letters(texts.job_id, texts.seq, dead, MODEL_UNAVAILABLE)
+        return
     base = dict(job_id=texts.job_id, seq=texts.seq, version_key=texts.version_key, model=encoder.model_name,
                 dim=encoder.dimension, worker=str(self.request.hostname or ""), aliases=texts.aliases)
     if crashed_too_often(deliveries, self.request.retries, texts.seq, settings):
