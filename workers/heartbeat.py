@@ -53,7 +53,8 @@ class Heartbeat(threading.Thread):
         self._received: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        # Not `_stop`: threading.Thread has a method of that name, which fork calls.
+        self._stopping = threading.Event()
 
     def beat(self) -> bool:
         try:
@@ -79,7 +80,7 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         next_beat = 0.0
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.interval
@@ -98,7 +99,7 @@ class Heartbeat(threading.Thread):
             log.warning("sweep for stranded chunks failed: %s: %s", type(exc).__name__, exc)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self._wake.set()
         self.join(timeout=5)
         try:
