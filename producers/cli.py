@@ -253,6 +253,10 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
     app.conf.broker_url = get_settings().broker_url
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, *celery_args]
     app.worker_main(argv)
+    from workers.resident import model_load_failed
+
+    if model_load_failed():
+        sys.exit(1)  # a pool process could not load the model and stopped the worker; it logged why
 
 
 @cli.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 from typing import Any
@@ -19,6 +20,13 @@ log = logging.getLogger(__name__)
 # One encoder per model name, kept for the process's life: the configured model is loaded
 # at start; a migration's model is loaded by its first chunk and then stays resident too.
 _encoders: dict[str, Any] = {}
+# Set by a pool process that cannot load the worker's model: shared memory made before the
+# pool forks, read by `embedfleet worker` when Celery returns, so the worker exits 1.
+_load_failed = multiprocessing.RawValue("b", 0)
+
+
+def model_load_failed() -> bool:
+    return bool(_load_failed.value)
 
 
 def get_encoder(model: str | None = None) -> Any:
@@ -50,5 +58,6 @@ def _load_after_fork(**_: Any) -> None:
         # take chunks it cannot encode or have its pool replace this process forever.
         log.critical("cannot load model %r, stopping the worker: %s: %s", get_settings().model,
                      type(exc).__name__, exc)
+        _load_failed.value = 1
         os.kill(os.getppid(), signal.SIGQUIT)
         os._exit(1)

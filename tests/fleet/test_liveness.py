@@ -159,6 +159,21 @@ def test_worker_with_missing_model_exits_with_one_line(sqlite_url, make_fleet, t
     assert [v.version for v in get_collection(get_engine(sqlite_url), "faults").versions] == [1]
 
 
+def test_worker_whose_model_fails_to_load_stops(sqlite_url, make_fleet, tmp_path, small_model_dir) -> None:
+    """A model whose files are there but cannot be loaded (corrupt weights): the pool process's load
+    fails, and the worker stops with a non-zero status instead of taking chunks it cannot encode."""
+    model = tmp_path / "corrupt-model"
+    shutil.copytree(small_model_dir, model)
+    for weights in model.rglob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    fleet = make_fleet(sqlite_url)
+    started = time.monotonic()
+    proc = fleet.start_worker("corrupt", EMBEDFLEET_MODEL=str(model))
+    assert proc.wait(timeout=90) != 0
+    RECOVERY["worker stops (corrupt model)"] = time.monotonic() - started
+    assert "cannot load model" in fleet.log("corrupt")
+
+
 def test_chunk_whose_model_vanished_is_dead_lettered(sqlite_url, make_fleet, tmp_path, small_model_dir) -> None:
     """A migration's model directory deleted after migrate: each chunk is retried with a growing pause,
     then at the delivery cap its records become ModelUnavailable dead letters; no loop, no log flood."""
