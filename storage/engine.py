@@ -8,6 +8,7 @@ from threading import Lock
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from storage.schema import metadata
 
@@ -15,6 +16,8 @@ log = logging.getLogger(__name__)
 
 _engines: dict[tuple[int, str], Engine] = {}
 _lock = Lock()
+# A worker's heartbeat thread may hold the lock when the pool forks: the child gets a new one.
+os.register_at_fork(after_in_child=lambda: globals().update(_lock=Lock()))
 
 
 def normalise_url(url: str) -> str:
@@ -72,6 +75,17 @@ def _build(url: str) -> Engine:
 
 
 def _create_schema(engine: Engine) -> None:
+    try:
+        _create_schema_once(engine)
+    except OperationalError as exc:
+        # SQLite has no advisory lock: two workers starting on a new file race on CREATE
+        # TABLE, and the loser's "already exists" is settled by checking again.
+        if "already exists" not in str(exc):
+            raise
+        _create_schema_once(engine)
+
+
+def _create_schema_once(engine: Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Several workers may start at once; CREATE TABLE IF NOT EXISTS still races

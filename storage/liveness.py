@@ -6,7 +6,8 @@ Every time here is the database's clock: hosts' clocks differ, the database has 
 - A node writes a heartbeat row (`workers`) every few seconds; `up_since` is the start of its
   current unbroken run of beats (a beat later than `streak_gap` after the last one starts a
   new run).
-- A node marks the chunks it receives as held by its incarnation (`chunks.holder`).
+- A node marks the chunks whose encode or collect message it receives as held by its
+  incarnation (`chunks.holder`).
 - A sweep re-sends the open chunks held by nodes not seen for `dead_after` seconds, with a
   compare-and-set on the holder so two sweepers never both re-send a chunk.
 - A sweep judges only while some node has beaten without a break for `dead_after` seconds:

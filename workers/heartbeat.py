@@ -5,7 +5,9 @@ for chunks held by dead nodes (storage/liveness.py).
 The thread lives in the main process, not in the pool processes: a pool process may be busy
 in the model for seconds, and a killed pool process is replaced by the node, which keeps
 beating and gets the chunk back from Celery (task_reject_on_worker_lost). When the main
-process dies, its pool dies with it and the beats stop: the chunks it held are re-sent.
+process dies, the beats stop and the chunks whose messages it held unacknowledged (encode or
+collect) are re-sent; a pool process it orphaned may still finish its chunk, and then the
+re-sent message is skipped as done.
 
 Only `celery worker` nodes (`embedfleet worker`) beat: celeryd_init is sent by the worker
 program, not by the embedded run's in-process worker, whose chunks die with its process.
@@ -24,7 +26,7 @@ from typing import Any
 from celery.signals import celeryd_init, task_received, worker_shutdown
 
 from config.celery_app import app
-from config.queues import ENCODE_TASK
+from config.queues import COLLECT_TASK, ENCODE_TASK
 from config.settings import get_settings
 from producers.recovery import resend_stranded
 from producers.submit import celery_sender
@@ -46,15 +48,19 @@ class Heartbeat(threading.Thread):
         self.incarnation = uuid.uuid4().hex
         self.interval = settings.heartbeat_seconds
         self.dead_after = settings.dead_after_seconds
-        # Created here, in the main thread before the pool forks: the thread never takes
-        # get_engine's lock, so a fork cannot copy it held.
-        self.engine = get_engine(settings.database_url)
+        self.database_url = settings.database_url
         self.send = celery_sender(app)
         self._received: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         # Not `_stop`: threading.Thread has a method of that name, which fork calls.
         self._stopping = threading.Event()
+
+    @property
+    def engine(self):  # type: ignore[no-untyped-def]
+        # Looked up each time: a database unreachable at start (or racing another worker to
+        # create the schema) is simply retried at the next beat.
+        return get_engine(self.database_url)
 
     def beat(self) -> bool:
         try:
@@ -124,7 +130,9 @@ def _start(sender: str | None = None, **_: Any) -> None:
 
 @task_received.connect(weak=False)
 def _received(request: Any = None, **_: Any) -> None:
-    if _heartbeat is None or request is None or request.name != ENCODE_TASK:
+    # The collect message too: a node killed while it holds a chunk's vectors (unacknowledged
+    # until the visibility timeout) strands the chunk just as surely as one killed encoding it.
+    if _heartbeat is None or request is None or request.name not in (ENCODE_TASK, COLLECT_TASK):
         return
     chunk = (request.kwargs or {}).get("chunk") or {}
     if "job_id" in chunk and "seq" in chunk:
