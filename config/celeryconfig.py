@@ -35,6 +35,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
             "unacked_restore_throttle": 1,
         },
+        # A pool process replacing a dead one (the OOM killer's kill -9) loads the model in
+        # worker_process_init before it reports up. Celery kills a child that is not up after
+        # worker_proc_alive_timeout (4 s): a 6-20 s model load then loops forever and the
+        # worker never serves again. Measured on 2 busy cores: a replacement child loads
+        # all-MiniLM-L6-v2 in 3.9-7.5 s (4.2 s for the first); settings.model_load_timeout
+        # (120 s) leaves room for large models on slow disks. A child that truly hangs in its
+        # load is still killed, two minutes later.
+        "worker_proc_alive_timeout": float(settings.model_load_timeout),
         "task_queues": QUEUES,
         "task_routes": ROUTES,
         "task_default_queue": EMBED_QUEUE,

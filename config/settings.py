@@ -45,8 +45,29 @@ class Settings(BaseSettings):
     # Transient failures retry this many times with exponential backoff and jitter.
     max_retries: int = 5
     # A chunk taken this many times without finishing (its worker killed each time, by the
-    # OOM killer say) goes to the dead letters instead of looping forever.
+    # OOM killer say) is split in two new chunks, down to the one record that kills its
+    # process, which becomes a WorkerCrashed dead letter. A chunk whose model cannot be
+    # loaded is dead-lettered (ModelUnavailable) at this many deliveries.
     max_deliveries: int = 5
+    # A half born of such a split has already shown that it crashes: it splits again after
+    # this many deliveries, so isolating one record of a 256-record chunk takes about
+    # 5 + 8 x 2 crashes, not hundreds.
+    crash_split_deliveries: int = 2
+    # Seconds a pool process may take to load its model before Celery kills it as hung
+    # (worker_proc_alive_timeout, 4 s by default: a replacement child loading a 6 s model
+    # was killed forever). Generous: a large model from a slow disk takes a minute.
+    model_load_timeout: float = 120.0
+    # Every worker node writes a heartbeat row this often (the database's clock), and a node
+    # not seen for dead_after_seconds is dead: the open chunks it held are re-sent at once,
+    # by any live worker, the waiting producer or beat. 3 s costs one tiny UPDATE per node;
+    # 15 s is five missed beats, so a slow write or a GC pause is not a death, and a healthy
+    # slow chunk is never sent twice (liveness is the node's, not the chunk's).
+    heartbeat_seconds: float = 3.0
+    dead_after_seconds: float = 15.0
+    # Seconds a pool process may take to load its model before Celery kills it as hung
+    # (worker_proc_alive_timeout, 4 s by default: a replacement child loading a 6 s model
+    # was killed forever). Generous: a large model from a slow disk takes a minute.
+    model_load_timeout: float = 120.0
     # A running job with open chunks and no chunk sent, started or done for this long has
     # lost its messages (broker restarted empty, say): the reconciler re-sends them.
     lease_seconds: int = 600

@@ -175,8 +175,21 @@ def follow(engine: Any, job_id: str) -> JobStats:
     """A live bar on a terminal (plain lines otherwise) until the job is done; through
     database drops it retries with backoff (producers/progress.py)."""
     from producers.progress import JobProgress
+    from producers.recovery import resend_stranded
 
-    with JobProgress(engine, job_id, lease_seconds=get_settings().lease_seconds) as progress:
+    settings = get_settings()
+    senders: list[Any] = []
+
+    def send(chunk: Any) -> None:
+        # Made on first use: following needs no broker (`status --watch` on a monitoring
+        # host) until a dead worker's chunk has to be re-sent.
+        if not senders:
+            senders.append(_fleet_sender(settings))
+        senders[0](chunk)
+
+    with JobProgress(engine, job_id, lease_seconds=settings.lease_seconds,
+                     sweep=lambda: resend_stranded(engine, send, settings.dead_after_seconds, job_id),
+                     sweep_every=settings.heartbeat_seconds) as progress:
         return progress.wait_done()
 
 
@@ -279,19 +292,27 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
     os.environ.setdefault("EMBEDFLEET_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
     set_settings(None)
     if "embed" in queues.split(","):
-        # Fail here, with the reason, rather than in every task: a worker that cannot load its
-        # encoder must not take chunks at all.
+        # Fail here, with the reason in one line, rather than in every task: a worker that
+        # cannot load its encoder or find its model's files must not take chunks at all.
+        from workers.availability import model_problem
         from workers.encoder import EncoderConfigError, encoder_class
 
         try:
             encoder_class(get_settings())
         except EncoderConfigError as exc:
             raise click.ClickException(str(exc)) from exc
+        problem = None if get_settings().encoder else model_problem(get_settings().model)
+        if problem:
+            raise click.ClickException(f"cannot load model {get_settings().model!r}: {problem}")
     from config.celery_app import app
 
     app.conf.broker_url = get_settings().broker_url
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, *celery_args]
     app.worker_main(argv)
+    from workers.resident import model_load_failed
+
+    if model_load_failed():
+        sys.exit(1)  # a pool process could not load the model and stopped the worker; it logged why
 
 
 @cli.command()

@@ -72,14 +72,26 @@ def reindex(collection: str, sync: str | None, wait: bool, local: bool, db: str 
 @click.option("--collection", required=True)
 @click.option("--model", required=True, help="The new model (name or directory); any dimension.")
 @click.option("--no-cutover", is_flag=True, help="Leave the switch to `embedfleet cutover`.")
+@click.option("--no-model-check", is_flag=True,
+              help="Skip checking that the model's files are here (when only the workers have it).")
 @WAIT
 @LOCAL
 @DB_OPTION
-def migrate(collection: str, model: str, no_cutover: bool, wait: bool, local: bool, db: str | None) -> None:
+def migrate(collection: str, model: str, no_cutover: bool, no_model_check: bool, wait: bool, local: bool,
+            db: str | None) -> None:
     """Re-embed the collection with another model into a new version; reads stay on the current
     one until the new version is complete, then switch in one transaction."""
     from producers.reindex import registered_request
 
+    if not no_model_check:
+        # Its files, not a load: this host may be a producer without torch. A worker that
+        # cannot load it anyway dead-letters its chunks (ModelUnavailable) after the cap.
+        from workers.availability import model_problem
+
+        problem = model_problem(model)
+        if problem:
+            raise click.ClickException(f"cannot load model {model!r}: {problem}; no version was created "
+                                       "(--no-model-check if only the workers have it)")
     settings = _apply(database_url=db)
     engine = get_engine(settings.database_url)
     request = registered_request(engine, collection, settings)  # fails early if the source is gone

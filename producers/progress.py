@@ -6,6 +6,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
@@ -31,11 +32,18 @@ def backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
 
 class JobProgress:
     def __init__(self, engine: Engine, job_id: str, interval: float = 0.25, line_every: float = 10.0,
-                 lease_seconds: float | None = None, outage_limit: float = 600.0) -> None:
+                 lease_seconds: float | None = None, outage_limit: float = 600.0,
+                 sweep: Callable[[], object] | None = None, sweep_every: float = 3.0) -> None:
         self.engine = engine
         self.lease_seconds = lease_seconds
         # The longest the database may stay unreachable before waiting gives up.
         self.outage_limit = outage_limit
+        # Called every sweep_every seconds while waiting: re-sends the job's chunks held by
+        # dead workers (producers/recovery.py: resend_stranded), so a waiting producer
+        # recovers its job even with no live worker sweeping and no beat.
+        self.sweep = sweep
+        self.sweep_every = sweep_every
+        self._last_sweep = 0.0
         self.job_id = job_id
         self.interval = interval
         self.line_every = line_every
@@ -130,6 +138,12 @@ class JobProgress:
                     f"({stats.records_done} of {stats.records_read} records done). Submit the corpus again: "
                     "records already stored are skipped as unchanged."
                 )
+            if self.sweep is not None and time.monotonic() - self._last_sweep >= self.sweep_every:
+                self._last_sweep = time.monotonic()
+                try:
+                    self.sweep()
+                except Exception as exc:  # the database or broker may be down: keep waiting
+                    log.warning("sweep for stranded chunks failed: %s: %s", type(exc).__name__, exc)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.job_id} not done after {timeout}s: {stats.as_dict()}")
             time.sleep(self.interval)

@@ -8,7 +8,7 @@ import sqlite3
 import time
 from threading import Lock
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 from storage.bulk import forget_staging
@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 _engines: dict[tuple[int, str], Engine] = {}
 _lock = Lock()
+# A worker's heartbeat thread may hold the lock when the pool forks: the child gets a new one.
+os.register_at_fork(after_in_child=lambda: globals().update(_lock=Lock()))
 
 
 def normalise_url(url: str) -> str:
@@ -107,6 +109,7 @@ def _create_schema(engine: Engine) -> None:
         with engine.connect() as conn:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             metadata.create_all(conn, checkfirst=True)
+            _add_missing_columns(conn)
             conn.commit()
         return
     with engine.begin() as conn:
@@ -115,3 +118,20 @@ def _create_schema(engine: Engine) -> None:
             # on PostgreSQL's catalogue, so serialise schema creation on a lock.
             conn.execute(text("SELECT pg_advisory_xact_lock(724183)"))
         metadata.create_all(conn, checkfirst=True)
+        _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn) -> None:  # type: ignore[no-untyped-def]
+    """A database made by an older version lacks columns added since: add the NULLable ones
+    (ALTER TABLE ... ADD COLUMN leaves existing rows NULL on both databases), and the
+    table's indexes that may use them."""
+    existing = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in existing.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in have and c.nullable]
+        for column in missing:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+            log.warning("added column %s.%s to a database made by an older version", table.name, column.name)
+        for index in table.indexes if missing else ():
+            index.create(conn, checkfirst=True)

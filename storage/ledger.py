@@ -171,14 +171,15 @@ def stalled_jobs(engine: Engine, lease_seconds: float, state: str = "running", o
         return [r[0] for r in conn.execute(query)]
 
 
-def start_delivery(engine: Engine, job_id: str, seq: int) -> int | None:
+def start_delivery(engine: Engine, job_id: str, seq: int, holder: str | None = None) -> int | None:
     """Count one more delivery of an open chunk; None when the chunk is already done.
-    One statement, so autocommit: one round trip on every chunk's encode path."""
+    One statement, so autocommit: one round trip on every chunk's encode path. A fleet
+    worker also writes itself as the chunk's holder (storage/liveness.py)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         row = conn.execute(
             update(chunks)
             .where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq, chunks.c.state.in_(OPEN_CHUNK_STATES)))
-            .values(deliveries=chunks.c.deliveries + 1, started_at=time.time())
+            .values(deliveries=chunks.c.deliveries + 1, started_at=time.time(), **({"holder": holder} if holder else {}))
             .returning(chunks.c.deliveries)
         ).first()
     return None if row is None else int(row[0])

@@ -111,7 +111,13 @@ chunks = Table(
     Column("done_at", Float, nullable=True),
     Column("encode_seconds", Float, nullable=True),
     Column("worker", String(255), nullable=True),
+    # The incarnation (workers.incarnation) of the node that last received the chunk: when
+    # that node stops beating, a sweep re-sends the chunk from payload (storage/liveness.py).
+    Column("holder", String(32), nullable=True),
+    # Set on the halves of a chunk split after its worker kept dying (their seq is negative).
+    Column("parent_seq", Integer, nullable=True),
     Index("ix_chunks_job_state", "job_id", "state"),
+    Index("ix_chunks_holder_state", "holder", "state"),
 )
 
 vectors = Table(
@@ -150,4 +156,20 @@ dead_letters = Table(
     Column("resolved_at", Float, nullable=True),
     Column("redrive_job", String(32), nullable=True),
     Index("ix_dead_letters_open", "version_key", "resolved_at", "record_id"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    # One row per start of a worker node: a node restarted under the same name is a new
+    # incarnation, so it is never mistaken for the one that died.
+    Column("incarnation", String(32), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    # The database's clock (hosts' clocks differ), seconds since the epoch: the first beat,
+    # the last beat, and the start of the current unbroken run of beats.
+    Column("started_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("up_since", Float, nullable=False),
 )

@@ -91,9 +91,9 @@ def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes
     return rows, dead
 
 
-def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) -> int:
+def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) -> int | None:
     """Upsert the chunk's vectors, write its dead letters and mark it done, in one transaction.
-    Returns rows written.
+    Returns rows written, or None when its job was cancelled while it was encoded.
 
     Idempotent: a redelivered chunk rewrites the same rows and finds its ledger row done.
     The hot path of the collector, so every round trip to the database counts. If the
@@ -111,7 +111,7 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) 
     try:
         stored = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=False)
     except _ChunkCancelled:
-        return 0
+        return None
     except ROW_ERRORS as exc:
         # One row the database refuses aborts the whole transaction: write the chunk again,
         # isolating the rows it refuses, as the encoder isolates poison records.
@@ -120,7 +120,7 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) 
         try:
             stored = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=True)
         except _ChunkCancelled:
-            return 0
+            return None
     finish_if_complete(engine, chunk.job_id)
     return stored
 

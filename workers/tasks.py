@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject
 from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy.exc import OperationalError
 
@@ -21,11 +20,13 @@ from storage.collections import claim_reindex
 from storage.dead_letters import dead_letter_chunk
 from storage.engine import get_engine
 from storage.safe_errors import error_type, redacted, safe_error
-from producers.recovery import resend_open_chunks
+from producers.recovery import resend_open_chunks, resend_stranded
 from producers.reindex import registered_request
 from producers.submit import celery_sender, submit
 from storage.ledger import abandon_stalled_submissions, count_retry, stalled_jobs, start_delivery
 from storage.vectors import store_chunk
+from workers import heartbeat
+from workers.deliveries import MODEL_UNAVAILABLE, crashed_too_often, isolate_crash, model_backoff
 from workers.isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
 from workers.resident import get_encoder
 
@@ -95,26 +96,37 @@ def _send_vectors(vectors: ChunkVectors) -> None:
 def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
     texts = ChunkTexts.from_wire(chunk)
     settings = get_settings()
-    deliveries = start_delivery(_engine(), texts.job_id, texts.seq)
+    deliveries = start_delivery(_engine(), texts.job_id, texts.seq, holder=heartbeat.INCARNATION)
     if deliveries is None:
-        log.info("skipping job=%s chunk=%d: already done", texts.job_id, texts.seq)
+        log.info("skipping job=%s chunk=%d: not open (done, split or cancelled)", texts.job_id, texts.seq)
         return
     try:
         encoder = get_encoder(texts.model)
     except Exception as exc:
-        # The worker cannot encode at all: not the records' fault. Put the chunk back for a
-        # healthy worker; the delivery cap still bounds how often this can happen.
-        log.critical("cannot load the encoder, returning job=%s chunk=%d to the queue: %s",
-                     texts.job_id, texts.seq, exc)
-        raise Reject(str(exc), requeue=True) from exc
+        # Not the records' fault, and another worker may have the model: the delivery counts,
+        # the cap is checked before the chunk goes back, and it goes back after a pause.
+        problem = f"model {texts.model!r} cannot be loaded: {type(exc).__name__}: {exc}"
+        if deliveries < settings.max_deliveries:
+            log.error("job=%s chunk=%d delivery %d: %s", texts.job_id, texts.seq, deliveries, problem)
+            raise self.retry(exc=exc, countdown=model_backoff(deliveries),
+                             max_retries=settings.max_retries + settings.max_deliveries)
+        dead = dead_letter_chunk(_engine(), texts.job_id, texts.seq, MODEL_UNAVAILABLE,
+                                 f"{problem} (in {deliveries} deliveries)", giveup=False)
+        log.error("dead-lettered job=%s chunk=%d (%d records): %s", texts.job_id, texts.seq, dead, problem)
+        if dead:
+            notify_dead_letters(texts.job_id, texts.seq, dead, MODEL_UNAVAILABLE)
+        return
     base = dict(job_id=texts.job_id, seq=texts.seq, version_key=texts.version_key, model=encoder.model_name,
                 dim=encoder.dimension, worker=str(self.request.hostname or ""), aliases=texts.aliases)
-    if deliveries > settings.max_deliveries:
-        message = (f"delivered {deliveries} times without finishing (more than {settings.max_deliveries}): "
-                   "its worker was probably killed each time, by the OOM killer say")
-        dead = [DeadRecord(i, p, t, h, "DeliveryLimitExceeded", message)
-                for i, p, t, h in zip(texts.ids, texts.positions, texts.texts, texts.hashes)]
-        _send_vectors(ChunkVectors(**base, ids=[], positions=[], hashes=[], vectors=b"", dead=dead))
+    if crashed_too_often(deliveries, self.request.retries, texts.seq, settings):
+        # Its process died in each earlier delivery: halve it (or dead-letter its last record).
+        dead, halves = isolate_crash(_engine(), texts, deliveries, heartbeat.INCARNATION)
+        for half in halves:
+            celery_sender(app)(half)
+        log.warning("job=%s chunk=%d lost its process in %d deliveries: %s", texts.job_id, texts.seq,
+                    deliveries - 1, f"split into {[h.seq for h in halves]}" if halves else f"{len(dead)} dead")
+        if dead:
+            _send_vectors(ChunkVectors(**base, ids=[], positions=[], hashes=[], vectors=b"", dead=dead))
         return
 
     started = time.perf_counter()
@@ -155,6 +167,9 @@ def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
         stored = store_chunk(_engine(), vectors, last_attempt=self.request.retries >= (self.max_retries or 0))
     except Exception as exc:  # what Flower and the worker's log show: no record text, no SQL parameters
         raise redacted(exc, keep=self.autoretry_for) from None
+    if stored is None:
+        log.info("job=%s chunk=%d not stored: its job was cancelled", vectors.job_id, vectors.seq)
+        return 0
     # Every record of the chunk ends stored or dead-lettered (by the worker or, for repeats,
     # here), so the rest of the chunk is what the notice counts.
     dead = len(vectors.ids) + len(vectors.aliases) + len(vectors.dead) - stored
@@ -176,6 +191,8 @@ def reconcile() -> dict[str, int]:
     engine = _engine()
     for job_id in abandon_stalled_submissions(engine, get_settings().lease_seconds):
         log.warning("job %s abandoned: its producer stopped before sending every chunk", job_id)
+    # Chunks held by dead workers (the workers' own sweeps usually got there first).
+    resend_stranded(engine, celery_sender(app), get_settings().dead_after_seconds)
     for job_id in stalled_jobs(engine, get_settings().lease_seconds):
         resent[job_id] = resend_open_chunks(engine, celery_sender(app), job_id)
         log.warning("reconciler re-sent %d chunks of stalled job %s", resent[job_id], job_id)

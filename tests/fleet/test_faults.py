@@ -58,9 +58,11 @@ def _submit(fleet, corpus: Path, *extra: str) -> str:
 
 @pytest.fixture
 def kill_env() -> dict[str, str]:
-    """A short visibility timeout, so a chunk held by a killed worker comes back in seconds."""
-    return {"EMBEDFLEET_VISIBILITY_TIMEOUT": "6", "EMBEDFLEET_TORCH_THREADS": "1",
-            "EMBEDFLEET_ENCODER": f"{FAULTS}:SlowEncoder", "EMBEDFLEET_TEST_DELAY": "0.4"}
+    """The default timeouts (a chunk held by a killed worker comes back through the heartbeat
+    sweep in seconds, not after the hour-long visibility timeout), and a slow encoder, so the
+    kill lands while chunks are in flight."""
+    return {"EMBEDFLEET_TORCH_THREADS": "1", "EMBEDFLEET_ENCODER": f"{FAULTS}:SlowEncoder",
+            "EMBEDFLEET_TEST_DELAY": "0.4"}
 
 
 def _wait_started(db_url: str, job_id: str, chunks: int = 2) -> None:

@@ -33,7 +33,7 @@ def test_cancel_skips_queued_chunks_and_drops_chunks_in_flight(db_url: str) -> N
     assert start_delivery(engine, job_id, 1) == 1  # chunk 1 is being encoded when the job is cancelled
     assert cancel_job(engine, job_id) == 2
     assert start_delivery(engine, job_id, 2) is None  # its message arrives later: skipped
-    assert store_chunk(engine, _chunk(job_id, 1, [2, 3])) == 0  # the in-flight chunk reaches the collector
+    assert store_chunk(engine, _chunk(job_id, 1, [2, 3])) is None  # the in-flight chunk reaches the collector
     finish_if_complete(engine, job_id)
     stats = job_stats(engine, job_id)
     assert (stats.state, stats.stored, _rows(engine)) == ("cancelled", 2, 2)

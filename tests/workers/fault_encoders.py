@@ -78,8 +78,26 @@ class FlakyEncoder(_Wrapped):
 
 
 class SlowEncoder(_Wrapped):
-    """The real model, plus a pause per call, so a test can act while chunks are in flight."""
+    """The real model, plus a pause per call, so a test can act while chunks are in flight;
+    EMBEDFLEET_TEST_LOAD_DELAY adds seconds to the load, as a larger model would."""
+
+    def __init__(self, settings: Settings) -> None:
+        time.sleep(float(os.environ.get("EMBEDFLEET_TEST_LOAD_DELAY", "0")))
+        super().__init__(settings)
 
     def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         time.sleep(float(os.environ.get("EMBEDFLEET_TEST_DELAY", "0.5")))
+        return super().encode_batch(texts, batch_size)
+
+
+CRASH_MARKER = "CRASH-MARKER"
+
+
+class CrashEncoder(_Wrapped):
+    """Exits its process, as the OOM killer or a segfault in native code would end it, on any
+    batch holding a record with the crash marker."""
+
+    def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        if any(CRASH_MARKER in t for t in texts):
+            os._exit(137)
         return super().encode_batch(texts, batch_size)

@@ -1,0 +1,53 @@
+"""What a chunk becomes when its deliveries do not finish: bounded, whatever the fault.
+
+- Its worker process dies with it (the OOM killer, a crash in native code, a record that
+  exits the process): after `max_deliveries` such deliveries the chunk is split in two new
+  chunks (storage/splits.py), and a half after `crash_split_deliveries`, down to the one
+  record that kills its process: a `WorkerCrashed` dead letter, the rest stored.
+- Its model cannot be loaded on the worker: each delivery counts, it goes back with a
+  growing pause (another worker may have the model), and at `max_deliveries` its records
+  become `ModelUnavailable` dead letters.
+"""
+
+from __future__ import annotations
+
+import random
+
+from sqlalchemy import Engine
+
+from config.messages import ChunkTexts, DeadRecord
+from config.settings import Settings
+from storage.splits import is_split_born, split_chunk
+
+WORKER_CRASHED = "WorkerCrashed"
+MODEL_UNAVAILABLE = "ModelUnavailable"
+
+
+def crash_cap(seq: int, settings: Settings) -> int:
+    """Deliveries a chunk may lose to a dying process before it is split."""
+    return settings.crash_split_deliveries if is_split_born(seq) else settings.max_deliveries
+
+
+def crashed_too_often(deliveries: int, retries: int, seq: int, settings: Settings) -> bool:
+    """deliveries counts this one; each retry (transient error, model not loaded) ended an
+    earlier delivery on purpose. The rest of the earlier deliveries died with their process."""
+    return deliveries - 1 - retries >= crash_cap(seq, settings)
+
+
+def isolate_crash(engine: Engine, texts: ChunkTexts, deliveries: int,
+                  holder: str | None) -> tuple[list[DeadRecord], tuple[ChunkTexts, ...]]:
+    """(dead letters, halves to send): the one record left is a WorkerCrashed dead letter
+    (its aliases go on to the collector, which finds them a vector or a dead letter);
+    a larger chunk is replaced by its halves in the ledger."""
+    if len(texts.ids) > 1:
+        return [], split_chunk(engine, texts, holder)
+    message = (f"its worker process died in {deliveries - 1} deliveries of it alone "
+               "(killed by the OOM killer, or a crash in native code)")
+    return [DeadRecord(i, p, t, h, WORKER_CRASHED, message)
+            for i, p, t, h in zip(texts.ids, texts.positions, texts.texts, texts.hashes)], ()
+
+
+def model_backoff(deliveries: int) -> float:
+    """Seconds before a chunk whose model could not be loaded is delivered again: 1, 2, 4, ...
+    at most 60, with jitter, so a fleet without the model never spins on it."""
+    return min(60.0, 2.0 ** max(0, deliveries - 1)) * random.uniform(0.8, 1.2)
