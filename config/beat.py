@@ -6,8 +6,8 @@ from typing import Any
 
 from celery.schedules import crontab
 
-from config.queues import RECONCILE_TASK, REINDEX_TASK
-from config.settings import Settings
+from .queues import RECONCILE_TASK, REINDEX_TASK
+from .settings import Settings
 
 
 def parse_crontab(expression: str) -> crontab:

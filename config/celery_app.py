@@ -2,10 +2,10 @@
 
 from celery import Celery
 
-from config.beat import beat_schedule
-from config.celeryconfig import celery_config
-from config.settings import get_settings
+from .beat import beat_schedule
+from .celeryconfig import celery_config
+from .settings import get_settings
 
 # `include` is imported by workers only, so a producer host never imports torch.
-app = Celery("embedfleet", include=["workers.tasks"])
+app = Celery("embedfleet", include=["embedfleet.workers.tasks"])
 app.conf.update(celery_config(get_settings()), beat_schedule=beat_schedule(get_settings()))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.queues import EMBED_QUEUE, QUEUES, ROUTES
-from config.settings import Settings
+from .queues import EMBED_QUEUE, QUEUES, ROUTES
+from .settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 
-from producers.records import Record
+from .records import Record
 
 # WordPiece and BPE average about four characters a token on English text and code; the
 # estimate only sizes chunks, the worker's tokenizer does the real (truncating) count.

@@ -12,14 +12,14 @@ from typing import Any
 
 import click
 
-from config.settings import Settings, get_settings, set_settings
-from producers.readers import Corpus, CorpusError, Source, SqlSource
-from producers.records import FieldSpec
-from producers.submit import JobRequest, Submission
-from producers.validation import InvalidInput
-from storage.engine import get_engine, redact
-from storage.errors import JobEnded
-from storage.ledger import JobStats, LedgerError, job_stats
+from ..config.settings import Settings, get_settings, set_settings
+from .readers import Corpus, CorpusError, Source, SqlSource
+from .records import FieldSpec
+from .submit import JobRequest, Submission
+from .validation import InvalidInput
+from ..storage.engine import get_engine, redact
+from ..storage.errors import JobEnded
+from ..storage.ledger import JobStats, LedgerError, job_stats
 
 
 def _apply(**overrides: Any) -> Settings:
@@ -116,8 +116,8 @@ BROKER_CONNECT_TIMEOUT = 5.0
 def _fleet_sender(settings: Settings):  # type: ignore[no-untyped-def]
     """A sender on the configured broker, checked first: an unreachable broker fails here,
     before a job row or a chunk is written, instead of leaving a job `submitting`."""
-    from config.celery_app import app
-    from producers.submit import celery_sender
+    from ..config.celery_app import app
+    from .submit import celery_sender
 
     app.conf.broker_url = settings.broker_url
     try:
@@ -137,7 +137,7 @@ def _announce(job_id: str) -> None:
 
 
 def _submit_fleet(engine: Any, request: JobRequest, settings: Settings) -> Submission:
-    from producers.submit import submit as submit_job
+    from .submit import submit as submit_job
 
     sender = _fleet_sender(settings)
     return submit_job(engine, request, sender, on_job=_announce,
@@ -150,7 +150,7 @@ def _submit_fleet(engine: Any, request: JobRequest, settings: Settings) -> Submi
 def run(batch_size: int | None, **opts: Any) -> None:
     """Embed CORPUS on the embedded default: in-process worker, SQLite file, no servers."""
     settings = _apply(database_url=opts["db"], chunk_size=opts["chunk_size"], batch_size=batch_size)
-    from workers.embedded import run_embedded
+    from ..workers.embedded import run_embedded
 
     submission, stats = run_embedded(_request(settings, opts))
     click.echo(_summary(stats))
@@ -174,8 +174,8 @@ def submit(wait: bool, **opts: Any) -> None:
 def follow(engine: Any, job_id: str) -> JobStats:
     """A live bar on a terminal (plain lines otherwise) until the job is done; through
     database drops it retries with backoff (producers/progress.py)."""
-    from producers.progress import JobProgress
-    from producers.recovery import resend_stranded
+    from .progress import JobProgress
+    from .recovery import resend_stranded
 
     settings = get_settings()
     senders: list[Any] = []
@@ -217,7 +217,7 @@ def status(job: str | None, collection: str | None, as_json: bool, watch: bool, 
     settings = _apply(database_url=db)
     engine = get_engine(settings.database_url)
     if collection:
-        from producers.cli_collections import collection_status
+        from .cli_collections import collection_status
 
         collection_status(engine, collection, as_json)
         return
@@ -240,7 +240,7 @@ def stats_json(engine: Any, stats: JobStats) -> dict[str, Any]:
     """The job's figures and, where the metrics module is there, its latency and utilisation."""
     figures = stats.as_dict()
     try:
-        from storage.metrics import job_metrics
+        from ..storage.metrics import job_metrics
     except ImportError:
         return figures
     return {**figures, **job_metrics(engine, stats.job_id, stats)}
@@ -253,8 +253,8 @@ def stats_json(engine: Any, stats: JobStats) -> dict[str, Any]:
 @DB_OPTION
 def export(collection: str, out: Path, number: int | None, db: str | None) -> None:
     """Write the collection's (N, d) float32 matrix in corpus order, and PATH.ids.jsonl beside it."""
-    from storage.collections import get_collection
-    from storage.export import export_npy, ids_path_for
+    from ..storage.collections import get_collection
+    from ..storage.export import export_npy, ids_path_for
 
     settings = _apply(database_url=db)
     engine = get_engine(settings.database_url)
@@ -277,7 +277,7 @@ def export(collection: str, out: Path, number: int | None, db: str | None) -> No
 def worker(queues: str, concurrency: int | None, device: str | None, batch_size: int | None, loglevel: str,
            celery_args: tuple[str, ...]) -> None:
     """A fleet worker on EMBEDFLEET_BROKER_URL (extra arguments go to `celery worker`)."""
-    from workers.precision import gpu_count
+    from ..workers.precision import gpu_count
 
     if device:
         os.environ["EMBEDFLEET_DEVICE"] = device
@@ -294,8 +294,8 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
     if "embed" in queues.split(","):
         # Fail here, with the reason in one line, rather than in every task: a worker that
         # cannot load its encoder or find its model's files must not take chunks at all.
-        from workers.availability import model_problem
-        from workers.encoder import EncoderConfigError, encoder_class
+        from ..workers.availability import model_problem
+        from ..workers.encoder import EncoderConfigError, encoder_class
 
         try:
             encoder_class(get_settings())
@@ -304,12 +304,12 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
         problem = None if get_settings().encoder else model_problem(get_settings().model)
         if problem:
             raise click.ClickException(f"cannot load model {get_settings().model!r}: {problem}")
-    from config.celery_app import app
+    from ..config.celery_app import app
 
     app.conf.broker_url = get_settings().broker_url
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, *celery_args]
     app.worker_main(argv)
-    from workers.resident import model_load_failed
+    from ..workers.resident import model_load_failed
 
     if model_load_failed():
         sys.exit(1)  # a pool process could not load the model and stopped the worker; it logged why
@@ -331,7 +331,7 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
 def bench(corpus: str, id_field: str, text_field: str, fields: str | None, only: str, limit: int | None,
           broker_url: str, pg_url: str, as_json: bool) -> None:
     """Measure embedfleet against a plain SentenceTransformer.encode loop, in one run."""
-    from workers.bench import run_bench
+    from ..workers.bench import run_bench
 
     text_fields = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields else (text_field,)
     run_bench(corpus, FieldSpec(id_field, text_fields), [s.strip() for s in only.split(",")], limit, broker_url,
@@ -343,7 +343,7 @@ def bench(corpus: str, id_field: str, text_field: str, fields: str | None, only:
 @DB_OPTION
 def resume(job: str, db: str | None) -> None:
     """Send again every chunk of JOB that is not done (after the broker lost its queues)."""
-    from producers.recovery import resend_open_chunks
+    from .recovery import resend_open_chunks
 
     settings = _apply(database_url=db)
     count = resend_open_chunks(get_engine(settings.database_url), _fleet_sender(settings), job)
@@ -355,14 +355,14 @@ def resume(job: str, db: str | None) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
     """The scheduler: the nightly reindex and the stalled-job reconciler (extra arguments go to `celery beat`)."""
-    from config.celery_app import app
+    from ..config.celery_app import app
 
     app.conf.broker_url = get_settings().broker_url
     app.start(["beat", "-l", loglevel, *celery_args])
 
 
 # Command groups in modules of their own, registered on `cli` when imported.
-from producers import cli_cancel, cli_collections, cli_dlq, cli_ops  # noqa: E402,F401
+from . import cli_cancel, cli_collections, cli_dlq, cli_ops  # noqa: E402,F401
 
 # Exit codes: 0 ok; 1 a failure (a service unreachable, a job cancelled or abandoned);
 # 2 usage or invalid input (click's own usage errors exit 2 as well).

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from producers.cli import DB_OPTION, _apply, _summary, cli
-from storage.engine import get_engine
-from storage.ledger import cancel_job, job_stats
+from .cli import DB_OPTION, _apply, _summary, cli
+from ..storage.engine import get_engine
+from ..storage.ledger import cancel_job, job_stats
 
 
 @cli.command()

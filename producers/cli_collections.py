@@ -10,11 +10,11 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from producers.cli import DB_OPTION, BrokerUnavailable, _apply, _report, _submit_fleet, _summary, cli, follow
-from producers.readers import CorpusError
-from producers.validation import InvalidInput
-from storage.collections import cutover, drop_version, get_collection, new_version, rollback, version_rows
-from storage.engine import get_engine
+from .cli import DB_OPTION, BrokerUnavailable, _apply, _report, _submit_fleet, _summary, cli, follow
+from .readers import CorpusError
+from .validation import InvalidInput
+from ..storage.collections import cutover, drop_version, get_collection, new_version, rollback, version_rows
+from ..storage.engine import get_engine
 
 
 def collection_status(engine: Engine, name: str, as_json: bool) -> None:
@@ -36,7 +36,7 @@ def collection_status(engine: Engine, name: str, as_json: bool) -> None:
 def _run_request(request: Any, local: bool, wait: bool, settings: Any) -> None:
     """The job on the fleet (or in-process with --local), followed when asked."""
     if local:
-        from workers.embedded import run_embedded
+        from ..workers.embedded import run_embedded
 
         submission, stats = run_embedded(request)
         click.echo(_summary(stats))
@@ -61,7 +61,7 @@ WAIT = click.option("--wait", is_flag=True, help="Follow the job until it ends."
 @DB_OPTION
 def reindex(collection: str, sync: str | None, wait: bool, local: bool, db: str | None) -> None:
     """Re-run the collection's registered source: only new and changed records are embedded."""
-    from producers.reindex import registered_request
+    from .reindex import registered_request
 
     settings = _apply(database_url=db)
     request = registered_request(get_engine(settings.database_url), collection, settings, sync=sync)
@@ -81,12 +81,12 @@ def migrate(collection: str, model: str, no_cutover: bool, no_model_check: bool,
             db: str | None) -> None:
     """Re-embed the collection with another model into a new version; reads stay on the current
     one until the new version is complete, then switch in one transaction."""
-    from producers.reindex import registered_request
+    from .reindex import registered_request
 
     if not no_model_check:
         # Its files, not a load: this host may be a producer without torch. A worker that
         # cannot load it anyway dead-letters its chunks (ModelUnavailable) after the cap.
-        from workers.availability import model_problem
+        from ..workers.availability import model_problem
 
         problem = model_problem(model)
         if problem:
@@ -147,8 +147,8 @@ def drop_version_command(collection: str, number: int, db: str | None) -> None:
 @DB_OPTION
 def search(query: str | None, collection: str, k: int, batch_query: Path | None, db: str | None) -> None:
     """Top-k record ids by cosine similarity, from the collection's current version."""
-    from storage.search import top_k
-    from workers.resident import get_encoder
+    from ..storage.search import top_k
+    from ..workers.resident import get_encoder
 
     if bool(query) == bool(batch_query):
         raise click.UsageError("give either a QUERY or --batch-query FILE")

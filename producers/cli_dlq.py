@@ -6,8 +6,8 @@ import json
 
 import click
 
-from producers.cli import DB_OPTION, _apply, _fleet_sender, cli
-from storage.engine import get_engine
+from .cli import DB_OPTION, _apply, _fleet_sender, cli
+from ..storage.engine import get_engine
 
 
 @cli.group()
@@ -22,7 +22,7 @@ def dlq() -> None:
 @DB_OPTION
 def dlq_list(job: str | None, include_resolved: bool, limit: int, db: str | None) -> None:
     """One line per letter: id, job, record id, position, error."""
-    from storage.dead_letters import list_letters
+    from ..storage.dead_letters import list_letters
 
     settings = _apply(database_url=db)
     letters = list_letters(get_engine(settings.database_url), job, include_resolved, limit)
@@ -41,7 +41,7 @@ def dlq_show(letter_id: int, db: str | None) -> None:
     """Everything about one letter, its text included, as JSON."""
     import dataclasses
 
-    from storage.dead_letters import get_letters
+    from ..storage.dead_letters import get_letters
 
     settings = _apply(database_url=db)
     (letter,) = get_letters(get_engine(settings.database_url), [letter_id])
@@ -54,8 +54,8 @@ def dlq_show(letter_id: int, db: str | None) -> None:
 @DB_OPTION
 def dlq_redrive(letter_ids: tuple[int, ...], job: str | None, db: str | None) -> None:
     """Send letters' records through the normal path again; each letter clears when its record is stored."""
-    from producers.recovery import redrive
-    from storage.dead_letters import get_letters, list_letters
+    from .recovery import redrive
+    from ..storage.dead_letters import get_letters, list_letters
 
     if bool(letter_ids) == bool(job):
         raise click.UsageError("give either letter ids or --job")

@@ -14,8 +14,8 @@ import threading
 
 import click
 
-from producers.cli import _apply, _summary, cli
-from storage.engine import get_engine, redact
+from .cli import _apply, _summary, cli
+from ..storage.engine import get_engine, redact
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def flower(port: int, no_auth: bool, flower_args: tuple[str, ...]) -> None:
     else:
         # In the argv list given to app.start, not the process's command line: `ps` never shows it.
         argv.insert(1, flower_auth_argument(settings.flower_user, settings.flower_password))
-    from config.celery_app import app
+    from ..config.celery_app import app
 
     app.conf.broker_url = settings.broker_url
     log.info("starting Flower on %s, port %d", redact(settings.broker_url), port)
@@ -70,8 +70,8 @@ def _when(timestamp: float) -> str:
 @click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
 def jobs(limit: int, db: str | None) -> None:
     """Recent jobs, newest first, one line each (plus any older job still running)."""
-    from storage.ledger import job_stats
-    from storage.metrics import recent_job_ids
+    from ..storage.ledger import job_stats
+    from ..storage.metrics import recent_job_ids
 
     settings = _apply(database_url=db)
     engine = get_engine(settings.database_url)
@@ -97,7 +97,7 @@ def metrics(port: int, address: str, limit: int, db: str | None) -> None:
     """A Prometheus exporter of per-job figures read from the ledger on each scrape."""
     from prometheus_client import start_http_server
 
-    from storage.metrics import collect_registry
+    from ..storage.metrics import collect_registry
 
     settings = _apply(database_url=db)
     engine = get_engine(settings.database_url)

@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from storage.errors import JobEnded
-from storage.ledger import JobStats, job_stats
+from ..storage.errors import JobEnded
+from ..storage.ledger import JobStats, job_stats
 
 log = logging.getLogger(__name__)
 

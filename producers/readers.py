@@ -101,7 +101,7 @@ class SqlSource:
         if bool(table) == bool(query):
             raise CorpusError("give exactly one of --table and --query with --source-url")
         self.url, self.table, self.query = url, table, query
-        from storage.engine import redact
+        from ..storage.engine import redact
 
         self.name = f"{redact(url)} {'table ' + table if table else 'query'}"
 
@@ -119,7 +119,7 @@ class SqlSource:
     def records(self) -> Iterator[RawRecord]:
         from sqlalchemy import create_engine
 
-        from storage.engine import normalise_url
+        from ..storage.engine import normalise_url
 
         from sqlalchemy.exc import SQLAlchemyError
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from config.settings import Settings
-from producers.readers import source_from_spec
-from producers.records import FieldSpec
-from producers.submit import JobRequest
-from storage.collections import get_collection
+from ..config.settings import Settings
+from .readers import source_from_spec
+from .records import FieldSpec
+from .submit import JobRequest
+from ..storage.collections import get_collection
 
 
 def registered_request(engine: Engine, name: str, settings: Settings, model: str | None = None,

@@ -11,16 +11,16 @@ import msgpack
 from celery import Celery
 from sqlalchemy import Engine
 
-from config.messages import ChunkTexts
-from config.queues import ENCODE_TASK
-from producers.chunking import chunk_records, is_truncated, sort_windows
-from producers.incremental import Changes, detect_changes, sweep_deleted
-from producers.readers import Source
-from producers.records import FieldSpec, Record
-from producers.validation import InvalidInput, scan_corpus, valid_records
-from storage.collections import Version, get_version, open_collection
-from storage.errors import JobEnded
-from storage.ledger import (CANCELLED, abandon_submission, add_chunk, check_collection_name, close_submission,
+from ..config.messages import ChunkTexts
+from ..config.queues import ENCODE_TASK
+from .chunking import chunk_records, is_truncated, sort_windows
+from .incremental import Changes, detect_changes, sweep_deleted
+from .readers import Source
+from .records import FieldSpec, Record
+from .validation import InvalidInput, scan_corpus, valid_records
+from ..storage.collections import Version, get_version, open_collection
+from ..storage.errors import JobEnded
+from ..storage.ledger import (CANCELLED, abandon_submission, add_chunk, check_collection_name, close_submission,
                             create_job, job_state)
 
 log = logging.getLogger(__name__)

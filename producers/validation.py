@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from producers.readers import Source
-from producers.records import FieldSpec, Invalid, Record, build_record
+from .readers import Source
+from .records import FieldSpec, Invalid, Record, build_record
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from storage.errors import LedgerError
+from .errors import LedgerError
 
 COLUMNS = ("version_key", "record_id", "position", "content_hash", "model", "embedding", "updated_at")
 UPDATE = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[2:])

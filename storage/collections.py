@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from storage.errors import LedgerError, check_collection_name
-from storage.schema import collections, jobs, vectors, versions
+from .errors import LedgerError, check_collection_name
+from .schema import collections, jobs, vectors, versions
 
 
 @dataclass(frozen=True)

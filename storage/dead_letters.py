@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import msgpack
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
-from config.messages import ChunkTexts, DeadRecord
-from storage.errors import LedgerError
-from storage.ledger import finish_if_complete
-from storage.schema import chunks, dead_letters, jobs
+from ..config.messages import ChunkTexts, DeadRecord
+from .errors import LedgerError
+from .ledger import finish_if_complete
+from .schema import chunks, dead_letters, jobs
 
 
 @dataclass(frozen=True)

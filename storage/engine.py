@@ -11,8 +11,8 @@ from threading import Lock
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
-from storage.bulk import forget_staging
-from storage.schema import metadata
+from .bulk import forget_staging
+from .schema import metadata
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine
 
-from storage import vectors
-from storage.ledger import LedgerError
+from . import vectors
+from .ledger import LedgerError
 
 log = logging.getLogger(__name__)
 

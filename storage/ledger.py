@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 
-from storage.collections import cutover_conn, mark_ready
-from storage.errors import LedgerError, check_collection_name  # noqa: F401  (re-exported)
-from storage.schema import chunks, dead_letters, jobs
+from .collections import cutover_conn, mark_ready
+from .errors import LedgerError, check_collection_name  # noqa: F401  (re-exported)
+from .schema import chunks, dead_letters, jobs
 
 OPEN_CHUNK_STATES = ("queued",)
 

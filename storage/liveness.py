@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, and_, case, delete, exists, insert, literal_column, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from storage.ledger import OPEN_CHUNK_STATES
-from storage.schema import chunks, jobs, workers
+from .ledger import OPEN_CHUNK_STATES
+from .schema import chunks, jobs, workers
 
 
 def db_now(dialect: str) -> ColumnElement[float]:

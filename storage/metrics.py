@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Engine, and_, or_, select
 
-from storage.ledger import OPEN_CHUNK_STATES, JobStats, job_stats
-from storage.schema import chunks, jobs
+from .ledger import OPEN_CHUNK_STATES, JobStats, job_stats
+from .schema import chunks, jobs
 
 log = logging.getLogger(__name__)
 

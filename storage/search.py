@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from sqlalchemy import Engine
 
-from storage.vectors import iter_ordered
+from .vectors import iter_ordered
 
 BLOCK = 8192
 

@@ -16,9 +16,9 @@ import time
 import msgpack
 from sqlalchemy import Engine, and_, func, insert, select, update
 
-from config.messages import ChunkTexts
-from storage.ledger import OPEN_CHUNK_STATES
-from storage.schema import chunks, jobs
+from ..config.messages import ChunkTexts
+from .ledger import OPEN_CHUNK_STATES
+from .schema import chunks, jobs
 
 SPLIT_STATE = "split"
 

@@ -11,14 +11,14 @@ import msgpack
 import numpy as np
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, select, update
 
-from config.messages import ChunkTexts, ChunkVectors, DeadRecord
-from storage import codec
-from storage.bulk import ROW_ERRORS, Row, upsert_isolating, upsert_rows
-from storage.dead_letters import insert_letters, resolve_stored
-from storage.errors import LedgerError, SourceNotStored
-from storage.ledger import finish_if_complete
-from storage.safe_errors import safe_error
-from storage.schema import chunks, dead_letters, vectors, versions
+from ..config.messages import ChunkTexts, ChunkVectors, DeadRecord
+from . import codec
+from .bulk import ROW_ERRORS, Row, upsert_isolating, upsert_rows
+from .dead_letters import insert_letters, resolve_stored
+from .errors import LedgerError, SourceNotStored
+from .ledger import finish_if_complete
+from .safe_errors import safe_error
+from .schema import chunks, dead_letters, vectors, versions
 
 log = logging.getLogger(__name__)
 # The error type of a record the database refused to store (too long an id, a NUL, ...).

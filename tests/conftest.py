@@ -47,7 +47,7 @@ def commit_text(record: dict) -> str:
 
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
-    from config.settings import set_settings
+    from embedfleet.config.settings import set_settings
 
     set_settings(None)
     yield
@@ -105,7 +105,7 @@ def pg_url() -> Iterator[str]:
     try:
         yield f"{base}/{name}"
     finally:
-        from storage.engine import _engines
+        from embedfleet.storage.engine import _engines
 
         for key, engine in list(_engines.items()):
             if name in key[1]:
@@ -182,8 +182,8 @@ class Fleet:
         """Wait until each named worker answers a ping over the broker (model loaded)."""
         from celery import Celery
 
-        from config.celeryconfig import celery_config
-        from config.settings import Settings
+        from embedfleet.config.celeryconfig import celery_config
+        from embedfleet.config.settings import Settings
 
         control = Celery("fleet-control")
         control.conf.update(celery_config(Settings(broker_url=self.broker_url)))

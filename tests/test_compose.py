@@ -12,8 +12,8 @@ import click
 import pytest
 import yaml
 
-from config.settings import Settings
-from producers.cli import cli
+from embedfleet.config.settings import Settings
+from embedfleet.producers.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "compose.yaml"

@@ -21,7 +21,7 @@ def _problem_in(directory: Path) -> str | None:
 def model_problem(name: str) -> str | None:
     """None when `name` resolves to a local model directory with its config and weights (the
     packaged default, a directory, or a hub name already in the local cache); else why not."""
-    from workers.encoder import model_path
+    from .encoder import model_path
 
     path = Path(model_path(name))
     if path.is_dir():

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from config.settings import Settings
-from producers.readers import Corpus
-from producers.records import FieldSpec, Record
-from producers.validation import valid_records
+from ..config.settings import Settings
+from ..producers.readers import Corpus
+from ..producers.records import FieldSpec, Record
+from ..producers.validation import valid_records
 
 BIN = Path(sys.executable).parent
 SECTIONS = ("batching", "direct", "run", "fleet", "layout", "pipeline", "storage", "stress", "memory")
@@ -75,7 +75,7 @@ def fp32_model():  # type: ignore[no-untyped-def]
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from workers.encoder import model_path
+    from .encoder import model_path
 
     torch.set_num_threads(os.cpu_count() or 1)
     return SentenceTransformer(model_path(Settings().model), device="cpu")
@@ -111,9 +111,9 @@ def bench_direct(report: BenchReport, model: Any, texts: list[str]) -> tuple[flo
 def latest_job(db_url: str) -> dict[str, Any]:
     from sqlalchemy import select
 
-    from storage.engine import get_engine
-    from storage.ledger import job_stats
-    from storage.schema import jobs
+    from ..storage.engine import get_engine
+    from ..storage.ledger import job_stats
+    from ..storage.schema import jobs
 
     engine = get_engine(db_url)
     with engine.connect() as conn:
@@ -147,7 +147,7 @@ def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float
         out = work / f"{section}.npy"
         subprocess.run([str(BIN / "embedfleet"), "export", "--collection", "bench", "--out", str(out), "--db", db],
                        check=True, capture_output=True, env=cli_env())
-        from storage.export import ids_path_for, read_ids
+        from ..storage.export import ids_path_for, read_ids
 
         assert read_ids(ids_path_for(out)) == ids, "export is not in corpus order"
         cosine = (np.load(out) * reference).sum(axis=1)
@@ -158,7 +158,7 @@ def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float
 
 _MEMORY_PROBE = """
 import sys
-from producers.cli import main
+from ..producers.cli import main
 try:
     main()
 finally:
@@ -173,7 +173,7 @@ def bench_memory(report: BenchReport, records: list[Record], work: Path, broker_
     """Producer peak RSS submitting 10,000 and 100,000 records to the broker."""
     from celery import Celery
 
-    from config.celeryconfig import celery_config
+    from ..config.celeryconfig import celery_config
 
     control = Celery("bench-control")
     control.conf.update(celery_config(Settings(broker_url=broker_url)))
@@ -218,7 +218,7 @@ def print_table(report: BenchReport) -> None:
 
 def run_bench(corpus: str, spec: FieldSpec, sections: list[str], limit: int | None, broker_url: str, pg_url: str,
               as_json: bool) -> BenchReport:
-    from workers import bench_fleet
+    from . import bench_fleet
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:

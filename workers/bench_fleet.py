@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from config.settings import Settings
-from workers.bench import BIN, BenchReport, cli_env, latest_job, write_corpus
+from ..config.settings import Settings
+from .bench import BIN, BenchReport, cli_env, latest_job, write_corpus
 
-NOOP = "workers.encoder:NoopEncoder"
+NOOP = "embedfleet.workers.encoder:NoopEncoder"
 
 
 @contextlib.contextmanager
@@ -24,7 +24,7 @@ def fleet_workers(broker_url: str, db_url: str, processes: int, threads: int, **
     threads > 1 is not asked), ready when they answer a ping; their queues purged after."""
     from celery import Celery
 
-    from config.celeryconfig import celery_config
+    from ..config.celeryconfig import celery_config
 
     control = Celery("bench-control")
     control.conf.update(celery_config(Settings(broker_url=broker_url)))
@@ -95,7 +95,7 @@ def scratch_postgres(pg_url: str) -> Iterator[str]:
     try:
         yield f"{admin.rsplit('/', 1)[0]}/{name}"
     finally:
-        from storage.engine import _engines
+        from ..storage.engine import _engines
 
         for key in [k for k in _engines if name in k[1]]:
             _engines.pop(key).dispose()
@@ -126,8 +126,8 @@ def consume_seconds(db_url: str, job_id: str) -> float:
     (the job's own seconds also hold the producer's validation pass)."""
     from sqlalchemy import func, select
 
-    from storage.engine import get_engine
-    from storage.schema import chunks, jobs
+    from ..storage.engine import get_engine
+    from ..storage.schema import chunks, jobs
 
     with get_engine(db_url).connect() as conn:
         first = conn.execute(select(func.min(chunks.c.started_at)).where(chunks.c.job_id == job_id)).scalar_one()
@@ -137,12 +137,12 @@ def consume_seconds(db_url: str, job_id: str) -> float:
 
 def bench_storage(report: BenchReport, work: Path, pg_url: str, total: int = 100_000, chunk: int = 1024) -> None:
     """store_chunk alone: vectors/s into SQLite and PostgreSQL, chunk by chunk as the collector does."""
-    from config.messages import ChunkVectors
-    from storage import codec
-    from storage.collections import open_collection
-    from storage.engine import get_engine
-    from storage.ledger import add_chunk, close_submission, create_job
-    from storage.vectors import store_chunk
+    from ..config.messages import ChunkVectors
+    from ..storage import codec
+    from ..storage.collections import open_collection
+    from ..storage.engine import get_engine
+    from ..storage.ledger import add_chunk, close_submission, create_job
+    from ..storage.vectors import store_chunk
 
     rng = np.random.default_rng(0)
     matrix = rng.standard_normal((chunk, 384)).astype(np.float32)

@@ -15,9 +15,9 @@ import random
 
 from sqlalchemy import Engine
 
-from config.messages import ChunkTexts, DeadRecord
-from config.settings import Settings
-from storage.splits import is_split_born, split_chunk
+from ..config.messages import ChunkTexts, DeadRecord
+from ..config.settings import Settings
+from ..storage.splits import is_split_born, split_chunk
 
 WORKER_CRASHED = "WorkerCrashed"
 MODEL_UNAVAILABLE = "ModelUnavailable"

@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from config.settings import DEFAULT_MODEL, Settings
-from producers.chunking import estimate_tokens
+from ..config.settings import DEFAULT_MODEL, Settings
+from ..producers.chunking import estimate_tokens
 
 # Weights come from disk (the packaged model or a directory), never from a hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -84,7 +84,7 @@ class SentenceTransformerEncoder:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        from workers.precision import pool_device, resolve_device, resolve_precision
+        from .precision import pool_device, resolve_device, resolve_precision
 
         self._torch = torch
         self.device = pool_device(resolve_device(settings.device))
@@ -138,7 +138,7 @@ class SentenceTransformerEncoder:
 
 class NoopEncoder:
     """No model: a fixed unit vector per text, computed in microseconds. Measures what the
-    pipeline (broker, collector, storage) can carry: EMBEDFLEET_ENCODER=workers.encoder:NoopEncoder."""
+    pipeline (broker, collector, storage) can carry: EMBEDFLEET_ENCODER=embedfleet.workers.encoder:NoopEncoder."""
 
     max_tokens = 256
     device = "none"

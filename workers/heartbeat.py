@@ -25,13 +25,13 @@ from typing import Any
 
 from celery.signals import celeryd_init, task_received, worker_shutdown
 
-from config.celery_app import app
-from config.queues import COLLECT_TASK, ENCODE_TASK
-from config.settings import get_settings
-from producers.recovery import resend_stranded
-from producers.submit import celery_sender
-from storage.engine import get_engine
-from storage.liveness import beat, hold, retire
+from ..config.celery_app import app
+from ..config.queues import COLLECT_TASK, ENCODE_TASK
+from ..config.settings import get_settings
+from ..producers.recovery import resend_stranded
+from ..producers.submit import celery_sender
+from ..storage.engine import get_engine
+from ..storage.liveness import beat, hold, retire
 
 log = logging.getLogger(__name__)
 

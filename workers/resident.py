@@ -10,10 +10,10 @@ from typing import Any
 
 from celery.signals import worker_process_init
 
-from config.celery_app import app
-from config.queues import EMBED_QUEUE
-from config.settings import get_settings
-from workers import heartbeat
+from ..config.celery_app import app
+from ..config.queues import EMBED_QUEUE
+from ..config.settings import get_settings
+from . import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def get_encoder(model: str | None = None) -> Any:
     settings = get_settings()
     name = model or settings.model
     if name not in _encoders:
-        from workers.encoder import load_encoder  # torch is imported here, in the child, not before fork
+        from .encoder import load_encoder  # torch is imported here, in the child, not before fork
 
         _encoders[name] = load_encoder(settings.model_copy(update={"model": name}))
     return _encoders[name]

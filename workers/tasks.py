@@ -11,24 +11,24 @@ from celery import Task
 from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy.exc import OperationalError
 
-from config.celery_app import app
-from config.messages import ChunkTexts, ChunkVectors, DeadRecord
-from config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK, RECONCILE_TASK, REINDEX_TASK
-from config.settings import get_settings
-from storage import codec
-from storage.collections import claim_reindex
-from storage.dead_letters import dead_letter_chunk
-from storage.engine import get_engine
-from storage.safe_errors import error_type, redacted, safe_error
-from producers.recovery import resend_open_chunks, resend_stranded
-from producers.reindex import registered_request
-from producers.submit import celery_sender, submit
-from storage.ledger import abandon_stalled_submissions, count_retry, stalled_jobs, start_delivery
-from storage.vectors import store_chunk
-from workers import heartbeat
-from workers.deliveries import MODEL_UNAVAILABLE, crashed_too_often, isolate_crash, model_backoff
-from workers.isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
-from workers.resident import get_encoder
+from ..config.celery_app import app
+from ..config.messages import ChunkTexts, ChunkVectors, DeadRecord
+from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK, RECONCILE_TASK, REINDEX_TASK
+from ..config.settings import get_settings
+from ..storage import codec
+from ..storage.collections import claim_reindex
+from ..storage.dead_letters import dead_letter_chunk
+from ..storage.engine import get_engine
+from ..storage.safe_errors import error_type, redacted, safe_error
+from ..producers.recovery import resend_open_chunks, resend_stranded
+from ..producers.reindex import registered_request
+from ..producers.submit import celery_sender, submit
+from ..storage.ledger import abandon_stalled_submissions, count_retry, stalled_jobs, start_delivery
+from ..storage.vectors import store_chunk
+from . import heartbeat
+from .deliveries import MODEL_UNAVAILABLE, crashed_too_often, isolate_crash, model_backoff
+from .isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
+from .resident import get_encoder
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
-from storage.collections import get_collection
-from storage.engine import get_engine
-from storage.export import export_npy, ids_path_for, read_ids
-from storage.ledger import JobStats, job_stats
-from storage.schema import dead_letters, vectors
+from embedfleet.storage.collections import get_collection
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.export import export_npy, ids_path_for, read_ids
+from embedfleet.storage.ledger import JobStats, job_stats
+from embedfleet.storage.schema import dead_letters, vectors
 
 
 def wait_done(db_url: str, job_id: str, timeout: float = 240) -> JobStats:

@@ -12,11 +12,11 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from config.queues import COLLECT_QUEUE, EMBED_QUEUE
-from storage.collections import get_collection
-from storage.engine import get_engine
-from storage.ledger import job_stats
-from storage.schema import chunks, vectors
+from embedfleet.config.queues import COLLECT_QUEUE, EMBED_QUEUE
+from embedfleet.storage.collections import get_collection
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.ledger import job_stats
+from embedfleet.storage.schema import chunks, vectors
 from tests.conftest import BIN
 from tests.fleet.checks import assert_accounted, wait_done
 from tests.fleet.test_faults import _corpus, _start, _submit, kill_env  # noqa: F401  (a fixture)

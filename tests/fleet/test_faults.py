@@ -18,10 +18,10 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Producer
 
-from storage.dead_letters import list_letters
-from storage.engine import get_engine
-from storage.export import read_ids
-from storage.ledger import job_stats
+from embedfleet.storage.dead_letters import list_letters
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.export import read_ids
+from embedfleet.storage.ledger import job_stats
 from tests.conftest import SAMPLE
 from tests.fleet.checks import assert_accounted, wait_done
 from tests.workers.fault_encoders import NAN_MARKER, POISON_MARKER

@@ -12,16 +12,16 @@ import redis
 from celery import Celery
 from sqlalchemy import func, select
 
-from config.celeryconfig import celery_config
-from config.messages import ChunkTexts
-from config.settings import Settings
-from producers.readers import Corpus
-from producers.records import FieldSpec
-from producers.submit import JobRequest, celery_sender, submit
-from storage.engine import get_engine
-from storage.export import read_ids
-from storage.ledger import job_stats
-from storage.schema import vectors
+from embedfleet.config.celeryconfig import celery_config
+from embedfleet.config.messages import ChunkTexts
+from embedfleet.config.settings import Settings
+from embedfleet.producers.readers import Corpus
+from embedfleet.producers.records import FieldSpec
+from embedfleet.producers.submit import JobRequest, celery_sender, submit
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.export import read_ids
+from embedfleet.storage.ledger import job_stats
+from embedfleet.storage.schema import vectors
 from tests.conftest import COMMIT_FIELDS, assert_matches_reference, commit_text, read_records
 
 pytestmark = pytest.mark.fleet

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from celery import Celery
 
-from config.beat import beat_schedule
-from config.celeryconfig import celery_config
-from config.settings import Settings
-from storage.engine import get_engine
-from storage.ledger import job_stats
+from embedfleet.config.beat import beat_schedule
+from embedfleet.config.celeryconfig import celery_config
+from embedfleet.config.settings import Settings
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.ledger import job_stats
 from tests.conftest import SAMPLE
 from tests.fleet.checks import wait_done
 
@@ -124,7 +124,7 @@ def test_scheduled_reindex_runs_once_and_embeds_only_changes(pg_url, make_fleet,
     engine = get_engine(pg_url)
     from sqlalchemy import select
 
-    from storage.schema import jobs
+    from embedfleet.storage.schema import jobs
 
     deadline = time.monotonic() + 60
     while True:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from producers.chunking import chunk_records, estimate_tokens, is_truncated
-from producers.records import Record, content_hash
+from embedfleet.producers.chunking import chunk_records, estimate_tokens, is_truncated
+from embedfleet.producers.records import Record, content_hash
 
 
 def rec(i: int, text: str) -> Record:
@@ -100,8 +100,8 @@ def test_invalid_arguments_raise_value_error(max_records, budget):
 
 def test_sort_windows_orders_each_window_by_length_stably() -> None:
     """Within each window, longest first; equal lengths keep corpus order; windows never mix."""
-    from producers.chunking import sort_windows
-    from producers.records import Record
+    from embedfleet.producers.chunking import sort_windows
+    from embedfleet.producers.records import Record
 
     texts = ["aa", "b", "cccc", "dd", "e", "ffffff", "g"]
     records = [Record(f"r{i}", i, t, "h", i + 1) for i, t in enumerate(texts)]

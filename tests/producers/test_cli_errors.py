@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from storage.engine import get_engine
-from storage.ledger import abandon_stalled_submissions
-from storage.schema import chunks, collections, jobs, versions
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.ledger import abandon_stalled_submissions
+from embedfleet.storage.schema import chunks, collections, jobs, versions
 from tests.conftest import BIN, Fleet
 
 DEAD_DB = "postgresql://postgres:s3cret@127.0.0.1:1/x"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from producers.readers import Corpus, CorpusError, RawRecord, read_csv, read_jsonl
+from embedfleet.producers.readers import Corpus, CorpusError, RawRecord, read_csv, read_jsonl
 
 
 def jsonl_bytes(*lines: str) -> io.BytesIO:
@@ -180,7 +180,7 @@ def test_corpus_directory_raises_corpus_error(tmp_path):
 
 def test_byte_order_mark_is_ignored(tmp_path) -> None:
     """A UTF-8 BOM before the first JSONL line or the CSV header does not break the first record."""
-    from producers.readers import Corpus
+    from embedfleet.producers.readers import Corpus
 
     jsonl = tmp_path / "bom.jsonl"
     jsonl.write_bytes(b'\xef\xbb\xbf{"id": "a", "text": "x"}\n')

@@ -7,10 +7,10 @@ import json
 import pytest
 from sqlalchemy import select
 
-from producers.readers import Corpus, RawRecord
-from producers.records import MAX_ID_LENGTH, FieldSpec, Invalid, Record, build_record
-from producers.validation import scan_corpus
-from storage.schema import vectors
+from embedfleet.producers.readers import Corpus, RawRecord
+from embedfleet.producers.records import MAX_ID_LENGTH, FieldSpec, Invalid, Record, build_record
+from embedfleet.producers.validation import scan_corpus
+from embedfleet.storage.schema import vectors
 from tests.conftest import TEST_REDIS_URL, embedfleet
 
 
@@ -84,8 +84,8 @@ def test_scan_reports_unstorable_records_by_line_and_counts_nul_removals(tmp_pat
 def test_cli_refuses_unstorable_ids_on_postgres_without_a_job(tmp_path, pg_url):
     """On PostgreSQL, `submit` of a corpus with a long id, NUL in an id and NUL in a text exits 2 with
     line numbers and reasons, no traceback, and leaves no job row behind (nothing `submitting`)."""
-    from storage.engine import get_engine
-    from storage.schema import jobs
+    from embedfleet.storage.engine import get_engine
+    from embedfleet.storage.schema import jobs
 
     path = tmp_path / "bad.jsonl"
     rows = [{"id": "good", "text": "fine"}, {"id": "x" * 513, "text": "x"}, {"id": "nul\x00id", "text": "x"},
@@ -105,9 +105,9 @@ def test_cli_refuses_unstorable_ids_on_postgres_without_a_job(tmp_path, pg_url):
 def test_skip_invalid_on_postgres_skips_a_nul_id_and_the_job_runs(tmp_path, pg_url):
     """With skip_invalid, a NUL in an id is counted as skipped invalid; the job is written, sent and
     closed (running), never left `submitting` with a traceback."""
-    from producers.submit import JobRequest, submit
-    from storage.engine import get_engine
-    from storage.ledger import job_stats
+    from embedfleet.producers.submit import JobRequest, submit
+    from embedfleet.storage.engine import get_engine
+    from embedfleet.storage.ledger import job_stats
 
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in [{"id": "a", "text": "x"}, {"id": "b\x00", "text": "y"},

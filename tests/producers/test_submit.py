@@ -10,15 +10,15 @@ import msgpack
 import pytest
 from sqlalchemy import select
 
-from config.messages import ChunkTexts
-from producers.chunking import chunk_records
-from producers.readers import Corpus
-from producers.records import FieldSpec, Record
-from producers.submit import JobRequest, Submission, submit
-from producers.validation import InvalidInput, scan_corpus, valid_records
-from storage.engine import get_engine
-from storage.ledger import LedgerError
-from storage.schema import chunks, jobs
+from embedfleet.config.messages import ChunkTexts
+from embedfleet.producers.chunking import chunk_records
+from embedfleet.producers.readers import Corpus
+from embedfleet.producers.records import FieldSpec, Record
+from embedfleet.producers.submit import JobRequest, Submission, submit
+from embedfleet.producers.validation import InvalidInput, scan_corpus, valid_records
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.ledger import LedgerError
+from embedfleet.storage.schema import chunks, jobs
 
 
 def write_jsonl(tmp_path, rows, name="corpus.jsonl") -> Corpus:

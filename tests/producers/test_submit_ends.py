@@ -7,13 +7,13 @@ import kombu.exceptions
 import pytest
 from sqlalchemy import func, select
 
-from config.messages import ChunkTexts
-from producers.records import FieldSpec
-from producers.submit import EmptyCorpus, JobRequest, submit
-from storage.engine import get_engine
-from storage.errors import JobEnded
-from storage.ledger import cancel_job, job_stats
-from storage.schema import collections, jobs
+from embedfleet.config.messages import ChunkTexts
+from embedfleet.producers.records import FieldSpec
+from embedfleet.producers.submit import EmptyCorpus, JobRequest, submit
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.errors import JobEnded
+from embedfleet.storage.ledger import cancel_job, job_stats
+from embedfleet.storage.schema import collections, jobs
 from tests.producers.test_submit import seven_records, write_jsonl
 
 

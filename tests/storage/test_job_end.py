@@ -10,12 +10,12 @@ import time
 import pytest
 from sqlalchemy import func, select, update
 
-from storage.collections import drop_version, get_collection, new_version, open_collection
-from storage.engine import get_engine
-from storage.ledger import (LedgerError, abandon_submission, add_chunk, cancel_job, check_collection_name,
+from embedfleet.storage.collections import drop_version, get_collection, new_version, open_collection
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.ledger import (LedgerError, abandon_submission, add_chunk, cancel_job, check_collection_name,
                             close_submission, create_job, finish_if_complete, job_stats, start_delivery)
-from storage.schema import chunks, jobs, vectors, versions
-from storage.vectors import store_chunk
+from embedfleet.storage.schema import chunks, jobs, vectors, versions
+from embedfleet.storage.vectors import store_chunk
 from tests.conftest import REPO
 from tests.storage.test_vectors import _chunk, _job
 
@@ -97,9 +97,9 @@ def test_names_that_collide_with_version_keys_or_end_in_newline_are_refused(name
 
 RACE = """
 import sys, time
-from storage.engine import get_engine
-from storage.collections import open_collection
-from storage.ledger import create_job
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.collections import open_collection
+from embedfleet.storage.ledger import create_job
 url, name, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
 if url.startswith("postgresql"):  # connected first, so that the three INSERTs race
     get_engine(url).connect().close()

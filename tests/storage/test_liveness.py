@@ -6,20 +6,20 @@ import msgpack
 import pytest
 from sqlalchemy import create_engine, select, text, update
 
-from config.messages import ChunkTexts
-from config.settings import Settings
-from storage.engine import get_engine, normalise_url
-from storage.ledger import add_chunk, close_submission, create_job, job_stats
-from storage.liveness import beat, claim_stranded, db_now, hold, retire
-from storage.schema import chunks, workers
-from storage.splits import halve, split_chunk
-from workers.deliveries import crashed_too_often
+from embedfleet.config.messages import ChunkTexts
+from embedfleet.config.settings import Settings
+from embedfleet.storage.engine import get_engine, normalise_url
+from embedfleet.storage.ledger import add_chunk, close_submission, create_job, job_stats
+from embedfleet.storage.liveness import beat, claim_stranded, db_now, hold, retire
+from embedfleet.storage.schema import chunks, workers
+from embedfleet.storage.splits import halve, split_chunk
+from embedfleet.workers.deliveries import crashed_too_often
 
 DEAD_AFTER = 15.0
 
 
 def _job(engine, n_chunks: int = 2) -> tuple[str, list[ChunkTexts]]:
-    from storage.collections import open_collection
+    from embedfleet.storage.collections import open_collection
 
     version = open_collection(engine, "live", "m", source={}, options={})
     job_id = create_job(engine, "live", version.key, "m", "test", {}, records_read=4 * n_chunks, skipped_invalid=0)
@@ -47,7 +47,7 @@ def _holders(engine, job_id: str) -> dict[int, str | None]:
 
 @pytest.fixture
 def engine(db_url):
-    from storage.collections import open_collection  # noqa: F401  (imports the schema's users)
+    from embedfleet.storage.collections import open_collection  # noqa: F401  (imports the schema's users)
 
     return get_engine(db_url)
 
@@ -139,7 +139,7 @@ def test_old_database_gains_new_columns(tmp_path) -> None:
         conn.execute(text("ALTER TABLE chunks DROP COLUMN parent_seq"))
         conn.execute(text("DROP TABLE workers"))
     raw.dispose()
-    from storage.engine import _build
+    from embedfleet.storage.engine import _build
 
     engine = _build(url)
     with engine.connect() as conn:

@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import generate_latest
 from sqlalchemy import JSON, Float, Integer, Table, insert
 
-from storage.engine import get_engine
-from storage.ledger import LedgerError
-from storage.metrics import collect_registry, job_metrics, recent_job_ids
-from storage.schema import chunks, dead_letters, jobs
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.ledger import LedgerError
+from embedfleet.storage.metrics import collect_registry, job_metrics, recent_job_ids
+from embedfleet.storage.schema import chunks, dead_letters, jobs
 
 
 def _row(table: Table, **given: Any) -> dict[str, Any]:

@@ -9,16 +9,16 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, text
 
-from config.messages import ChunkTexts, ChunkVectors, DeadRecord
-from storage import codec
-from storage.bulk import upsert_isolating, upsert_rows
-from storage.collections import open_collection
-from storage.dead_letters import LETTER_ID_LENGTH, list_letters, storable_letter
-from storage.engine import get_engine
-from storage.ledger import add_chunk, close_submission, create_job, job_stats
-from storage.safe_errors import RedactedError, error_type, redacted, safe_error
-from storage.schema import dead_letters, vectors
-from storage.vectors import store_chunk
+from embedfleet.config.messages import ChunkTexts, ChunkVectors, DeadRecord
+from embedfleet.storage import codec
+from embedfleet.storage.bulk import upsert_isolating, upsert_rows
+from embedfleet.storage.collections import open_collection
+from embedfleet.storage.dead_letters import LETTER_ID_LENGTH, list_letters, storable_letter
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.ledger import add_chunk, close_submission, create_job, job_stats
+from embedfleet.storage.safe_errors import RedactedError, error_type, redacted, safe_error
+from embedfleet.storage.schema import dead_letters, vectors
+from embedfleet.storage.vectors import store_chunk
 
 DIM = 4
 SECRET = "TOP-SECRET-CORPUS-TEXT"
@@ -203,8 +203,8 @@ def test_redacted_error_pickles_with_its_type():
 def test_redrive_skips_letters_whose_id_was_altered(sqlite_url):
     """A letter whose id had to be altered to fit storage is not redriven (it would store the vector
     under the wrong id); the others are."""
-    from producers.recovery import redrive
-    from storage.dead_letters import insert_letters
+    from embedfleet.producers.recovery import redrive
+    from embedfleet.storage.dead_letters import insert_letters
 
     engine = get_engine(sqlite_url)
     job_id, _ = _job(engine, ["x"])

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from config.messages import ChunkVectors
-from storage import codec
-from storage.engine import get_engine, redact
-from storage.collections import open_collection
-from storage.export import export_npy, ids_path_for, read_ids
-from storage.ledger import LedgerError, add_chunk, check_collection_name, close_submission, create_job, job_stats
-from storage.schema import vectors
-from storage.vectors import iter_ordered, store_chunk
+from embedfleet.config.messages import ChunkVectors
+from embedfleet.storage import codec
+from embedfleet.storage.engine import get_engine, redact
+from embedfleet.storage.collections import open_collection
+from embedfleet.storage.export import export_npy, ids_path_for, read_ids
+from embedfleet.storage.ledger import LedgerError, add_chunk, check_collection_name, close_submission, create_job, job_stats
+from embedfleet.storage.schema import vectors
+from embedfleet.storage.vectors import iter_ordered, store_chunk
 
 DIM = 4
 
@@ -118,8 +118,8 @@ def _with_aliases(job_id: str, seq: int, positions: list[int], aliases: list[lis
 
 def test_repeats_copy_vectors_or_follow_their_first_record_into_the_dead_letters(sqlite_url: str) -> None:
     """A repeat copies its first record's vector; a repeat of a dead record is dead; nothing is lost."""
-    from config.messages import DeadRecord
-    from storage.dead_letters import list_letters
+    from embedfleet.config.messages import DeadRecord
+    from embedfleet.storage.dead_letters import list_letters
 
     engine = get_engine(sqlite_url)
     job_id = _job(engine, {0: [0, 1, 2, 3, 4]})
@@ -136,8 +136,8 @@ def test_repeats_copy_vectors_or_follow_their_first_record_into_the_dead_letters
 
 def test_a_repeat_waits_for_its_first_record_then_gives_up_alone(sqlite_url: str) -> None:
     """An unstored first record makes the collector retry; on the last try only the repeat is dead-lettered."""
-    from storage.dead_letters import list_letters
-    from storage.errors import SourceNotStored
+    from embedfleet.storage.dead_letters import list_letters
+    from embedfleet.storage.errors import SourceNotStored
 
     engine = get_engine(sqlite_url)
     job_id = _job(engine, {0: [0, 1, 2]})
@@ -163,8 +163,8 @@ def test_stalled_jobs_are_found_after_their_lease(db_url: str) -> None:
     """A running job whose open chunks show no sign of life for the lease is stalled; a busy one is not."""
     from sqlalchemy import update as sql_update
 
-    from storage.ledger import stalled_jobs
-    from storage.schema import chunks
+    from embedfleet.storage.ledger import stalled_jobs
+    from embedfleet.storage.schema import chunks
 
     engine = get_engine(db_url)
     quiet = _job(engine, {0: [0], 1: [1]})
@@ -183,9 +183,9 @@ def test_a_submission_whose_producer_died_is_abandoned(sqlite_url: str) -> None:
     """A job left `submitting` with no sign of life past the lease becomes `abandoned`; waiting on it stops."""
     from sqlalchemy import update as sql_update
 
-    from producers.progress import JobProgress
-    from storage.ledger import abandon_stalled_submissions
-    from storage.schema import chunks
+    from embedfleet.producers.progress import JobProgress
+    from embedfleet.storage.ledger import abandon_stalled_submissions
+    from embedfleet.storage.schema import chunks
 
     engine = get_engine(sqlite_url)
     version = open_collection(engine, "c1", "m", {}, {})

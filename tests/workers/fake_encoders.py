@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from config.settings import Settings
+from embedfleet.config.settings import Settings
 
 
 class HashEncoder:

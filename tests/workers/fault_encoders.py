@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config.settings import Settings
-from workers.encoder import SentenceTransformerEncoder
+from embedfleet.config.settings import Settings
+from embedfleet.workers.encoder import SentenceTransformerEncoder
 
 POISON_MARKER = "POISON-MARKER"
 NAN_MARKER = "NAN-MARKER"

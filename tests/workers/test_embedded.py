@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.export import read_ids
+from embedfleet.storage.export import read_ids
 from tests.conftest import BIN, REPO, assert_matches_reference, commit_text, read_records
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from config.settings import Settings
+from embedfleet.config.settings import Settings
 from tests.conftest import SAMPLE, commit_text, read_records
-from workers.encoder import EncoderConfigError, SentenceTransformerEncoder, encode_one, load_encoder
+from embedfleet.workers.encoder import EncoderConfigError, SentenceTransformerEncoder, encode_one, load_encoder
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.isolation import encode_isolating, is_out_of_memory, is_transient
+from embedfleet.workers.isolation import encode_isolating, is_out_of_memory, is_transient
 
 DIM = 3
 
@@ -94,7 +94,7 @@ def test_error_classification() -> None:
 
 def test_token_batches_respect_count_and_padded_tokens() -> None:
     """Batches go longest first, hold at most max_count texts and max_tokens padded tokens, and cover every text once."""
-    from workers.encoder import token_batches
+    from embedfleet.workers.encoder import token_batches
 
     lengths = [10, 200, 10, 50, 256, 256, 12, 11]
     batches = token_batches(lengths, max_count=3, max_tokens=600)
