@@ -14,8 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from ..config.messages import ChunkTexts
+from ..config.settings import Settings
 from ..storage.errors import JobEnded
 from ..storage.ledger import JobStats, job_stats
+
+from .submit import Sender
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +157,24 @@ class JobProgress:
             self._bar.console.print(line)
         else:
             print(line, file=sys.stderr, flush=True)
+
+
+def follow(engine: Engine, job_id: str, settings: Settings, timeout: float | None = None) -> JobStats:
+    """Wait for the job with a live display (a bar on a terminal, plain lines otherwise),
+    riding out database drops, and re-send its chunks held by dead workers meanwhile."""
+    from .recovery import resend_stranded
+    from .sending import fleet_sender
+
+    senders: list[Sender] = []
+
+    def send(chunk: ChunkTexts) -> None:
+        # Made on first use: following needs no broker (`status --watch` on a monitoring
+        # host) until a dead worker's chunk has to be re-sent.
+        if not senders:
+            senders.append(fleet_sender(settings))
+        senders[0](chunk)
+
+    with JobProgress(engine, job_id, lease_seconds=settings.lease_seconds,
+                     sweep=lambda: resend_stranded(engine, send, settings.dead_after_seconds, job_id),
+                     sweep_every=settings.heartbeat_seconds) as progress:
+        return progress.wait_done(timeout=timeout)

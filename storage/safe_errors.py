@@ -66,3 +66,20 @@ def redacted(exc: BaseException, keep: tuple[type[BaseException], ...] = ()) -> 
     if isinstance(exc, keep) or isinstance(exc, RedactedError):
         return exc
     return RedactedError(safe_error(exc), error_type(exc))
+
+
+def reason(exc: BaseException, *urls: str) -> str:
+    """The first line of what a driver said (SQLAlchemy appends SQL and a link), with the
+    passwords of `urls` replaced by ***: what a command prints when a service is down."""
+    orig = getattr(exc, "orig", None) or exc
+    line = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    for url in urls:
+        try:
+            from sqlalchemy.engine import make_url
+
+            password = make_url(url).password
+        except Exception:
+            password = url.partition("://")[2].partition("@")[0].partition(":")[2] if "@" in url else None
+        if password:
+            line = line.replace(str(password), "***")
+    return line[:MAX_MESSAGE]

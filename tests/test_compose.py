@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from embedfleet.config.settings import Settings
-from embedfleet.producers.cli import cli
+from embedfleet.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "compose.yaml"

@@ -10,7 +10,7 @@ def test_producer_side_imports_no_torch() -> None:
     """Importing the CLI, the Celery app, submission and storage leaves torch unloaded."""
     code = (
         "import sys\n"
-        "import embedfleet.producers.cli, embedfleet.producers.submit, embedfleet.producers.progress, embedfleet.config.celery_app\n"
+        "import embedfleet.cli, embedfleet.producers.submit, embedfleet.producers.progress, embedfleet.config.celery_app\n"
         "import embedfleet.storage.vectors, embedfleet.storage.export, embedfleet.storage.ledger\n"
         "bad = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"

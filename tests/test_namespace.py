@@ -40,7 +40,7 @@ def test_a_users_config_module_does_not_shadow_the_package(tmp_path: Path) -> No
     """A config.py or storage.py in the working directory (notebooks, DAG folders) changes nothing."""
     for name in ("config", "storage", "workers", "producers"):
         (tmp_path / f"{name}.py").write_text("raise ImportError('the user module was imported')\n")
-    code = ("import embedfleet, embedfleet.config.celery_app, embedfleet.producers.cli, embedfleet.storage.engine\n"
+    code = ("import embedfleet, embedfleet.config.celery_app, embedfleet.cli, embedfleet.storage.engine\n"
             "print(embedfleet.config.celery_app.app.main)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -193,7 +193,7 @@ def test_flower_credentials_flower_would_misread_are_refused() -> None:
     """A comma would split Flower's list of users; a colon would end the user name early."""
     import click
 
-    from embedfleet.producers.cli_ops import flower_auth_argument
+    from embedfleet.cli.ops import flower_auth_argument
 
     assert flower_auth_argument("ops", "s3:cret") == "--basic-auth=ops:s3:cret"
     for user, password in [("o:ps", "pw"), ("o,ps", "pw"), ("ops", "p,w")]:

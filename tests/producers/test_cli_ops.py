@@ -108,7 +108,7 @@ def test_operations_commands_import_no_torch() -> None:
 
     code = (
         "import sys\n"
-        "import embedfleet.producers.cli_ops, embedfleet.storage.metrics, flower.command, prometheus_client\n"
+        "import embedfleet.cli.ops, embedfleet.storage.metrics, flower.command, prometheus_client\n"
         "bad = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

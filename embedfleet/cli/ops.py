@@ -1,7 +1,6 @@
 """Operations commands: registered on the `embedfleet` group by importing this module.
 
-`producers/cli.py` imports this module at its end, after `cli` is defined, so the names
-imported from it below already exist. Like the rest of `producers`, nothing here imports
+Like `producers`, nothing here imports
 torch: a monitoring host needs no model.
 """
 
@@ -14,8 +13,9 @@ import threading
 
 import click
 
-from .cli import _apply, _summary, cli
 from ..storage.engine import get_engine, redact
+from .main import cli
+from .options import apply_settings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def flower(port: int, no_auth: bool, flower_args: tuple[str, ...]) -> None:
 
     Extra arguments go to Flower (`--address=127.0.0.1`, `--read_only=True`, ...).
     """
-    settings = _apply()
+    settings = apply_settings()
     argv = ["flower", f"--port={port}", *flower_args]
     if no_auth:
         # Flower's /api answers 401 to everyone when no auth is configured, unless the
@@ -73,7 +73,7 @@ def jobs(limit: int, db: str | None) -> None:
     from ..storage.ledger import job_stats
     from ..storage.metrics import recent_job_ids
 
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     engine = get_engine(settings.database_url)
     ids = recent_job_ids(engine, limit)
     if not ids:
@@ -99,7 +99,7 @@ def metrics(port: int, address: str, limit: int, db: str | None) -> None:
 
     from ..storage.metrics import collect_registry
 
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     engine = get_engine(settings.database_url)
     server, thread = start_http_server(port, addr=address, registry=collect_registry(engine, limit))
     click.echo(f"serving job metrics of {redact(settings.database_url)} on http://{address}:{port}/metrics",

@@ -6,8 +6,10 @@ import json
 
 import click
 
-from .cli import DB_OPTION, _apply, _fleet_sender, cli
+from ..producers.sending import fleet_sender
 from ..storage.engine import get_engine
+from .main import cli
+from .options import DB_OPTION, apply_settings
 
 
 @cli.group()
@@ -24,7 +26,7 @@ def dlq_list(job: str | None, include_resolved: bool, limit: int, db: str | None
     """One line per letter: id, job, record id, position, error."""
     from ..storage.dead_letters import list_letters
 
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     letters = list_letters(get_engine(settings.database_url), job, include_resolved, limit)
     for letter in letters:
         state = "resolved" if letter.resolved_at else "open"
@@ -43,7 +45,7 @@ def dlq_show(letter_id: int, db: str | None) -> None:
 
     from ..storage.dead_letters import get_letters
 
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     (letter,) = get_letters(get_engine(settings.database_url), [letter_id])
     click.echo(json.dumps(dataclasses.asdict(letter), indent=2, ensure_ascii=False))
 
@@ -54,15 +56,15 @@ def dlq_show(letter_id: int, db: str | None) -> None:
 @DB_OPTION
 def dlq_redrive(letter_ids: tuple[int, ...], job: str | None, db: str | None) -> None:
     """Send letters' records through the normal path again; each letter clears when its record is stored."""
-    from .recovery import redrive
+    from ..producers.recovery import redrive
     from ..storage.dead_letters import get_letters, list_letters
 
     if bool(letter_ids) == bool(job):
         raise click.UsageError("give either letter ids or --job")
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     engine = get_engine(settings.database_url)
     letters = get_letters(engine, letter_ids) if letter_ids else list_letters(engine, job)
-    job_ids = redrive(engine, _fleet_sender(settings), letters, settings.chunk_size, settings.chunk_token_budget,
+    job_ids = redrive(engine, fleet_sender(settings), letters, settings.chunk_size, settings.chunk_token_budget,
                       settings.max_tokens_per_record)
     for job_id in job_ids:
         click.echo(job_id)

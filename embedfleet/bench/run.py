@@ -4,7 +4,7 @@ In-process sections: batching (the seed's table: one at a time vs batch sizes), 
 plain fp32 SentenceTransformer.encode(batch_size=32), the user's alternative), run (the
 embedded default end to end, and the cosine of its vectors to the direct ones), stress
 (30,000 one-line records through `run`), memory (producer peak RSS). Fleet sections are in
-workers/bench_fleet.py.
+embedfleet/bench/fleet.py; what they share is in embedfleet/bench/common.py.
 """
 
 from __future__ import annotations
@@ -15,67 +15,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .common import BIN, SECTIONS, BenchReport, cli_env, latest_job, load_records, write_corpus
 from ..config.settings import Settings
-from ..producers.readers import Corpus
 from ..producers.records import FieldSpec, Record
-from ..producers.validation import valid_records
-
-BIN = Path(sys.executable).parent
-SECTIONS = ("batching", "direct", "run", "fleet", "layout", "pipeline", "storage", "stress", "memory")
-
-
-@dataclass
-class BenchReport:
-    corpus: str
-    records: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, section: str, what: str, seconds: float | None = None, records: int | None = None,
-            **extra: Any) -> dict[str, Any]:
-        row: dict[str, Any] = {"section": section, "what": what}
-        if seconds is not None:
-            row["seconds"] = round(seconds, 3)
-        if seconds and records:
-            row["records_per_s"] = round(records / seconds, 1)
-        row.update({k: v for k, v in extra.items() if v is not None})
-        self.rows.append(row)
-        print(f"  {section}: {what}: {json.dumps({k: v for k, v in row.items() if k not in ('section', 'what')})}",
-              file=sys.stderr, flush=True)
-        return row
-
-
-def load_records(corpus: str, spec: FieldSpec, limit: int | None) -> list[Record]:
-    records = [r for r in valid_records(Corpus(corpus), spec) if isinstance(r, Record)]
-    return records[:limit] if limit else records
-
-
-def write_corpus(records: list[Record], path: Path, total: int | None = None) -> list[str]:
-    """A JSONL corpus of the records' texts, cycled up to total with fresh ids and a number on
-    each text, so repeats are not deduplicated away. Returns the ids."""
-    total = total or len(records)
-    cycled = total != len(records)
-    ids = []
-    with path.open("w", encoding="utf-8") as out:
-        for i in range(total):
-            record = records[i % len(records)]
-            record_id = f"{record.record_id}-{i}" if cycled else record.record_id
-            text = f"{record.text} ({i})" if cycled else record.text
-            ids.append(record_id)
-            out.write(json.dumps({"id": record_id, "text": text}) + "\n")
-    return ids
 
 
 def fp32_model():  # type: ignore[no-untyped-def]
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from .encoder import model_path
+    from ..workers.encoder import model_path
 
     torch.set_num_threads(os.cpu_count() or 1)
     return SentenceTransformer(model_path(Settings().model), device="cpu")
@@ -107,22 +61,6 @@ def bench_direct(report: BenchReport, model: Any, texts: list[str]) -> tuple[flo
     report.add("direct", "SentenceTransformer.encode fp32, batch_size=32 (baseline)", seconds, len(texts), ratio=1.0)
     return seconds, vectors
 
-
-def latest_job(db_url: str) -> dict[str, Any]:
-    from sqlalchemy import select
-
-    from ..storage.engine import get_engine
-    from ..storage.ledger import job_stats
-    from ..storage.schema import jobs
-
-    engine = get_engine(db_url)
-    with engine.connect() as conn:
-        job_id = conn.execute(select(jobs.c.id).order_by(jobs.c.created_at.desc())).scalars().first()
-    return job_stats(engine, job_id).as_dict()
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", **extra}
 
 
 def embedded_run(corpus: Path, db: str) -> tuple[float, dict[str, Any]]:
@@ -158,7 +96,7 @@ def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float
 
 _MEMORY_PROBE = """
 import sys
-from ..producers.cli import main
+from embedfleet.cli import main
 try:
     main()
 finally:
@@ -218,7 +156,7 @@ def print_table(report: BenchReport) -> None:
 
 def run_bench(corpus: str, spec: FieldSpec, sections: list[str], limit: int | None, broker_url: str, pg_url: str,
               as_json: bool) -> BenchReport:
-    from . import bench_fleet
+    from . import fleet as bench_fleet
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:

@@ -18,14 +18,14 @@ from celery.contrib.testing.worker import start_worker
 from celery.worker import state as worker_state
 from sqlalchemy import Engine
 
-from ..config.celery_app import app
-from ..config.queues import COLLECT_QUEUE, EMBED_QUEUE
-from ..config.settings import get_settings
-from ..producers.progress import JobProgress
-from ..producers.submit import JobRequest, Submission, celery_sender, submit
-from ..storage.engine import get_engine
-from ..storage.ledger import JobStats, chunk_counts
-from .resident import get_encoder
+from .config.celery_app import app
+from .config.queues import COLLECT_QUEUE, EMBED_QUEUE
+from .config.settings import get_settings
+from .producers.progress import JobProgress
+from .producers.submit import JobRequest, Submission, celery_sender, submit
+from .storage.engine import get_engine
+from .storage.ledger import JobStats, chunk_counts
+from .workers.resident import get_encoder
 
 log = logging.getLogger(__name__)
 

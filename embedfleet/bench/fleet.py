@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..config.settings import Settings
-from .bench import BIN, BenchReport, cli_env, latest_job, write_corpus
+from .common import BIN, BenchReport, cli_env, latest_job, write_corpus
 
 NOOP = "embedfleet.workers.encoder:NoopEncoder"
 

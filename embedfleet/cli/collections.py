@@ -10,11 +10,15 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from .cli import DB_OPTION, BrokerUnavailable, _apply, _report, _submit_fleet, _summary, cli, follow
-from .readers import CorpusError
-from .validation import InvalidInput
+from ..producers.progress import follow
+from ..producers.readers import CorpusError
+from ..producers.sending import BrokerUnavailable
+from ..producers.validation import InvalidInput
 from ..storage.collections import cutover, drop_version, get_collection, new_version, rollback, version_rows
 from ..storage.engine import get_engine
+from .jobs import submit_to_fleet
+from .main import cli
+from .options import DB_OPTION, apply_settings, report_invalid, summary
 
 
 def collection_status(engine: Engine, name: str, as_json: bool) -> None:
@@ -36,17 +40,17 @@ def collection_status(engine: Engine, name: str, as_json: bool) -> None:
 def _run_request(request: Any, local: bool, wait: bool, settings: Any) -> None:
     """The job on the fleet (or in-process with --local), followed when asked."""
     if local:
-        from ..workers.embedded import run_embedded
+        from ..embedded import run_embedded
 
         submission, stats = run_embedded(request)
-        click.echo(_summary(stats))
-        _report(submission)
+        click.echo(summary(stats))
+        report_invalid(submission)
         return
     engine = get_engine(settings.database_url)
-    submission = _submit_fleet(engine, request, settings)
-    _report(submission)
+    submission = submit_to_fleet(engine, request, settings)
+    report_invalid(submission)
     if wait:
-        click.echo(_summary(follow(engine, submission.job_id)))
+        click.echo(summary(follow(engine, submission.job_id, settings)))
 
 
 LOCAL = click.option("--local", is_flag=True, help="Run on the embedded default (in-process worker) instead of the fleet.")
@@ -61,9 +65,9 @@ WAIT = click.option("--wait", is_flag=True, help="Follow the job until it ends."
 @DB_OPTION
 def reindex(collection: str, sync: str | None, wait: bool, local: bool, db: str | None) -> None:
     """Re-run the collection's registered source: only new and changed records are embedded."""
-    from .reindex import registered_request
+    from ..producers.reindex import registered_request
 
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     request = registered_request(get_engine(settings.database_url), collection, settings, sync=sync)
     _run_request(request, local, wait, settings)
 
@@ -81,7 +85,7 @@ def migrate(collection: str, model: str, no_cutover: bool, no_model_check: bool,
             db: str | None) -> None:
     """Re-embed the collection with another model into a new version; reads stay on the current
     one until the new version is complete, then switch in one transaction."""
-    from .reindex import registered_request
+    from ..producers.reindex import registered_request
 
     if not no_model_check:
         # Its files, not a load: this host may be a producer without torch. A worker that
@@ -92,7 +96,7 @@ def migrate(collection: str, model: str, no_cutover: bool, no_model_check: bool,
         if problem:
             raise click.ClickException(f"cannot load model {model!r}: {problem}; no version was created "
                                        "(--no-model-check if only the workers have it)")
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     engine = get_engine(settings.database_url)
     request = registered_request(engine, collection, settings)  # fails early if the source is gone
     version = new_version(engine, collection, model)
@@ -112,7 +116,7 @@ def migrate(collection: str, model: str, no_cutover: bool, no_model_check: bool,
 @DB_OPTION
 def cutover_command(collection: str, number: int | None, db: str | None) -> None:
     """Switch reads to a complete version (the current one becomes the rollback target)."""
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     version = cutover(get_engine(settings.database_url), collection, number)
     click.echo(f"{collection} now reads version {version.version} ({version.model})")
 
@@ -122,7 +126,7 @@ def cutover_command(collection: str, number: int | None, db: str | None) -> None
 @DB_OPTION
 def rollback_command(collection: str, db: str | None) -> None:
     """Switch reads back to the previous version, until it is dropped."""
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     version = rollback(get_engine(settings.database_url), collection)
     click.echo(f"{collection} now reads version {version.version} ({version.model})")
 
@@ -133,7 +137,7 @@ def rollback_command(collection: str, db: str | None) -> None:
 @DB_OPTION
 def drop_version_command(collection: str, number: int, db: str | None) -> None:
     """Delete a version that is not current (and with it, the rollback to it)."""
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     rows = drop_version(get_engine(settings.database_url), collection, number)
     click.echo(f"dropped version {number} of {collection}: {rows} vectors deleted")
 
@@ -152,7 +156,7 @@ def search(query: str | None, collection: str, k: int, batch_query: Path | None,
 
     if bool(query) == bool(batch_query):
         raise click.UsageError("give either a QUERY or --batch-query FILE")
-    settings = _apply(database_url=db)
+    settings = apply_settings(database_url=db)
     engine = get_engine(settings.database_url)
     version = get_collection(engine, collection).current
     queries = [query] if query else [line.strip() for line in batch_query.read_text().splitlines() if line.strip()]

@@ -1,0 +1,1 @@
+"""`embedfleet bench`: speed measured side by side in one run (see docs/benchmarks.md)."""

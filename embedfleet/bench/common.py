@@ -1,0 +1,75 @@
+"""What the bench sections share: the report, the corpus they write, and the CLI they run."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..producers.readers import Corpus
+from ..producers.records import FieldSpec, Record
+from ..producers.validation import valid_records
+
+BIN = Path(sys.executable).parent
+SECTIONS = ("batching", "direct", "run", "fleet", "layout", "pipeline", "storage", "stress", "memory")
+
+
+@dataclass
+class BenchReport:
+    corpus: str
+    records: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, section: str, what: str, seconds: float | None = None, records: int | None = None,
+            **extra: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {"section": section, "what": what}
+        if seconds is not None:
+            row["seconds"] = round(seconds, 3)
+        if seconds and records:
+            row["records_per_s"] = round(records / seconds, 1)
+        row.update({k: v for k, v in extra.items() if v is not None})
+        self.rows.append(row)
+        print(f"  {section}: {what}: {json.dumps({k: v for k, v in row.items() if k not in ('section', 'what')})}",
+              file=sys.stderr, flush=True)
+        return row
+
+
+def load_records(corpus: str, spec: FieldSpec, limit: int | None) -> list[Record]:
+    records = [r for r in valid_records(Corpus(corpus), spec) if isinstance(r, Record)]
+    return records[:limit] if limit else records
+
+
+def write_corpus(records: list[Record], path: Path, total: int | None = None) -> list[str]:
+    """A JSONL corpus of the records' texts, cycled up to total with fresh ids and a number on
+    each text, so repeats are not deduplicated away. Returns the ids."""
+    total = total or len(records)
+    cycled = total != len(records)
+    ids = []
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(total):
+            record = records[i % len(records)]
+            record_id = f"{record.record_id}-{i}" if cycled else record.record_id
+            text = f"{record.text} ({i})" if cycled else record.text
+            ids.append(record_id)
+            out.write(json.dumps({"id": record_id, "text": text}) + "\n")
+    return ids
+
+
+def latest_job(db_url: str) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from ..storage.engine import get_engine
+    from ..storage.ledger import job_stats
+    from ..storage.schema import jobs
+
+    engine = get_engine(db_url)
+    with engine.connect() as conn:
+        job_id = conn.execute(select(jobs.c.id).order_by(jobs.c.created_at.desc())).scalars().first()
+    return job_stats(engine, job_id).as_dict()
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", **extra}

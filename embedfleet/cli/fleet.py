@@ -1,0 +1,71 @@
+"""Fleet processes: `worker` and `beat` (Celery's, configured from the settings)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..config.settings import get_settings, set_settings
+from .main import cli
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--queues", "-Q", default="embed,collect,dead_letter", show_default=True, help="Queues to consume.")
+@click.option("--concurrency", "-c", type=int, default=None,
+              help="Worker processes [one per core on a CPU, one per GPU with --device cuda].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[EMBEDFLEET_DEVICE]")
+@click.option("--batch-size", type=int, default=None, help="Most texts per forward pass [32].")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(queues: str, concurrency: int | None, device: str | None, batch_size: int | None, loglevel: str,
+           celery_args: tuple[str, ...]) -> None:
+    """A fleet worker on EMBEDFLEET_BROKER_URL (extra arguments go to `celery worker`)."""
+    from ..workers.precision import gpu_count
+
+    if device:
+        os.environ["EMBEDFLEET_DEVICE"] = device
+    if batch_size:
+        os.environ["EMBEDFLEET_BATCH_SIZE"] = str(batch_size)
+    set_settings(None)
+    gpus = gpu_count() if get_settings().device in ("auto", "cuda") else 0
+    # Measured on 2 cores: two processes of one torch thread beat one of two threads by
+    # 7-10% (docs/benchmarks.md), so a CPU worker runs a process per core; a GPU worker
+    # runs a process per GPU, each pinned to its own.
+    concurrency = concurrency or gpus or os.cpu_count() or 1
+    os.environ.setdefault("EMBEDFLEET_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
+    set_settings(None)
+    if "embed" in queues.split(","):
+        # Fail here, with the reason in one line, rather than in every task: a worker that
+        # cannot load its encoder or find its model's files must not take chunks at all.
+        from ..workers.availability import model_problem
+        from ..workers.encoder import EncoderConfigError, encoder_class
+
+        try:
+            encoder_class(get_settings())
+        except EncoderConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+        problem = None if get_settings().encoder else model_problem(get_settings().model)
+        if problem:
+            raise click.ClickException(f"cannot load model {get_settings().model!r}: {problem}")
+    from ..config.celery_app import app
+
+    app.conf.broker_url = get_settings().broker_url
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, *celery_args]
+    app.worker_main(argv)
+    from ..workers.resident import model_load_failed
+
+    if model_load_failed():
+        sys.exit(1)  # a pool process could not load the model and stopped the worker; it logged why
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """The scheduler: the nightly reindex and the stalled-job reconciler (extra arguments go to `celery beat`)."""
+    from ..config.celery_app import app
+
+    app.conf.broker_url = get_settings().broker_url
+    app.start(["beat", "-l", loglevel, *celery_args])
