@@ -7,5 +7,5 @@ from .celeryconfig import celery_config
 from .settings import get_settings
 
 # `include` is imported by workers only, so a producer host never imports torch.
-app = Celery("embedfleet", include=["embedfleet.workers.tasks"])
+app = Celery("embedfleet", include=["embedfleet.workers.tasks", "embedfleet.producers.tasks"])
 app.conf.update(celery_config(get_settings()), beat_schedule=beat_schedule(get_settings()))

@@ -22,7 +22,8 @@ from .config.celery_app import app
 from .config.queues import COLLECT_QUEUE, EMBED_QUEUE
 from .config.settings import get_settings
 from .producers.progress import JobProgress
-from .producers.submit import JobRequest, Submission, celery_sender, submit
+from .config.sending import celery_sender
+from .producers.submit import JobRequest, Submission, submit
 from .storage.engine import get_engine
 from .storage.ledger import JobStats, chunk_counts
 from .workers.resident import get_encoder

@@ -5,20 +5,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 
+from ..config.tokens import estimate_tokens, is_truncated
 from .records import Record
 
-# WordPiece and BPE average about four characters a token on English text and code; the
-# estimate only sizes chunks, the worker's tokenizer does the real (truncating) count.
-CHARS_PER_TOKEN = 4
-
-
-def estimate_tokens(text: str, window: int) -> int:
-    """Tokens the model will read: special tokens included, never more than its window."""
-    return min(window, len(text) // CHARS_PER_TOKEN + 2)
-
-
-def is_truncated(text: str, window: int) -> bool:
-    return len(text) // CHARS_PER_TOKEN + 2 > window
+__all__ = ["chunk_records", "estimate_tokens", "is_truncated", "sort_windows"]
 
 
 def sort_windows(records: Iterable[Record], window: int) -> Iterator[Record]:

@@ -19,7 +19,7 @@ from ..config.settings import Settings
 from ..storage.errors import JobEnded
 from ..storage.ledger import JobStats, job_stats
 
-from .submit import Sender
+from ..config.sending import Sender, payload_sender
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class JobProgress:
         # The longest the database may stay unreachable before waiting gives up.
         self.outage_limit = outage_limit
         # Called every sweep_every seconds while waiting: re-sends the job's chunks held by
-        # dead workers (producers/recovery.py: resend_stranded), so a waiting producer
+        # dead workers (storage/resend.py: resend_stranded), so a waiting producer
         # recovers its job even with no live worker sweeping and no beat.
         self.sweep = sweep
         self.sweep_every = sweep_every
@@ -162,7 +162,7 @@ class JobProgress:
 def follow(engine: Engine, job_id: str, settings: Settings, timeout: float | None = None) -> JobStats:
     """Wait for the job with a live display (a bar on a terminal, plain lines otherwise),
     riding out database drops, and re-send its chunks held by dead workers meanwhile."""
-    from .recovery import resend_stranded
+    from ..storage.resend import resend_stranded
     from .sending import fleet_sender
 
     senders: list[Sender] = []
@@ -175,6 +175,6 @@ def follow(engine: Engine, job_id: str, settings: Settings, timeout: float | Non
         senders[0](chunk)
 
     with JobProgress(engine, job_id, lease_seconds=settings.lease_seconds,
-                     sweep=lambda: resend_stranded(engine, send, settings.dead_after_seconds, job_id),
+                     sweep=lambda: resend_stranded(engine, payload_sender(send), settings.dead_after_seconds, job_id),
                      sweep_every=settings.heartbeat_seconds) as progress:
         return progress.wait_done(timeout=timeout)

@@ -7,44 +7,17 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
-import msgpack
 from sqlalchemy import Engine
 
-from ..config.messages import ChunkTexts
 from .chunking import chunk_records
 from .records import Record
-from .submit import Sender, send_chunks
+from ..config.sending import Sender
+from .submit import send_chunks
 from ..storage.dead_letters import Letter, id_altered
 from ..storage.collections import get_version
-from ..storage.ledger import close_submission, create_job, mark_resent, open_chunk_payloads
-from ..storage.liveness import claim_stranded, unclaim
+from ..storage.ledger import close_submission, create_job
 
 log = logging.getLogger(__name__)
-
-
-def resend_open_chunks(engine: Engine, send: Sender, job_id: str) -> int:
-    """Every chunk of the job that is not done, sent again from the ledger's copy. Chunks that
-    are in fact still queued get done twice, which the idempotent upsert makes harmless."""
-    payloads = open_chunk_payloads(engine, job_id)
-    for _seq, payload in payloads:
-        send(ChunkTexts.from_wire(msgpack.unpackb(payload)))
-    mark_resent(engine, job_id, [seq for seq, _ in payloads])
-    return len(payloads)
-
-
-def resend_stranded(engine: Engine, send: Sender, dead_after: float, job_id: str | None = None,
-                    claimant: str | None = None) -> int:
-    """Re-send the open chunks (of one job, or all) held by worker nodes that stopped beating:
-    seconds after a worker dies, not after the broker's visibility timeout."""
-    claimed = claim_stranded(engine, dead_after, job_id, claimant)
-    for chunk in claimed:
-        try:
-            send(ChunkTexts.from_wire(msgpack.unpackb(chunk.payload)))
-        except Exception:
-            unclaim(engine, chunk, claimant)
-            raise
-        log.warning("re-sent job=%s chunk=%d: its worker stopped beating", chunk.job_id, chunk.seq)
-    return len(claimed)
 
 
 def redrive(engine: Engine, send: Sender, letters: Sequence[Letter], chunk_size: int, token_budget: int,

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from celery import Celery
 from sqlalchemy import Engine
 
 from ..config.messages import ChunkTexts
-from ..config.queues import ENCODE_TASK
+from ..config.sending import Sender
 from .chunking import chunk_records, is_truncated, sort_windows
 from .incremental import Changes, detect_changes, sweep_deleted
 from .readers import Source
@@ -25,7 +24,6 @@ from ..storage.ledger import (CANCELLED, abandon_submission, add_chunk, check_co
 
 log = logging.getLogger(__name__)
 
-Sender = Callable[[ChunkTexts], None]
 # Called before each chunk is written, with the job id; may block to apply back-pressure.
 RoomWaiter = Callable[[str], None]
 # Called with the job id once the job row exists, before the first chunk is sent.
@@ -91,16 +89,6 @@ class Submission:
     @property
     def records_sent(self) -> int:
         return self.records_read - self.skipped_invalid
-
-
-def celery_sender(app: Celery) -> Sender:
-    """Send by task name, so the producer needs no model and no worker code."""
-
-    def send(chunk: ChunkTexts) -> None:
-        # kwargsrepr: Flower and logs show job and chunk, never the texts.
-        app.send_task(ENCODE_TASK, kwargs={"chunk": chunk.to_wire()}, kwargsrepr=chunk.label())
-
-    return send
 
 
 def send_chunks(

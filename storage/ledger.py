@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, and_, func, insert, select, update
 
 from .collections import cutover_conn, mark_ready
 from .errors import LedgerError, check_collection_name  # noqa: F401  (re-exported)

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from ..config.settings import DEFAULT_MODEL, Settings
-from ..producers.chunking import estimate_tokens
+from ..config.tokens import estimate_tokens
 
 # Weights come from disk (the packaged model or a directory), never from a hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -28,10 +28,10 @@ from celery.signals import celeryd_init, task_received, worker_shutdown
 from ..config.celery_app import app
 from ..config.queues import COLLECT_TASK, ENCODE_TASK
 from ..config.settings import get_settings
-from ..producers.recovery import resend_stranded
-from ..producers.submit import celery_sender
+from ..config.sending import celery_sender, payload_sender
 from ..storage.engine import get_engine
 from ..storage.liveness import beat, hold, retire
+from ..storage.resend import resend_stranded
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Heartbeat(threading.Thread):
         self.interval = settings.heartbeat_seconds
         self.dead_after = settings.dead_after_seconds
         self.database_url = settings.database_url
-        self.send = celery_sender(app)
+        self.send = payload_sender(celery_sender(app))
         self._received: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()

@@ -1,5 +1,5 @@
-"""The Celery tasks: encode a whole chunk, collect its vectors into SQL, note dead letters,
-and re-send chunks whose messages the broker lost."""
+"""The worker's Celery tasks: encode a whole chunk, collect its vectors into SQL, note dead
+letters. (The producer-side tasks, reconcile and reindex, are in producers/tasks.py.)"""
 
 from __future__ import annotations
 
@@ -13,17 +13,14 @@ from sqlalchemy.exc import OperationalError
 
 from ..config.celery_app import app
 from ..config.messages import ChunkTexts, ChunkVectors, DeadRecord
-from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK, RECONCILE_TASK, REINDEX_TASK
+from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK
 from ..config.settings import get_settings
 from ..storage import codec
-from ..storage.collections import claim_reindex
 from ..storage.dead_letters import dead_letter_chunk
 from ..storage.engine import get_engine
 from ..storage.safe_errors import error_type, redacted, safe_error
-from ..producers.recovery import resend_open_chunks, resend_stranded
-from ..producers.reindex import registered_request
-from ..producers.submit import celery_sender, submit
-from ..storage.ledger import abandon_stalled_submissions, count_retry, stalled_jobs, start_delivery
+from ..config.sending import celery_sender
+from ..storage.ledger import count_retry, start_delivery
 from ..storage.vectors import store_chunk
 from . import heartbeat
 from .deliveries import MODEL_UNAVAILABLE, crashed_too_often, isolate_crash, model_backoff
@@ -182,32 +179,3 @@ def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
 def dead_letter(job_id: str, seq: int, count: int, error_types: str) -> None:
     """A notice Flower shows on the dead_letter queue; `embedfleet dlq` reads the records."""
     log.warning("dead letters job=%s chunk=%d count=%d errors=%s", job_id, seq, count, error_types)
-
-
-@app.task(name=RECONCILE_TASK, max_retries=0)
-def reconcile() -> dict[str, int]:
-    """Beat runs this: re-send the open chunks of jobs that show no sign of life for a lease."""
-    resent = {}
-    engine = _engine()
-    for job_id in abandon_stalled_submissions(engine, get_settings().lease_seconds):
-        log.warning("job %s abandoned: its producer stopped before sending every chunk", job_id)
-    # Chunks held by dead workers (the workers' own sweeps usually got there first).
-    resend_stranded(engine, celery_sender(app), get_settings().dead_after_seconds)
-    for job_id in stalled_jobs(engine, get_settings().lease_seconds):
-        resent[job_id] = resend_open_chunks(engine, celery_sender(app), job_id)
-        log.warning("reconciler re-sent %d chunks of stalled job %s", resent[job_id], job_id)
-    return resent
-
-
-@app.task(name=REINDEX_TASK, max_retries=0)
-def reindex(collection: str) -> str | None:
-    """Beat runs this nightly per collection: re-run its registered source, embedding only
-    what changed. The claim makes a second beat, or a restart across the hour, a no-op."""
-    settings = get_settings()
-    engine = _engine()
-    if not claim_reindex(engine, collection, settings.reindex_min_gap_seconds):
-        log.info("reindex of %s already started within %ss: skipped", collection, settings.reindex_min_gap_seconds)
-        return None
-    submission = submit(engine, registered_request(engine, collection, settings), celery_sender(app))
-    log.warning("reindex of %s: job %s, %d chunks", collection, submission.job_id, submission.chunks)
-    return submission.job_id

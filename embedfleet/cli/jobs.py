@@ -108,10 +108,11 @@ def cancel(job: str, db: str | None) -> None:
 @DB_OPTION
 def resume(job: str, db: str | None) -> None:
     """Send again every chunk of JOB that is not done (after the broker lost its queues)."""
-    from ..producers.recovery import resend_open_chunks
+    from ..config.sending import payload_sender
+    from ..storage.resend import resend_open_chunks
 
     settings = apply_settings(database_url=db)
-    count = resend_open_chunks(get_engine(settings.database_url), fleet_sender(settings), job)
+    count = resend_open_chunks(get_engine(settings.database_url), payload_sender(fleet_sender(settings)), job)
     click.echo(f"re-sent {count} open chunks of job {job}")
 
 
