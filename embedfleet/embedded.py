@@ -20,12 +20,13 @@ from sqlalchemy import Engine
 
 from .config.celery_app import app
 from .config.queues import COLLECT_QUEUE, EMBED_QUEUE
+from .config.sending import celery_sender
 from .config.settings import get_settings
 from .producers.progress import JobProgress
-from .config.sending import celery_sender
 from .producers.submit import JobRequest, Submission, submit
 from .storage.engine import get_engine
-from .storage.ledger import JobStats, chunk_counts
+from .storage.jobs import JobStats
+from .storage.ledger import chunk_counts
 from .workers.resident import get_encoder
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from ..storage.vectors import delete_ids, iter_ids, move_positions, stored_state
 from .records import Record
 from .validation import Scan, text_hash64
-from ..storage.vectors import delete_ids, iter_ids, move_positions, stored_state
 
 LOOKUP_BATCH = 512
 

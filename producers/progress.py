@@ -10,16 +10,21 @@ from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ..config.messages import ChunkTexts
+from ..config.sending import Sender, payload_sender
 from ..config.settings import Settings
 from ..storage.errors import JobEnded
-from ..storage.ledger import JobStats, job_stats
-
-from ..config.sending import Sender, payload_sender
+from ..storage.jobs import JobStats, job_stats
 
 log = logging.getLogger(__name__)
 

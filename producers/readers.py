@@ -118,10 +118,9 @@ class SqlSource:
 
     def records(self) -> Iterator[RawRecord]:
         from sqlalchemy import create_engine
+        from sqlalchemy.exc import SQLAlchemyError
 
         from ..storage.engine import normalise_url
-
-        from sqlalchemy.exc import SQLAlchemyError
 
         engine = create_engine(normalise_url(self.url))
         try:

@@ -8,8 +8,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from .readers import RawRecord
 from ..storage.schema import vectors
+from .readers import RawRecord
 
 # The longest id storage holds: the vectors.record_id column's length (PostgreSQL enforces
 # it, in characters; dead_letters.record_id has the same length).

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
+from ..config.sending import Sender
+from ..storage.collections import get_version
+from ..storage.dead_letters import Letter, id_altered
+from ..storage.ledger import close_submission, create_job
 from .chunking import chunk_records
 from .records import Record
-from ..config.sending import Sender
 from .submit import send_chunks
-from ..storage.dead_letters import Letter, id_altered
-from ..storage.collections import get_version
-from ..storage.ledger import close_submission, create_job
 
 log = logging.getLogger(__name__)
 

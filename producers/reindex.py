@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from ..config.settings import Settings
+from ..storage.collections import get_collection
 from .readers import source_from_spec
 from .records import FieldSpec
 from .submit import JobRequest
-from ..storage.collections import get_collection
 
 
 def registered_request(engine: Engine, name: str, settings: Settings, model: str | None = None,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from ..config.sending import Sender, celery_sender
 from ..config.settings import Settings
 from ..storage.engine import redact
 from ..storage.safe_errors import reason
-from ..config.sending import Sender, celery_sender
 
 # Seconds a producer waits for the broker to accept a connection before it gives up.
 BROKER_CONNECT_TIMEOUT = 5.0

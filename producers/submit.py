@@ -12,15 +12,22 @@ from sqlalchemy import Engine
 
 from ..config.messages import ChunkTexts
 from ..config.sending import Sender
+from ..storage.collections import Version, get_version, open_collection
+from ..storage.errors import JobEnded
+from ..storage.ledger import (
+    CANCELLED,
+    abandon_submission,
+    add_chunk,
+    check_collection_name,
+    close_submission,
+    create_job,
+    job_state,
+)
 from .chunking import chunk_records, is_truncated, sort_windows
 from .incremental import Changes, detect_changes, sweep_deleted
 from .readers import Source
 from .records import FieldSpec, Record
 from .validation import InvalidInput, scan_corpus, valid_records
-from ..storage.collections import Version, get_version, open_collection
-from ..storage.errors import JobEnded
-from ..storage.ledger import (CANCELLED, abandon_submission, add_chunk, check_collection_name, close_submission,
-                            create_job, job_state)
 
 log = logging.getLogger(__name__)
 

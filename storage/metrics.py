@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Engine, and_, or_, select
 
-from .ledger import OPEN_CHUNK_STATES, JobStats, job_stats
+from .jobs import JobStats, job_stats
+from .ledger import OPEN_CHUNK_STATES
 from .schema import chunks, jobs
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from celery.signals import celeryd_init, task_received, worker_shutdown
 
 from ..config.celery_app import app
 from ..config.queues import COLLECT_TASK, ENCODE_TASK
-from ..config.settings import get_settings
 from ..config.sending import celery_sender, payload_sender
+from ..config.settings import get_settings
 from ..storage.engine import get_engine
 from ..storage.liveness import beat, hold, retire
 from ..storage.resend import resend_stranded

@@ -34,7 +34,9 @@ def get_encoder(model: str | None = None) -> Any:
     settings = get_settings()
     name = model or settings.model
     if name not in _encoders:
-        from .encoder import load_encoder  # torch is imported here, in the child, not before fork
+        from .encoder import (
+            load_encoder,  # torch is imported here, in the child, not before fork
+        )
 
         _encoders[name] = load_encoder(settings.model_copy(update={"model": name}))
     return _encoders[name]

@@ -14,16 +14,21 @@ from sqlalchemy.exc import OperationalError
 from ..config.celery_app import app
 from ..config.messages import ChunkTexts, ChunkVectors, DeadRecord
 from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK
+from ..config.sending import celery_sender
 from ..config.settings import get_settings
 from ..storage import codec
 from ..storage.dead_letters import dead_letter_chunk
 from ..storage.engine import get_engine
-from ..storage.safe_errors import error_type, redacted, safe_error
-from ..config.sending import celery_sender
 from ..storage.ledger import count_retry, start_delivery
+from ..storage.safe_errors import error_type, redacted, safe_error
 from ..storage.vectors import store_chunk
 from . import heartbeat
-from .deliveries import MODEL_UNAVAILABLE, crashed_too_often, isolate_crash, model_backoff
+from .deliveries import (
+    MODEL_UNAVAILABLE,
+    crashed_too_often,
+    isolate_crash,
+    model_backoff,
+)
 from .isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
 from .resident import get_encoder
 

@@ -62,7 +62,7 @@ def latest_job(db_url: str) -> dict[str, Any]:
     from sqlalchemy import select
 
     from ..storage.engine import get_engine
-    from ..storage.ledger import job_stats
+    from ..storage.jobs import job_stats
     from ..storage.schema import jobs
 
     engine = get_engine(db_url)

@@ -20,9 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from .common import BIN, SECTIONS, BenchReport, cli_env, latest_job, load_records, write_corpus
 from ..config.settings import Settings
 from ..producers.records import FieldSpec, Record
+from .common import (
+    BIN,
+    SECTIONS,
+    BenchReport,
+    cli_env,
+    latest_job,
+    load_records,
+    write_corpus,
+)
 
 
 def fp32_model():  # type: ignore[no-untyped-def]

@@ -14,7 +14,14 @@ from ..producers.progress import follow
 from ..producers.readers import CorpusError
 from ..producers.sending import BrokerUnavailable
 from ..producers.validation import InvalidInput
-from ..storage.collections import cutover, drop_version, get_collection, new_version, rollback, version_rows
+from ..storage.collections import (
+    cutover,
+    drop_version,
+    get_collection,
+    new_version,
+    rollback,
+    version_rows,
+)
 from ..storage.engine import get_engine
 from .jobs import submit_to_fleet
 from .main import cli

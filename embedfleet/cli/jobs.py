@@ -14,10 +14,20 @@ from ..producers.progress import follow
 from ..producers.sending import fleet_sender
 from ..producers.submit import JobRequest, Submission
 from ..storage.engine import get_engine, redact
-from ..storage.ledger import LedgerError, cancel_job, job_stats
+from ..storage.jobs import job_stats
+from ..storage.ledger import LedgerError, cancel_job
 from .main import cli
-from .options import (DB_OPTION, apply_settings, condition, corpus_options, job_request, print_json,
-                      report_invalid, stats_json, summary)
+from .options import (
+    DB_OPTION,
+    apply_settings,
+    condition,
+    corpus_options,
+    job_request,
+    print_json,
+    report_invalid,
+    stats_json,
+    summary,
+)
 
 
 def announce(job_id: str) -> None:

@@ -70,7 +70,7 @@ def _when(timestamp: float) -> str:
 @click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
 def jobs(limit: int, db: str | None) -> None:
     """Recent jobs, newest first, one line each (plus any older job still running)."""
-    from ..storage.ledger import job_stats
+    from ..storage.jobs import job_stats
     from ..storage.metrics import recent_job_ids
 
     settings = apply_settings(database_url=db)

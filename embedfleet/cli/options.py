@@ -11,10 +11,10 @@ import click
 from sqlalchemy import Engine
 
 from ..config.settings import Settings, set_settings
-from ..producers.readers import Corpus, SqlSource, Source
+from ..producers.readers import Corpus, Source, SqlSource
 from ..producers.records import FieldSpec
 from ..producers.submit import JobRequest, Submission
-from ..storage.ledger import JobStats
+from ..storage.jobs import JobStats
 
 DB_OPTION = click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from embedfleet.storage.collections import get_collection
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.export import export_npy, ids_path_for, read_ids
-from embedfleet.storage.ledger import JobStats, job_stats
+from embedfleet.storage.jobs import JobStats, job_stats
 from embedfleet.storage.schema import dead_letters, vectors
 
 

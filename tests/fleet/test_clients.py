@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,7 +14,7 @@ from sqlalchemy import func, select
 from embedfleet.config.queues import COLLECT_QUEUE, EMBED_QUEUE
 from embedfleet.storage.collections import get_collection
 from embedfleet.storage.engine import get_engine
-from embedfleet.storage.ledger import job_stats
+from embedfleet.storage.jobs import job_stats
 from embedfleet.storage.schema import chunks, vectors
 from tests.conftest import BIN
 from tests.fleet.checks import assert_accounted, wait_done

@@ -21,7 +21,7 @@ from kombu import Connection, Exchange, Producer
 from embedfleet.storage.dead_letters import list_letters
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.export import read_ids
-from embedfleet.storage.ledger import job_stats
+from embedfleet.storage.jobs import job_stats
 from tests.conftest import SAMPLE
 from tests.fleet.checks import assert_accounted, wait_done
 from tests.workers.fault_encoders import NAN_MARKER, POISON_MARKER

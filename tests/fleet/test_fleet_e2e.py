@@ -14,15 +14,21 @@ from sqlalchemy import func, select
 
 from embedfleet.config.celeryconfig import celery_config
 from embedfleet.config.messages import ChunkTexts
+from embedfleet.config.sending import celery_sender
 from embedfleet.config.settings import Settings
 from embedfleet.producers.readers import Corpus
 from embedfleet.producers.records import FieldSpec
-from embedfleet.producers.submit import JobRequest, celery_sender, submit
+from embedfleet.producers.submit import JobRequest, submit
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.export import read_ids
-from embedfleet.storage.ledger import job_stats
+from embedfleet.storage.jobs import job_stats
 from embedfleet.storage.schema import vectors
-from tests.conftest import COMMIT_FIELDS, assert_matches_reference, commit_text, read_records
+from tests.conftest import (
+    COMMIT_FIELDS,
+    assert_matches_reference,
+    commit_text,
+    read_records,
+)
 
 pytestmark = pytest.mark.fleet
 

@@ -18,7 +18,6 @@ import pytest
 from embedfleet.storage.collections import get_collection
 from embedfleet.storage.dead_letters import list_letters
 from embedfleet.storage.engine import get_engine
-from embedfleet.storage.ledger import job_stats
 from tests.conftest import BIN
 from tests.fleet.checks import assert_accounted, wait_done
 from tests.fleet.test_faults import FAULTS, _corpus, _start, _submit, _wait_started

@@ -14,7 +14,7 @@ from embedfleet.config.beat import beat_schedule
 from embedfleet.config.celeryconfig import celery_config
 from embedfleet.config.settings import Settings
 from embedfleet.storage.engine import get_engine
-from embedfleet.storage.ledger import job_stats
+from embedfleet.storage.jobs import job_stats
 from tests.conftest import SAMPLE
 from tests.fleet.checks import wait_done
 

@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from embedfleet.producers.readers import Corpus, CorpusError, RawRecord, read_csv, read_jsonl
+from embedfleet.producers.readers import (
+    Corpus,
+    CorpusError,
+    RawRecord,
+    read_csv,
+    read_jsonl,
+)
 
 
 def jsonl_bytes(*lines: str) -> io.BytesIO:

@@ -7,7 +7,13 @@ import io
 import pytest
 
 from embedfleet.producers.readers import RawRecord, read_csv
-from embedfleet.producers.records import FieldSpec, Invalid, Record, build_record, content_hash
+from embedfleet.producers.records import (
+    FieldSpec,
+    Invalid,
+    Record,
+    build_record,
+    content_hash,
+)
 
 MULTI = FieldSpec(text_fields=("title", "description", "files_touched"))
 

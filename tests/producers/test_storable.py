@@ -8,7 +8,13 @@ import pytest
 from sqlalchemy import select
 
 from embedfleet.producers.readers import Corpus, RawRecord
-from embedfleet.producers.records import MAX_ID_LENGTH, FieldSpec, Invalid, Record, build_record
+from embedfleet.producers.records import (
+    MAX_ID_LENGTH,
+    FieldSpec,
+    Invalid,
+    Record,
+    build_record,
+)
 from embedfleet.producers.validation import scan_corpus
 from embedfleet.storage.schema import vectors
 from tests.conftest import TEST_REDIS_URL, embedfleet
@@ -107,7 +113,7 @@ def test_skip_invalid_on_postgres_skips_a_nul_id_and_the_job_runs(tmp_path, pg_u
     closed (running), never left `submitting` with a traceback."""
     from embedfleet.producers.submit import JobRequest, submit
     from embedfleet.storage.engine import get_engine
-    from embedfleet.storage.ledger import job_stats
+    from embedfleet.storage.jobs import job_stats
 
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in [{"id": "a", "text": "x"}, {"id": "b\x00", "text": "y"},

@@ -12,7 +12,8 @@ from embedfleet.producers.records import FieldSpec
 from embedfleet.producers.submit import EmptyCorpus, JobRequest, submit
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.errors import JobEnded
-from embedfleet.storage.ledger import cancel_job, job_stats
+from embedfleet.storage.jobs import job_stats
+from embedfleet.storage.ledger import cancel_job
 from embedfleet.storage.schema import collections, jobs
 from tests.producers.test_submit import seven_records, write_jsonl
 

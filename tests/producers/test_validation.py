@@ -8,7 +8,12 @@ import pytest
 
 from embedfleet.producers.readers import Corpus
 from embedfleet.producers.records import FieldSpec, Invalid, Record
-from embedfleet.producers.validation import SHOWN_ERRORS, InvalidInput, scan_corpus, valid_records
+from embedfleet.producers.validation import (
+    SHOWN_ERRORS,
+    InvalidInput,
+    scan_corpus,
+    valid_records,
+)
 
 
 def write_jsonl(tmp_path, rows, name="corpus.jsonl") -> Corpus:

@@ -10,10 +10,25 @@ import time
 import pytest
 from sqlalchemy import func, select, update
 
-from embedfleet.storage.collections import drop_version, get_collection, new_version, open_collection
+from embedfleet.storage.collections import (
+    drop_version,
+    get_collection,
+    new_version,
+    open_collection,
+)
 from embedfleet.storage.engine import get_engine
-from embedfleet.storage.ledger import (LedgerError, abandon_submission, add_chunk, cancel_job, check_collection_name,
-                            close_submission, create_job, finish_if_complete, job_stats, start_delivery)
+from embedfleet.storage.ledger import (
+    LedgerError,
+    abandon_submission,
+    add_chunk,
+    cancel_job,
+    check_collection_name,
+    close_submission,
+    create_job,
+    finish_if_complete,
+    start_delivery,
+)
+from embedfleet.storage.jobs import job_stats
 from embedfleet.storage.schema import chunks, jobs, vectors, versions
 from embedfleet.storage.vectors import store_chunk
 from tests.conftest import REPO

@@ -9,7 +9,8 @@ from sqlalchemy import create_engine, select, text, update
 from embedfleet.config.messages import ChunkTexts
 from embedfleet.config.settings import Settings
 from embedfleet.storage.engine import get_engine, normalise_url
-from embedfleet.storage.ledger import add_chunk, close_submission, create_job, job_stats
+from embedfleet.storage.jobs import job_stats
+from embedfleet.storage.ledger import add_chunk, close_submission, create_job
 from embedfleet.storage.liveness import beat, claim_stranded, db_now, hold, retire
 from embedfleet.storage.schema import chunks, workers
 from embedfleet.storage.splits import halve, split_chunk

@@ -13,10 +13,20 @@ from embedfleet.config.messages import ChunkTexts, ChunkVectors, DeadRecord
 from embedfleet.storage import codec
 from embedfleet.storage.bulk import upsert_isolating, upsert_rows
 from embedfleet.storage.collections import open_collection
-from embedfleet.storage.dead_letters import LETTER_ID_LENGTH, list_letters, storable_letter
+from embedfleet.storage.dead_letters import (
+    LETTER_ID_LENGTH,
+    list_letters,
+    storable_letter,
+)
 from embedfleet.storage.engine import get_engine
-from embedfleet.storage.ledger import add_chunk, close_submission, create_job, job_stats
-from embedfleet.storage.safe_errors import RedactedError, error_type, redacted, safe_error
+from embedfleet.storage.jobs import job_stats
+from embedfleet.storage.ledger import add_chunk, close_submission, create_job
+from embedfleet.storage.safe_errors import (
+    RedactedError,
+    error_type,
+    redacted,
+    safe_error,
+)
 from embedfleet.storage.schema import dead_letters, vectors
 from embedfleet.storage.vectors import store_chunk
 

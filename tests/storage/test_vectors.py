@@ -10,10 +10,17 @@ from sqlalchemy import func, select
 
 from embedfleet.config.messages import ChunkVectors
 from embedfleet.storage import codec
-from embedfleet.storage.engine import get_engine, redact
 from embedfleet.storage.collections import open_collection
+from embedfleet.storage.engine import get_engine, redact
 from embedfleet.storage.export import export_npy, ids_path_for, read_ids
-from embedfleet.storage.ledger import LedgerError, add_chunk, check_collection_name, close_submission, create_job, job_stats
+from embedfleet.storage.jobs import job_stats
+from embedfleet.storage.ledger import (
+    LedgerError,
+    add_chunk,
+    check_collection_name,
+    close_submission,
+    create_job,
+)
 from embedfleet.storage.schema import vectors
 from embedfleet.storage.vectors import iter_ordered, store_chunk
 

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from embedfleet.storage.export import read_ids
-from tests.conftest import BIN, REPO, assert_matches_reference, commit_text, read_records
+from tests.conftest import (
+    BIN,
+    REPO,
+    assert_matches_reference,
+    commit_text,
+    read_records,
+)
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import numpy as np
 
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.export import ids_path_for, read_ids
-from embedfleet.storage.ledger import job_stats
+from embedfleet.storage.jobs import job_stats
 from tests.conftest import embedfleet
 
 HASH = {"EMBEDFLEET_ENCODER": "tests.workers.fake_encoders:HashEncoder"}

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedfleet.workers.isolation import encode_isolating, is_out_of_memory, is_transient
+from embedfleet.workers.isolation import (
+    encode_isolating,
+    is_out_of_memory,
+    is_transient,
+)
 
 DIM = 3
 
