@@ -10,18 +10,29 @@ from celery import Celery
 
 from .messages import ChunkTexts
 from .queues import ENCODE_TASK
+from .settings import get_settings
 
 Sender = Callable[[ChunkTexts], None]
 # A chunk as the ledger keeps it: its message, msgpack-packed.
 PayloadSender = Callable[[bytes], None]
 
 
+def time_limit(records: int) -> float:
+    """Seconds a chunk of this many records may take to encode before its process is killed
+    as hung (the halves of a hung chunk get shorter limits, so isolating the record is quick)."""
+    settings = get_settings()
+    return settings.chunk_time_limit + settings.chunk_time_per_record * records
+
+
 def celery_sender(app: Celery) -> Sender:
     """Send by task name, so the sender needs no model and no worker code."""
 
     def send(chunk: ChunkTexts) -> None:
-        # kwargsrepr: Flower and logs show job and chunk, never the texts.
-        app.send_task(ENCODE_TASK, kwargs={"chunk": chunk.to_wire()}, kwargsrepr=chunk.label())
+        # kwargsrepr: Flower and logs show job and chunk, never the texts. time_limit: a
+        # per-message hard limit (the prefork pool kills the process; the solo pool of the
+        # embedded run ignores it).
+        app.send_task(ENCODE_TASK, kwargs={"chunk": chunk.to_wire()}, kwargsrepr=chunk.label(),
+                      time_limit=time_limit(len(chunk.ids)))
 
     return send
 

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     # this many deliveries, so isolating one record of a 256-record chunk takes about
     # 5 + 8 x 2 crashes, not hundreds.
     crash_split_deliveries: int = 2
+    # A chunk's encode may run for chunk_time_limit + chunk_time_per_record x its records
+    # (256 records: 436 s) before Celery kills its process as hung (a record that deadlocks
+    # native code, say). A timed-out chunk is halved at once, down to the one record that
+    # hangs (a WorkerTimedOut dead letter): a hang costs about nine time limits, not the
+    # fleet. Must exceed the slowest healthy chunk, a migration model's first load included
+    # (the base covers a 2-minute load): raise both for a large model on a CPU.
+    chunk_time_limit: float = 180.0
+    chunk_time_per_record: float = 1.0
     # Seconds a pool process may take to load its model before Celery kills it as hung
     # (worker_proc_alive_timeout, 4 s by default: a replacement child loading a 6 s model
     # was killed forever). Generous: a large model from a slow disk takes a minute.
@@ -69,9 +77,12 @@ class Settings(BaseSettings):
     # was killed forever). Generous: a large model from a slow disk takes a minute.
     model_load_timeout: float = 120.0
     # A running job with open chunks and no chunk sent, started or done for this long has
-    # lost its messages (broker restarted empty, say): the reconciler re-sends them.
-    lease_seconds: int = 600
-    reconcile_every_seconds: int = 60
+    # lost its messages (broker restarted empty, a chunk's retries ran out while the database
+    # was down): every worker's heartbeat (and beat) re-sends them, checking every
+    # reconcile_every_seconds. Longer than the slowest chunk, or that chunk is encoded twice
+    # (stored once); a dead worker's chunks come back sooner, through dead_after_seconds.
+    lease_seconds: int = 120
+    reconcile_every_seconds: int = 30
     # Seconds before Redis hands an unacknowledged chunk to another worker. It must be
     # longer than the slowest chunk takes to encode, or healthy chunks are delivered twice.
     visibility_timeout: int = 3600

@@ -11,8 +11,7 @@ from ..config.sending import celery_sender, payload_sender
 from ..config.settings import get_settings
 from ..storage.collections import claim_reindex
 from ..storage.engine import get_engine
-from ..storage.ledger import abandon_stalled_submissions, stalled_jobs
-from ..storage.resend import resend_open_chunks, resend_stranded
+from ..storage.resend import reconcile as reconcile_ledger
 from .reindex import registered_request
 from .submit import submit
 
@@ -21,17 +20,11 @@ log = logging.getLogger(__name__)
 
 @app.task(name=RECONCILE_TASK, max_retries=0)
 def reconcile() -> dict[str, int]:
-    """Beat runs this: re-send the open chunks of jobs that show no sign of life for a lease."""
-    resent = {}
-    engine = get_engine(get_settings().database_url)
-    for job_id in abandon_stalled_submissions(engine, get_settings().lease_seconds):
-        log.warning("job %s abandoned: its producer stopped before sending every chunk", job_id)
-    # Chunks held by dead workers (the workers' own sweeps usually got there first).
-    resend_stranded(engine, payload_sender(celery_sender(app)), get_settings().dead_after_seconds)
-    for job_id in stalled_jobs(engine, get_settings().lease_seconds):
-        resent[job_id] = resend_open_chunks(engine, payload_sender(celery_sender(app)), job_id)
-        log.warning("reconciler re-sent %d chunks of stalled job %s", resent[job_id], job_id)
-    return resent
+    """Beat runs this (every worker's heartbeat runs the same): re-send what the ledger shows
+    as lost (storage/resend.py: reconcile)."""
+    settings = get_settings()
+    return reconcile_ledger(get_engine(settings.database_url), payload_sender(celery_sender(app)),
+                            settings.lease_seconds, settings.dead_after_seconds)
 
 
 @app.task(name=REINDEX_TASK, max_retries=0)

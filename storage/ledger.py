@@ -185,6 +185,31 @@ def start_delivery(engine: Engine, job_id: str, seq: int, holder: str | None = N
     return None if row is None else int(row[0])
 
 
+def start_collect(engine: Engine, job_id: str, seq: int) -> int | None:
+    """Count one more collect of an open chunk; None when the chunk is no longer open (done,
+    split or cancelled: its vectors are committed, or must not be)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        row = conn.execute(
+            update(chunks)
+            .where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq, chunks.c.state.in_(OPEN_CHUNK_STATES)))
+            .values(collects=func.coalesce(chunks.c.collects, 0) + 1)
+            .returning(chunks.c.collects)
+        ).first()
+    return None if row is None else int(row[0])
+
+
+def unstarted_halves(engine: Engine, job_id: str, parent_seq: int) -> list[bytes]:
+    """The messages of a split chunk's halves that no worker has started yet: sent again when
+    the parent's message comes back (the splitting process died, or the broker failed,
+    between the split's commit and the halves' send)."""
+    with engine.connect() as conn:
+        return [bytes(p) for p in conn.execute(
+            select(chunks.c.payload).where(and_(
+                chunks.c.job_id == job_id, chunks.c.parent_seq == parent_seq, chunks.c.deliveries == 0,
+                chunks.c.state.in_(OPEN_CHUNK_STATES), chunks.c.payload.is_not(None)))
+        ).scalars()]
+
+
 def count_retry(engine: Engine, job_id: str) -> None:
     with engine.begin() as conn:
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(retries=jobs.c.retries + 1))

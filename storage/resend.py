@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from .ledger import mark_resent, open_chunk_payloads
+from .ledger import abandon_stalled_submissions, mark_resent, open_chunk_payloads, stalled_jobs
 from .liveness import claim_stranded, unclaim
 
 log = logging.getLogger(__name__)
@@ -40,3 +40,21 @@ def resend_stranded(engine: Engine, send_payload: PayloadSender, dead_after: flo
             raise
         log.warning("re-sent job=%s chunk=%d: its worker stopped beating", chunk.job_id, chunk.seq)
     return len(claimed)
+
+
+def reconcile(engine: Engine, send_payload: PayloadSender, lease_seconds: float, dead_after: float,
+              claimant: str | None = None) -> dict[str, int]:
+    """Everything the ledger shows as lost, sent again: chunks held by dead workers, and the
+    open chunks of jobs with no sign of life for a lease (the broker lost their messages, a
+    chunk's retries ran out while the database was down, a send failed). Submissions whose
+    producer stopped become abandoned. Run by every worker's heartbeat thread and by beat, so
+    no job stalls for longer than a lease whether beat runs or not; a chunk sent twice is
+    stored once. Returns the chunks re-sent per stalled job."""
+    for job_id in abandon_stalled_submissions(engine, lease_seconds):
+        log.warning("job %s abandoned: its producer stopped before sending every chunk", job_id)
+    resend_stranded(engine, send_payload, dead_after, claimant=claimant)
+    resent = {}
+    for job_id in stalled_jobs(engine, lease_seconds):
+        resent[job_id] = resend_open_chunks(engine, send_payload, job_id)
+        log.warning("re-sent %d open chunks of job %s: nothing moved for %.0f s", resent[job_id], job_id, lease_seconds)
+    return resent

@@ -101,6 +101,9 @@ chunks = Table(
     Column("dead", Integer, nullable=False, default=0),
     # Times an encode worker took the chunk; past the cap it is dead-lettered, not looped.
     Column("deliveries", Integer, nullable=False, default=0),
+    # Times a collector took the chunk's vectors: a collect that kills its process (OOM
+    # during the upsert, a driver crash) is redelivered; past the cap its records are dead.
+    Column("collects", Integer, nullable=True),
     # Times the chunk (or a part) was halved after running out of memory.
     Column("splits", Integer, nullable=False, default=0),
     Column("started_at", Float, nullable=True),

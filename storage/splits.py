@@ -52,7 +52,7 @@ def split_chunk(engine: Engine, texts: ChunkTexts, holder: str | None) -> tuple[
             update(chunks)
             .where(and_(chunks.c.job_id == texts.job_id, chunks.c.seq == texts.seq,
                         chunks.c.state.in_(OPEN_CHUNK_STATES)))
-            .values(state=SPLIT_STATE, payload=None, done_at=now)
+            .values(state=SPLIT_STATE, payload=None, done_at=now, splits=chunks.c.splits + 1)
         ).rowcount
         if not won:
             return ()

@@ -7,6 +7,12 @@
 - Its model cannot be loaded on the worker: each delivery counts, it goes back with a
   growing pause (another worker may have the model), and at `max_deliveries` its records
   become `ModelUnavailable` dead letters.
+- Its encode runs past its time limit (a record that hangs native code): Celery kills the
+  process, and the chunk is halved at once, down to the one record that hangs: a
+  `WorkerTimedOut` dead letter (workers/tasks.py: ChunkTask.on_failure).
+- Its collect kills the process (out of memory in the upsert, a driver crash): Celery
+  re-queues the collect message; after `max_deliveries` such collects its records become
+  `CollectorCrashed` dead letters (workers/tasks.py: collect_chunk).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from ..storage.splits import is_split_born, split_chunk
 
 WORKER_CRASHED = "WorkerCrashed"
 MODEL_UNAVAILABLE = "ModelUnavailable"
+COLLECTOR_CRASHED = "CollectorCrashed"
+WORKER_TIMED_OUT = "WorkerTimedOut"
 
 
 def crash_cap(seq: int, settings: Settings) -> int:

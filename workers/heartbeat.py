@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -31,7 +32,7 @@ from ..config.sending import celery_sender, payload_sender
 from ..config.settings import get_settings
 from ..storage.engine import get_engine
 from ..storage.liveness import beat, hold, retire
-from ..storage.resend import resend_stranded
+from ..storage.resend import reconcile, resend_stranded
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Heartbeat(threading.Thread):
         self.incarnation = uuid.uuid4().hex
         self.interval = settings.heartbeat_seconds
         self.dead_after = settings.dead_after_seconds
+        self.lease = settings.lease_seconds
+        self.reconcile_every = settings.reconcile_every_seconds
         self.database_url = settings.database_url
         self.send = payload_sender(celery_sender(app))
         self._received: list[tuple[str, int]] = []
@@ -86,13 +89,19 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         next_beat = 0.0
+        # Jittered, so the nodes of a fleet do not all reconcile in the same second.
+        next_reconcile = time.monotonic() + self.reconcile_every * random.uniform(0.5, 1.5)
         while not self._stopping.is_set():
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.interval
                 # Only a node that could write its own beat just now judges others.
                 if self.beat():
-                    self.sweep()
+                    if now >= next_reconcile:
+                        next_reconcile = now + self.reconcile_every * random.uniform(0.8, 1.2)
+                        self.reconcile()
+                    else:
+                        self.sweep()
             self._wake.wait(timeout=max(0.0, next_beat - time.monotonic()))
             self._wake.clear()
             if self._received:
@@ -103,6 +112,13 @@ class Heartbeat(threading.Thread):
             resend_stranded(self.engine, self.send, self.dead_after, claimant=self.incarnation)
         except Exception as exc:
             log.warning("sweep for stranded chunks failed: %s: %s", type(exc).__name__, exc)
+
+    def reconcile(self) -> None:
+        """What beat's reconciler does, so that no job waits on beat: stalled jobs re-sent."""
+        try:
+            reconcile(self.engine, self.send, self.lease, self.dead_after, claimant=self.incarnation)
+        except Exception as exc:
+            log.warning("reconcile failed: %s: %s", type(exc).__name__, exc)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -8,22 +8,26 @@ import time
 from typing import Any
 
 from celery import Task
+from celery.exceptions import TimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy.exc import OperationalError
 
 from ..config.celery_app import app
 from ..config.messages import ChunkTexts, ChunkVectors, DeadRecord
 from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK
-from ..config.sending import celery_sender
+from ..config.sending import celery_sender, payload_sender
 from ..config.settings import get_settings
 from ..storage import codec
 from ..storage.dead_letters import dead_letter_chunk
 from ..storage.engine import get_engine
-from ..storage.ledger import count_retry, start_delivery
+from ..storage.ledger import count_retry, start_collect, start_delivery, unstarted_halves
 from ..storage.safe_errors import error_type, redacted, safe_error
+from ..storage.splits import split_chunk
 from ..storage.vectors import store_chunk
 from . import heartbeat
 from .deliveries import (
+    WORKER_TIMED_OUT,
+    COLLECTOR_CRASHED,
     MODEL_UNAVAILABLE,
     crashed_too_often,
     isolate_crash,
@@ -65,11 +69,14 @@ class ChunkTask(Task):
         log.warning("retrying job=%s chunk=%s after %s", job_id, kwargs["chunk"]["seq"], safe_error(exc))
         try:
             count_retry(_engine(), job_id)
-        except Exception:  # the database may be what is failing; the retry still happens
-            log.exception("could not count the retry of job %s", job_id)
+        except Exception as error:  # the database may be what is failing; the retry still happens
+            log.warning("could not count the retry of job %s: %s", job_id, safe_error(error))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         chunk = kwargs["chunk"]
+        if isinstance(exc, TimeLimitExceeded) and self.name == ENCODE_TASK:
+            _isolate_timeout(ChunkTexts.from_wire(chunk), exc)
+            return
         giveup = is_transient(exc)
         log.error("giving up on job=%s chunk=%s: %s", chunk["job_id"], chunk["seq"], safe_error(exc))
         try:
@@ -81,6 +88,25 @@ class ChunkTask(Task):
             return
         if dead:
             notify_dead_letters(chunk["job_id"], chunk["seq"], dead, error_type(exc))
+
+
+def _isolate_timeout(texts: ChunkTexts, exc: BaseException) -> None:
+    """Celery killed the chunk's process at its hard time limit (this runs in the worker's
+    main process): a hang is not a passing fault, so halve the chunk at once; the record
+    left alone is a WorkerTimedOut dead letter, with any repeats of its text."""
+    engine = _engine()
+    if len(texts.ids) > 1:
+        halves = split_chunk(engine, texts, heartbeat.INCARNATION)
+        for half in halves:
+            celery_sender(app)(half)
+        log.warning("job=%s chunk=%d ran past its time limit (%s): split into %s", texts.job_id, texts.seq,
+                    exc, [h.seq for h in halves])
+        return
+    message = f"encoding it alone ran past the time limit ({exc}): it hangs its worker process"
+    dead = dead_letter_chunk(engine, texts.job_id, texts.seq, WORKER_TIMED_OUT, message, giveup=False)
+    log.error("dead-lettered job=%s chunk=%d (%d records): %s", texts.job_id, texts.seq, dead, message)
+    if dead:
+        notify_dead_letters(texts.job_id, texts.seq, dead, WORKER_TIMED_OUT)
 
 
 def notify_dead_letters(job_id: str, seq: int, count: int, error_types: str) -> None:
@@ -100,7 +126,13 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
     settings = get_settings()
     deliveries = start_delivery(_engine(), texts.job_id, texts.seq, holder=heartbeat.INCARNATION)
     if deliveries is None:
-        log.info("skipping job=%s chunk=%d: not open (done, split or cancelled)", texts.job_id, texts.seq)
+        # The parent of a crash split comes back if its process died (or the broker failed)
+        # between the split's commit and the halves' send: send the halves nobody started.
+        halves = unstarted_halves(_engine(), texts.job_id, texts.seq)
+        for payload in halves:
+            payload_sender(celery_sender(app))(payload)
+        log.info("skipping job=%s chunk=%d: not open (done, split or cancelled)%s", texts.job_id, texts.seq,
+                 f"; re-sent {len(halves)} unstarted halves" if halves else "")
         return
     try:
         encoder = get_encoder(texts.model)
@@ -163,6 +195,22 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
 @app.task(name=COLLECT_TASK, bind=True, base=ChunkTask)
 def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
     vectors = ChunkVectors.from_wire(chunk)
+    settings = get_settings()
+    collects = start_collect(_engine(), vectors.job_id, vectors.seq)
+    if collects is None:
+        log.info("skipping the vectors of job=%s chunk=%d: not open (done, split or cancelled)",
+                 vectors.job_id, vectors.seq)
+        return 0
+    if collects - 1 - self.request.retries >= settings.max_deliveries:
+        # Its collect killed the process each time (OOM in the upsert, a driver crash) and
+        # Celery re-queued it: a cap, not a loop. Its records become dead letters to redrive.
+        message = (f"collecting its vectors killed the worker process in {collects - 1} deliveries "
+                   "(out of memory in the upsert, or a database driver crash)")
+        dead = dead_letter_chunk(_engine(), vectors.job_id, vectors.seq, COLLECTOR_CRASHED, message, giveup=False)
+        log.error("dead-lettered job=%s chunk=%d (%d records): %s", vectors.job_id, vectors.seq, dead, message)
+        if dead:
+            notify_dead_letters(vectors.job_id, vectors.seq, dead, COLLECTOR_CRASHED)
+        return 0
     # Repeated texts wait (by retrying) for their first record; on the last try they are
     # dead-lettered instead, so the rest of the chunk is stored either way.
     try:
