@@ -9,7 +9,6 @@ import json
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from embedfleet.storage.dead_letters import list_letters
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.jobs import job_stats
-from tests.conftest import BIN, TEST_PG_URL, Fleet, embedfleet, unavailable
+from tests.conftest import BIN, TEST_PG_URL, Fleet, embedfleet
 from tests.fleet.checks import assert_accounted, wait_done
 
 pytestmark = pytest.mark.fleet
@@ -110,27 +109,16 @@ def test_record_that_kills_the_collector_process(sqlite_url, make_fleet, tmp_pat
 
 
 @pytest.fixture
-def own_pg() -> Iterator[tuple[str, str, object]]:
-    """A database of our own that the test can close to connections (an outage)."""
+def own_pg(pg_url: str) -> Iterator[tuple[str, str, object]]:
+    """The test's own database (pg_url) and an admin connection that can close it."""
     import psycopg
 
+    admin = psycopg.connect(TEST_PG_URL, autocommit=True, connect_timeout=3)
+    name = pg_url.rsplit("/", 1)[1]
     try:
-        admin = psycopg.connect(TEST_PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        unavailable(f"PostgreSQL at {TEST_PG_URL}")
-    name = f"embedfleet_t_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{TEST_PG_URL.rsplit('/', 1)[0]}/{name}", name, admin
+        yield pg_url, name, admin
     finally:
-        from embedfleet.storage.engine import _engines
-
-        for key, engine in list(_engines.items()):
-            if name in key[1]:
-                engine.dispose()
-                del _engines[key]
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
 
 
