@@ -41,8 +41,13 @@ class Source(Protocol):
     `unit` is what a report calls a record's number: "line" for files, "record" for Records."""
 
     name: str
-    format: str
-    unit: str
+
+    # Read-only, so a source may narrow them (Corpus.format is "jsonl" or "csv").
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def unit(self) -> str: ...
 
     def records(self) -> Iterator[RawRecord]: ...
 
@@ -167,12 +172,13 @@ class Records:
         if isinstance(records, (list, tuple)):
             self._items = records
             return
-        self._spool = tempfile.TemporaryFile(prefix="embedfleet-records-", suffix=".pickle")
+        # Read back until the job is submitted; closed by close() or when the source is dropped.
+        self._spool = tempfile.TemporaryFile(prefix="embedfleet-records-", suffix=".pickle")  # noqa: SIM115
         for item in records:
             entry = dict(item) if isinstance(item, Mapping) else _NotARecord(type(item).__name__)
             try:
                 pickle.dump(entry, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:  # a value pickle cannot hold (a live connection, say)
+            except Exception as exc:  # noqa: BLE001  a value pickle cannot hold (a lock, a live connection)
                 pickle.dump(_NotARecord(type(item).__name__, f"cannot be read: {type(exc).__name__}: {exc}"),
                             self._spool, protocol=pickle.HIGHEST_PROTOCOL)
         self._spool.flush()
