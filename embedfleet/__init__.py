@@ -18,9 +18,22 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
-    "run", "submit", "wait", "status", "cancel", "export", "search",
-    "Settings", "JobStats", "Hit", "Exported",
-    "InvalidInput", "JobEnded", "LedgerError", "CorpusError", "BrokerUnavailable",
+    "BrokerUnavailable",
+    "CorpusError",
+    "Exported",
+    "Hit",
+    "InvalidInput",
+    "JobEnded",
+    "JobStats",
+    "LedgerError",
+    "Settings",
+    "cancel",
+    "export",
+    "run",
+    "search",
+    "status",
+    "submit",
+    "wait",
 ]
 
 # name -> the module that defines it

@@ -17,7 +17,7 @@ from typing import Any, Literal, overload
 from sqlalchemy import Engine
 
 from .config.settings import Settings, get_settings, set_settings
-from .producers.readers import Corpus, Records, Source
+from .producers.readers import Corpus, Records
 from .producers.records import FieldSpec
 from .producers.submit import JobRequest
 from .storage.engine import get_engine
@@ -71,7 +71,7 @@ def _engine(settings: Settings) -> Engine:
     return get_engine(settings.database_url)
 
 
-def _source(records: RecordsLike, fmt: Literal["auto", "jsonl", "csv"]) -> Source:
+def _source(records: RecordsLike, fmt: Literal["auto", "jsonl", "csv"]) -> Corpus | Records:
     if isinstance(records, (str, Path)):
         return Corpus(str(records), fmt)
     return Records(records)
@@ -102,7 +102,8 @@ def run(records: RecordsLike, *, collection: str, settings: Settings | None = No
         timeout: float | None = None) -> JobStats:
     """Embed `records` on the embedded default (an in-process worker, no servers) and return
     the finished job's figures."""
-    from .embedded import run_embedded  # imports torch: only when something is embedded here
+    # imports torch: only when something is embedded in this process
+    from .embedded import run_embedded
 
     with _using(settings) as current:
         request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format)
@@ -174,7 +175,8 @@ def export(collection: str, path: str | Path, *, version: int | None = None,
 
 
 @overload
-def search(collection: str, query: str, *, k: int = 10, settings: Settings | None = None) -> list[Hit]: ...
+def search(collection: str, query: str, *, k: int = 10,  # type: ignore[overload-overlap]  # str first
+           settings: Settings | None = None) -> list[Hit]: ...
 
 
 @overload
