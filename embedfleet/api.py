@@ -77,6 +77,12 @@ def _source(records: RecordsLike, fmt: Literal["auto", "jsonl", "csv"]) -> Corpu
     return Records(records)
 
 
+def _close(source: object) -> None:
+    """Delete a generator's spool as soon as its job is submitted, not when it is collected."""
+    if isinstance(source, Records):
+        source.close()
+
+
 def _request(records: RecordsLike, collection: str, settings: Settings, id_field: str, text_field: str,
              fields: Sequence[str] | None, skip_invalid: bool, sync: Literal["none", "full"],
              fmt: Literal["auto", "jsonl", "csv"]) -> JobRequest:
@@ -107,7 +113,10 @@ def run(records: RecordsLike, *, collection: str, settings: Settings | None = No
 
     with _using(settings) as current:
         request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format)
-        _, stats = run_embedded(request, job_timeout=timeout)
+        try:
+            _, stats = run_embedded(request, job_timeout=timeout)
+        finally:
+            _close(request.corpus)
         return stats
 
 
@@ -121,9 +130,11 @@ def submit(records: RecordsLike, *, collection: str, settings: Settings | None =
 
     with _using(settings) as current:
         request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format)
-        engine = _engine(current)
-        # The broker is checked before anything is written: BrokerUnavailable leaves no job.
-        return submit_job(engine, request, fleet_sender(current)).job_id
+        try:
+            # The broker is checked before anything is written: BrokerUnavailable leaves no job.
+            return submit_job(_engine(current), request, fleet_sender(current)).job_id
+        finally:
+            _close(request.corpus)
 
 
 def wait(job_id: str, *, settings: Settings | None = None, timeout: float | None = None) -> JobStats:

@@ -225,7 +225,8 @@ def source_from_spec(spec: dict[str, Any]) -> "Corpus | SqlSource":
         return Corpus(spec["path"], spec.get("format", "auto"))
     if spec.get("kind") == "sql":
         return SqlSource(spec["url"], spec.get("table"), spec.get("query"))
-    raise CorpusError("this collection was made from stdin: there is no source to read again")
+    raise CorpusError("this collection was made from stdin or from records in memory (the Python API): "
+                      "there is no source to read again; submit the records again instead")
 
 
 def read_jsonl(stream: BinaryIO) -> Iterator[RawRecord]:
