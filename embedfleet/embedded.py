@@ -23,6 +23,7 @@ from .config.queues import COLLECT_QUEUE, EMBED_QUEUE
 from .config.sending import celery_sender
 from .config.settings import get_settings
 from .producers.progress import JobProgress
+from .producers.sending import use_broker
 from .producers.submit import JobRequest, Submission, submit
 from .storage.engine import get_engine
 from .storage.jobs import JobStats
@@ -68,8 +69,8 @@ class _Pacer:
 
 
 def use_memory_broker() -> None:
+    use_broker(app, "memory://localhost/")  # drops a pool a fleet submit in this process made
     app.conf.update(
-        broker_url="memory://localhost/",
         # The virtual transport sleeps this long whenever a queue is empty; the default 1s
         # would idle the worker between chunks.
         broker_transport_options={"polling_interval": 0.005},

@@ -10,10 +10,11 @@ import codecs
 import csv
 import io
 import json
+import pickle
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
@@ -36,10 +37,17 @@ class CorpusError(Exception):
 
 
 class Source(Protocol):
-    """Anything records are read from, twice (validation, then submission), in the same order."""
+    """Anything records are read from, twice (validation, then submission), in the same order.
+    `unit` is what a report calls a record's number: "line" for files, "record" for Records."""
 
     name: str
-    format: str
+
+    # Read-only, so a source may narrow them (Corpus.format is "jsonl" or "csv").
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def unit(self) -> str: ...
 
     def records(self) -> Iterator[RawRecord]: ...
 
@@ -50,6 +58,8 @@ class Source(Protocol):
 
 class Corpus:
     """A re-readable source of records: a file, or stdin spooled to a temporary file."""
+
+    unit = "line"
 
     def __init__(self, path: str, fmt: Format | Literal["auto"] = "auto") -> None:
         self.name = path
@@ -95,6 +105,7 @@ class SqlSource:
     in primary-key order."""
 
     format = "sql"
+    unit = "line"
     PAGE = 1000
 
     def __init__(self, url: str, table: str | None = None, query: str | None = None) -> None:
@@ -137,13 +148,84 @@ class SqlSource:
         return {"kind": "sql", "url": self.url, "table": self.table, "query": self.query}
 
 
+class Records:
+    """Records given as Python dicts (the Python API). A list or tuple is read as it is; any
+    other iterable (a generator, a database cursor) is spooled once to a temporary file, since
+    records are read twice (validation, then submission) and memory must stay flat. Item N,
+    counting from 1, is reported as "record N"; an item that is not a mapping is invalid.
+
+    The spool is pickle, not JSON: it is this process's own temporary file, never the wire
+    (invariant 6 holds), and it keeps every value's type, so a generator's records validate
+    exactly as the same records given as a list would (a datetime id is refused either way,
+    a lone surrogate is reported, not a crash)."""
+
+    format = "records"
+    unit = "record"
+
+    def __init__(self, records: Iterable[Mapping[str, Any]], name: str = "<records>") -> None:
+        if isinstance(records, (Mapping, str, bytes)):
+            raise TypeError(f"records must be an iterable of dicts, not a {type(records).__name__}")
+        self.name = name
+        self._items: list[Any] | tuple[Any, ...] | None = None
+        self._spool: Any = None
+        if isinstance(records, (list, tuple)):
+            self._items = records
+            return
+        # Read back until the job is submitted; closed by close() or when the source is dropped.
+        self._spool = tempfile.TemporaryFile(prefix="embedfleet-records-", suffix=".pickle")  # noqa: SIM115
+        for item in records:
+            entry = dict(item) if isinstance(item, Mapping) else _NotARecord(type(item).__name__)
+            try:
+                pickle.dump(entry, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # noqa: BLE001  a value pickle cannot hold (a lock, a live connection)
+                pickle.dump(_NotARecord(type(item).__name__, f"cannot be read: {type(exc).__name__}: {exc}"),
+                            self._spool, protocol=pickle.HIGHEST_PROTOCOL)
+        self._spool.flush()
+
+    def records(self) -> Iterator[RawRecord]:
+        if self._items is not None:
+            for number, item in enumerate(self._items, start=1):
+                yield _raw(number, dict(item) if isinstance(item, Mapping) else _NotARecord(type(item).__name__))
+            return
+        self._spool.seek(0)
+        number = 0
+        while True:
+            try:
+                entry = pickle.load(self._spool)
+            except EOFError:
+                return
+            number += 1
+            yield _raw(number, entry)
+
+    def spec(self) -> dict[str, Any]:
+        return {}  # records held by the caller cannot be read again by a reindex
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
+@dataclass(frozen=True)
+class _NotARecord:
+    kind: str
+    error: str | None = None
+
+
+def _raw(number: int, entry: dict[str, Any] | _NotARecord) -> RawRecord:
+    if isinstance(entry, _NotARecord):
+        return RawRecord(number, None, entry.error or f"expected a dict, found {entry.kind}")
+    return RawRecord(number, entry)
+
+
 def source_from_spec(spec: dict[str, Any]) -> "Corpus | SqlSource":
     """The source a collection registered, opened again (for `reindex`)."""
     if spec.get("kind") == "file":
         return Corpus(spec["path"], spec.get("format", "auto"))
     if spec.get("kind") == "sql":
         return SqlSource(spec["url"], spec.get("table"), spec.get("query"))
-    raise CorpusError("this collection was made from stdin: there is no source to read again")
+    raise CorpusError("this collection was made from stdin or from records in memory (the Python API): "
+                      "there is no source to read again; submit the records again instead")
 
 
 def read_jsonl(stream: BinaryIO) -> Iterator[RawRecord]:

@@ -50,8 +50,12 @@ class Invalid:
     reason: str
 
     def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self, unit: str = "line") -> str:
+        """As a report prints it; `unit` names the number ("line", or "record" for Records)."""
         who = f" (id {shown_id(self.record_id)})" if self.record_id is not None else ""
-        return f"line {self.line}{who}: {self.reason}"
+        return f"{unit} {self.line}{who}: {self.reason}"
 
 
 def shown_id(record_id: str, limit: int = 60) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..config.sending import Sender, celery_sender
 from ..config.settings import Settings
 from ..storage.engine import redact
@@ -15,12 +17,27 @@ class BrokerUnavailable(Exception):
     """The broker did not answer before anything was written."""
 
 
+def use_broker(app: Any, url: str) -> None:
+    """Point the Celery app at `url`. Its producer pool keeps the broker it was first made
+    for, so when the URL changes (an embedded run then a fleet submit in one notebook, or
+    two fleets from one process) the app lets go of it and takes the pool for the new URL on
+    next use; otherwise messages would go on to the old broker. The pools are not closed:
+    kombu keeps one per URL in a process-wide registry and hands the same one out again."""
+    if app.conf.broker_url == url:
+        return
+    app.conf.broker_url = url
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+
+
 def fleet_sender(settings: Settings) -> Sender:
     """A sender on settings.broker_url, checked first: an unreachable broker fails here,
     before a job row or a chunk is written, instead of leaving a job `submitting`."""
     from ..config.celery_app import app
 
-    app.conf.broker_url = settings.broker_url
+    use_broker(app, settings.broker_url)
     try:
         with app.connection_for_write(connect_timeout=BROKER_CONNECT_TIMEOUT) as conn:
             conn.transport_options.update(socket_connect_timeout=BROKER_CONNECT_TIMEOUT)

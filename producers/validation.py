@@ -46,8 +46,9 @@ def _repeated(values: array) -> set[int]:
 class DuplicateFilter:
     """First occurrence of an id wins; later ones are invalid. Tracks only ids known to repeat."""
 
-    def __init__(self, repeated_hashes: set[int]) -> None:
+    def __init__(self, repeated_hashes: set[int], unit: str = "line") -> None:
         self._repeated = repeated_hashes
+        self._unit = unit
         self._first_line: dict[str, int] = {}
 
     def check(self, record: Record) -> Invalid | None:
@@ -56,7 +57,7 @@ class DuplicateFilter:
         first = self._first_line.setdefault(record.record_id, record.line)
         if first == record.line:
             return None
-        return Invalid(record.line, record.record_id, f"duplicate id (first at line {first})")
+        return Invalid(record.line, record.record_id, f"duplicate id (first at {self._unit} {first})")
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Scan:
     # Sorted 64-bit hashes of every id in the source (invalid records' too, where they have
     # one): `--sync full` deletes stored ids that are not among them.
     source_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # What the report calls a record's number: "line" in a file, "record" in Records.
+    unit: str = "line"
 
     def has_id(self, record_ids: list[str]) -> np.ndarray:
         """Which of these ids the source holds (by 64-bit hash)."""
@@ -86,7 +89,7 @@ class Scan:
             self.invalid_shown.append(invalid)
 
     def report(self) -> str:
-        lines = [str(i) for i in self.invalid_shown]
+        lines = [i.describe(self.unit) for i in self.invalid_shown]
         if self.invalid_count > len(self.invalid_shown):
             lines.append(f"... and {self.invalid_count - len(self.invalid_shown)} more invalid records")
         return "\n".join(lines)
@@ -97,15 +100,17 @@ class InvalidInput(Exception):
 
     def __init__(self, scan: Scan) -> None:
         self.scan = scan
+        # Records come from the Python API, where the option is an argument, not a flag.
+        option = "skip_invalid=True" if scan.unit == "record" else "--skip-invalid"
         super().__init__(
             f"{scan.invalid_count} of {scan.records_read} records are invalid; nothing was sent "
-            f"(pass --skip-invalid to send the valid ones):\n{scan.report()}"
+            f"(pass {option} to send the valid ones):\n{scan.report()}"
         )
 
 
 def valid_records(corpus: Source, spec: FieldSpec, scan: Scan | None = None) -> Iterator[Record | Invalid]:
     """Every record of the corpus, built and checked; position is its index among all records read."""
-    duplicates = DuplicateFilter(scan.repeated_hashes if scan else set())
+    duplicates = DuplicateFilter(scan.repeated_hashes if scan else set(), getattr(corpus, "unit", "line"))
     for position, raw in enumerate(corpus.records()):
         built = build_record(raw, position, spec)
         if isinstance(built, Record):
@@ -114,7 +119,7 @@ def valid_records(corpus: Source, spec: FieldSpec, scan: Scan | None = None) -> 
 
 
 def scan_corpus(corpus: Source, spec: FieldSpec) -> Scan:
-    scan = Scan()
+    scan = Scan(unit=getattr(corpus, "unit", "line"))
     ids = array("q")  # every id the source holds, invalid records' too where they have one
     texts = array("q")
     for built in valid_records(corpus, spec):

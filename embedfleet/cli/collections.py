@@ -10,7 +10,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from ..producers.progress import follow
+from .. import api
 from ..producers.readers import CorpusError
 from ..producers.sending import BrokerUnavailable
 from ..producers.validation import InvalidInput
@@ -57,7 +57,7 @@ def _run_request(request: Any, local: bool, wait: bool, settings: Any) -> None:
     submission = submit_to_fleet(engine, request, settings)
     report_invalid(submission)
     if wait:
-        click.echo(summary(follow(engine, submission.job_id, settings)))
+        click.echo(summary(api.wait(submission.job_id, settings=settings)))
 
 
 LOCAL = click.option("--local", is_flag=True, help="Run on the embedded default (in-process worker) instead of the fleet.")
@@ -158,21 +158,15 @@ def drop_version_command(collection: str, number: int, db: str | None) -> None:
 @DB_OPTION
 def search(query: str | None, collection: str, k: int, batch_query: Path | None, db: str | None) -> None:
     """Top-k record ids by cosine similarity, from the collection's current version."""
-    from ..storage.search import top_k
-    from ..workers.resident import get_encoder
-
     if bool(query) == bool(batch_query):
         raise click.UsageError("give either a QUERY or --batch-query FILE")
     settings = apply_settings(database_url=db)
-    engine = get_engine(settings.database_url)
-    version = get_collection(engine, collection).current
     queries = [query] if query else [line.strip() for line in batch_query.read_text().splitlines() if line.strip()]
-    encoder = get_encoder(version.model)
-    results = top_k(engine, version.key, encoder.encode_batch(queries), k)
+    results = api.search(collection, queries, k=k, settings=settings)
     if batch_query:
         for text, hits in zip(queries, results):
-            click.echo(json.dumps({"query": text, "results": [{"id": i, "score": round(s, 6)} for i, s in hits]},
+            click.echo(json.dumps({"query": text, "results": [{"id": h.id, "score": round(h.score, 6)} for h in hits]},
                                   ensure_ascii=False))
         return
-    for rank, (record_id, score) in enumerate(results[0], start=1):
-        click.echo(f"{rank}\t{score:.4f}\t{record_id}")
+    for rank, hit in enumerate(results[0], start=1):
+        click.echo(f"{rank}\t{hit.score:.4f}\t{hit.id}")

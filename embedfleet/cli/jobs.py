@@ -9,13 +9,11 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
+from .. import api
 from ..config.settings import Settings
-from ..producers.progress import follow
 from ..producers.sending import fleet_sender
 from ..producers.submit import JobRequest, Submission
 from ..storage.engine import get_engine, redact
-from ..storage.jobs import job_stats
-from ..storage.ledger import LedgerError, cancel_job
 from .main import cli
 from .options import (
     DB_OPTION,
@@ -67,7 +65,7 @@ def submit(wait: bool, **opts: Any) -> None:
     submission = submit_to_fleet(engine, request, settings)
     report_invalid(submission)
     if wait:
-        click.echo(summary(follow(engine, submission.job_id, settings)))
+        click.echo(summary(api.wait(submission.job_id, settings=settings)))
 
 
 @cli.command()
@@ -87,7 +85,7 @@ def status(job: str | None, collection: str | None, as_json: bool, watch: bool, 
         return
     if not job:
         raise click.UsageError("give a JOB id or --collection NAME")
-    stats = follow(engine, job, settings) if watch else job_stats(engine, job, lease_seconds=settings.lease_seconds)
+    stats = api.wait(job, settings=settings) if watch else api.status(job, settings=settings)
     words = condition(stats, settings.lease_seconds)
     if as_json:
         print_json({**stats_json(engine, stats), "condition": words})
@@ -106,11 +104,9 @@ def status(job: str | None, collection: str | None, as_json: bool, watch: bool, 
 def cancel(job: str, db: str | None) -> None:
     """Cancel JOB: its open chunks are skipped when they arrive, chunks being encoded are not
     stored, and the vectors already stored stay. Its version can then be dropped."""
-    settings = apply_settings(database_url=db)
-    engine = get_engine(settings.database_url)
-    count = cancel_job(engine, job)
+    count, stats = api.cancel_counted(job, settings=apply_settings(database_url=db))
     click.echo(f"cancelled job {job}: {count} open chunks will not be stored")
-    click.echo(summary(job_stats(engine, job)))
+    click.echo(summary(stats))
 
 
 @cli.command()
@@ -133,14 +129,5 @@ def resume(job: str, db: str | None) -> None:
 @DB_OPTION
 def export(collection: str, out: Path, number: int | None, db: str | None) -> None:
     """Write the collection's (N, d) float32 matrix in corpus order, and PATH.ids.jsonl beside it."""
-    from ..storage.collections import get_collection
-    from ..storage.export import export_npy, ids_path_for
-
-    settings = apply_settings(database_url=db)
-    engine = get_engine(settings.database_url)
-    info = get_collection(engine, collection)
-    key = info.current_key if number is None else next((v.key for v in info.versions if v.version == number), None)
-    if key is None:
-        raise LedgerError(f"collection {collection!r} has no version {number}")
-    rows, dim = export_npy(engine, key, out)
-    click.echo(f"wrote {rows} x {dim} to {out} and ids to {ids_path_for(out)}")
+    done = api.export(collection, out, version=number, settings=apply_settings(database_url=db))
+    click.echo(f"wrote {done.rows} x {done.dim} to {done.path} and ids to {done.ids_path}")

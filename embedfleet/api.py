@@ -1,0 +1,216 @@
+"""The public Python API: what the CLI does, callable from a notebook or an Airflow/Prefect task.
+
+Every function takes an explicit `Settings` (or reads EMBEDFLEET_* from the environment when
+none is given), and records from a file path or from any iterable of dicts. docs/api.md
+documents each function; the CLI's job and collection commands call these.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, overload
+
+from sqlalchemy import Engine
+
+from .config.settings import Settings, get_settings, set_settings
+from .producers.readers import Corpus, Records
+from .producers.records import FieldSpec
+from .producers.submit import JobRequest
+from .storage.engine import get_engine
+from .storage.errors import LedgerError
+from .storage.jobs import JobStats, job_stats
+from .storage.ledger import cancel_job
+
+RecordsLike = str | Path | Iterable[Mapping[str, Any]]
+
+# run, submit and search make their settings the process's settings for the call (the layers
+# below, and the embedded worker thread, read them there). One such call at a time: a second
+# thread's call waits rather than run under the first one's database or broker.
+_scope = threading.RLock()
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a record id and its cosine similarity to the query."""
+
+    id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What export wrote: the (rows, dim) float32 matrix and its ids, one JSON string a line."""
+
+    path: Path
+    ids_path: Path
+    rows: int
+    dim: int
+
+
+@contextmanager
+def _using(settings: Settings | None) -> Iterator[Settings]:
+    """Make `settings` the process's settings for one call, then put back what was there."""
+    with _scope:
+        previous = get_settings()
+        current = settings if settings is not None else previous
+        set_settings(current)
+        try:
+            yield current
+        finally:
+            set_settings(previous)
+
+
+def _resolved(settings: Settings | None) -> Settings:
+    return settings if settings is not None else get_settings()
+
+
+def _engine(settings: Settings) -> Engine:
+    return get_engine(settings.database_url)
+
+
+def _source(records: RecordsLike, fmt: Literal["auto", "jsonl", "csv"]) -> Corpus | Records:
+    if isinstance(records, (str, Path)):
+        return Corpus(str(records), fmt)
+    return Records(records)
+
+
+def _close(source: object) -> None:
+    """Delete a generator's spool as soon as its job is submitted, not when it is collected."""
+    if isinstance(source, Records):
+        source.close()
+
+
+def _request(records: RecordsLike, collection: str, settings: Settings, id_field: str, text_field: str,
+             fields: Sequence[str] | None, skip_invalid: bool, sync: Literal["none", "full"],
+             fmt: Literal["auto", "jsonl", "csv"]) -> JobRequest:
+    if isinstance(fields, str):
+        raise TypeError("fields is a sequence of field names, e.g. ['title', 'body']")
+    return JobRequest(
+        corpus=_source(records, fmt),
+        collection=collection,
+        model=settings.model,
+        spec=FieldSpec(id_field=id_field, text_fields=tuple(fields) if fields else (text_field,)),
+        chunk_size=settings.chunk_size,
+        token_budget=settings.chunk_token_budget,
+        window=settings.max_tokens_per_record,
+        skip_invalid=skip_invalid,
+        sync=sync,
+        sort_window=settings.sort_window,
+    )
+
+
+def run(records: RecordsLike, *, collection: str, settings: Settings | None = None, id_field: str = "id",
+        text_field: str = "text", fields: Sequence[str] | None = None, skip_invalid: bool = False,
+        sync: Literal["none", "full"] = "none", format: Literal["auto", "jsonl", "csv"] = "auto",
+        timeout: float | None = None) -> JobStats:
+    """Embed `records` on the embedded default (an in-process worker, no servers) and return
+    the finished job's figures."""
+    # imports torch: only when something is embedded in this process
+    from .embedded import run_embedded
+
+    with _using(settings) as current:
+        request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format)
+        try:
+            _, stats = run_embedded(request, job_timeout=timeout)
+        finally:
+            _close(request.corpus)
+        return stats
+
+
+def submit(records: RecordsLike, *, collection: str, settings: Settings | None = None, id_field: str = "id",
+           text_field: str = "text", fields: Sequence[str] | None = None, skip_invalid: bool = False,
+           sync: Literal["none", "full"] = "none", format: Literal["auto", "jsonl", "csv"] = "auto") -> str:
+    """Validate `records`, enqueue them on the fleet at settings.broker_url and return the job
+    id once every chunk is sent (the workers may still be encoding)."""
+    from .producers.sending import fleet_sender
+    from .producers.submit import submit as submit_job
+
+    with _using(settings) as current:
+        request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format)
+        try:
+            # The broker is checked before anything is written: BrokerUnavailable leaves no job.
+            return submit_job(_engine(current), request, fleet_sender(current)).job_id
+        finally:
+            _close(request.corpus)
+
+
+def wait(job_id: str, *, settings: Settings | None = None, timeout: float | None = None) -> JobStats:
+    """Block until the job is done and return its figures; meanwhile re-send the chunks held
+    by dead workers. Prints a progress line to stderr every 10 s (a bar on a terminal)."""
+    from .producers.progress import follow
+
+    current = _resolved(settings)
+    return follow(_engine(current), job_id, current, timeout=timeout)
+
+
+def status(job_id: str, *, settings: Settings | None = None) -> JobStats:
+    """The job's state and counts now (stalled is set when nothing moved for lease_seconds)."""
+    current = _resolved(settings)
+    return job_stats(_engine(current), job_id, lease_seconds=current.lease_seconds)
+
+
+def cancel_counted(job_id: str, *, settings: Settings | None = None) -> tuple[int, JobStats]:
+    """cancel, with the number of open chunks it cancelled (what the CLI prints)."""
+    current = _resolved(settings)
+    engine = _engine(current)
+    count = cancel_job(engine, job_id)
+    return count, job_stats(engine, job_id)
+
+
+def cancel(job_id: str, *, settings: Settings | None = None) -> JobStats:
+    """Cancel the job: its queued chunks are skipped when they arrive, chunks being encoded
+    are not stored, the vectors already stored stay. Returns its figures after."""
+    return cancel_counted(job_id, settings=settings)[1]
+
+
+def export(collection: str, path: str | Path, *, version: int | None = None,
+           settings: Settings | None = None) -> Exported:
+    """Write the collection's (N, d) float32 matrix in corpus order to `path` (.npy) and its
+    ids beside it (PATH.ids.jsonl, one JSON string a line: storage.export.read_ids reads it)."""
+    from .storage.collections import get_collection
+    from .storage.export import export_npy, ids_path_for
+
+    current = _resolved(settings)
+    engine = _engine(current)
+    info = get_collection(engine, collection)
+    key = info.current_key if version is None else next(
+        (v.key for v in info.versions if v.version == version), None)
+    if key is None:
+        raise LedgerError(f"collection {collection!r} has no version {version}")
+    out = Path(path)
+    rows, dim = export_npy(engine, key, out)
+    return Exported(out, ids_path_for(out), rows, dim)
+
+
+@overload
+def search(collection: str, query: str, *, k: int = 10,  # type: ignore[overload-overlap]  # str first
+           settings: Settings | None = None) -> list[Hit]: ...
+
+
+@overload
+def search(collection: str, query: Sequence[str], *, k: int = 10,
+           settings: Settings | None = None) -> list[list[Hit]]: ...
+
+
+def search(collection: str, query: str | Sequence[str], *, k: int = 10,
+           settings: Settings | None = None) -> list[Hit] | list[list[Hit]]:
+    """The k records most like `query` in the collection's current version, best first. A
+    sequence of queries gives one list of hits per query, in order. The model is loaded in
+    this process once and kept, so later searches cost the search alone."""
+    from .storage.collections import get_collection
+    from .storage.search import top_k
+    from .workers.resident import get_encoder  # imports torch, on first use
+
+    with _using(settings) as current:
+        engine = _engine(current)
+        version = get_collection(engine, collection).current
+        queries = [query] if isinstance(query, str) else list(query)
+        if not queries:
+            return []
+        rows = top_k(engine, version.key, get_encoder(version.model).encode_batch(queries), k)
+    hits = [[Hit(record_id, score) for record_id, score in row] for row in rows]
+    return hits[0] if isinstance(query, str) else hits
