@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from ..storage.vectors import delete_ids, iter_ids, move_positions, stored_state
 from .records import Record
 from .validation import Scan, text_hash64
-from ..storage.vectors import delete_ids, iter_ids, move_positions, stored_state
 
 LOOKUP_BATCH = 512
 
@@ -68,6 +68,6 @@ def sweep_deleted(engine: Engine, version_key: str, scan: Scan) -> int:
     "full" cleanup). Ids are compared by 64-bit hash, so memory is 8 bytes per source id."""
     deleted = 0
     for ids in iter_ids(engine, version_key):
-        gone = [record_id for record_id, kept in zip(ids, scan.has_id(ids)) if not kept]
+        gone = [record_id for record_id, kept in zip(ids, scan.has_id(ids), strict=True) if not kept]
         deleted += delete_ids(engine, version_key, gone)
     return deleted

@@ -11,13 +11,13 @@ import msgpack
 from sqlalchemy import Engine
 
 from ..config.messages import ChunkTexts
+from ..storage.collections import get_version
+from ..storage.dead_letters import Letter, id_altered
+from ..storage.ledger import close_submission, create_job, mark_resent, open_chunk_payloads
+from ..storage.liveness import claim_stranded, unclaim
 from .chunking import chunk_records
 from .records import Record
 from .submit import Sender, send_chunks
-from ..storage.dead_letters import Letter, id_altered
-from ..storage.collections import get_version
-from ..storage.ledger import close_submission, create_job, mark_resent, open_chunk_payloads
-from ..storage.liveness import claim_stranded, unclaim
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,22 @@ from sqlalchemy import Engine
 
 from ..config.messages import ChunkTexts
 from ..config.queues import ENCODE_TASK
+from ..storage.collections import Version, get_version, open_collection
+from ..storage.errors import JobEnded
+from ..storage.ledger import (
+    CANCELLED,
+    abandon_submission,
+    add_chunk,
+    check_collection_name,
+    close_submission,
+    create_job,
+    job_state,
+)
 from .chunking import chunk_records, is_truncated, sort_windows
 from .incremental import Changes, detect_changes, sweep_deleted
 from .readers import Source
 from .records import FieldSpec, Record
 from .validation import InvalidInput, scan_corpus, valid_records
-from ..storage.collections import Version, get_version, open_collection
-from ..storage.errors import JobEnded
-from ..storage.ledger import (CANCELLED, abandon_submission, add_chunk, check_collection_name, close_submission,
-                            create_job, job_state)
 
 log = logging.getLogger(__name__)
 
@@ -186,5 +193,6 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
         changes.deleted = sweep_deleted(engine, version.key, scan)
     close_submission(engine, job_id, chunks_total=seq, truncated=truncated, changes=changes.as_dict())
     if truncated:
-        log.info("%d records are longer than the model's %d-token window and will be truncated", truncated, request.window)
+        log.info("%d records are longer than the model's %d-token window and will be truncated",
+                 truncated, request.window)
     return Submission(job_id, scan.records_read, scan.invalid_count, truncated, seq, scan.report(), changes)
