@@ -12,8 +12,8 @@ import click
 import pytest
 import yaml
 
-from embedfleet.config.settings import Settings
 from embedfleet.cli import cli
+from embedfleet.config.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "compose.yaml"

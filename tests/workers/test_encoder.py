@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from embedfleet.config.settings import Settings
-from tests.conftest import SAMPLE, commit_text, read_records
 from embedfleet.workers.encoder import EncoderConfigError, SentenceTransformerEncoder, encode_one, load_encoder
+from tests.conftest import SAMPLE, commit_text, read_records
 
 
 @pytest.fixture(scope="module")
