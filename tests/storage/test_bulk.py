@@ -9,7 +9,7 @@ from sqlalchemy import select
 from embedfleet.storage.bulk import upsert_isolating, upsert_rows
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.ledger import job_stats
-from embedfleet.storage.schema import dead_letters
+from embedfleet.storage.schema import dead_letters, vectors
 from embedfleet.storage.vectors import store_chunk
 from tests.storage.helpers import one_chunk_job, refuse_ids_starting_bad, stored_ids
 
@@ -41,3 +41,16 @@ def test_postgres_failed_transaction_does_not_lose_the_staging_table(pg_url):
     assert (stats.state, stats.stored, stats.dead) == ("done", 195, 0)
     with engine.connect() as conn:
         assert conn.execute(select(dead_letters.c.id)).all() == []
+
+
+def test_upserting_a_record_again_replaces_its_row(db_url: str) -> None:
+    """Rows are keyed by (version, record id): a second write of a record updates it in place, on both dialects."""
+    engine = get_engine(db_url)
+    with engine.begin() as conn:
+        upsert_rows(conn, [("c1", "a", 0, "h1", "m", b"\1" * 16, 1.0), ("c1", "b", 1, "h1", "m", b"\1" * 16, 1.0)])
+    with engine.begin() as conn:
+        upsert_rows(conn, [("c1", "a", 5, "h2", "m", b"\2" * 16, 2.0)])
+    with engine.connect() as conn:
+        rows = conn.execute(select(vectors.c.record_id, vectors.c.position, vectors.c.content_hash)
+                            .order_by(vectors.c.record_id)).all()
+    assert [tuple(r) for r in rows] == [("a", 5, "h2"), ("b", 1, "h1")]

@@ -9,7 +9,17 @@ import time
 import pytest
 from sqlalchemy import select
 
-from embedfleet.storage.collections import drop_version, get_collection, new_version, open_collection
+from embedfleet.storage.collections import (
+    claim_reindex,
+    cutover,
+    drop_version,
+    get_collection,
+    mark_ready,
+    new_version,
+    open_collection,
+    rollback,
+    version_rows,
+)
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.ledger import (
     LedgerError,
@@ -82,3 +92,50 @@ def test_concurrent_first_opens_of_a_new_collection_share_one_version(db_url: st
         with engine.connect() as conn:
             assert conn.execute(select(versions.c.key).where(versions.c.collection == name)).scalars().all() == [name]
             assert conn.execute(select(jobs.c.version_key).where(jobs.c.collection == name)).scalars().all() == [name] * 3
+
+
+def test_cutover_needs_a_complete_newer_version_and_rollback_goes_back_and_forth(db_url: str) -> None:
+    """A version still building cannot be cut over to; once ready it can, and rollback swaps current and previous."""
+    engine = get_engine(db_url)
+    first = open_collection(engine, "docs", "m", {}, {})
+    second = new_version(engine, "docs", "m2")
+    with pytest.raises(LedgerError, match="no complete version"):
+        cutover(engine, "docs")
+    with engine.begin() as conn:
+        mark_ready(conn, second.key)
+    assert cutover(engine, "docs").key == second.key
+    assert get_collection(engine, "docs").current_key == second.key
+    assert rollback(engine, "docs").key == first.key
+    assert get_collection(engine, "docs").current_key == first.key
+    assert rollback(engine, "docs").key == second.key
+
+
+def test_only_a_version_that_is_not_current_can_be_dropped(sqlite_url: str) -> None:
+    """Dropping the current version is refused; dropping another deletes its rows and marks it dropped."""
+    engine = get_engine(sqlite_url)
+    job_id = job_with_chunks(engine, {0: [0, 1, 2]})
+    store_chunk(engine, chunk_vectors(job_id, 0, [0, 1, 2]))
+    newer = new_version(engine, "c1", "m")
+    with engine.begin() as conn:
+        mark_ready(conn, newer.key)
+    cutover(engine, "c1")
+    with pytest.raises(LedgerError, match="is current"):
+        drop_version(engine, "c1", newer.version)
+    assert version_rows(engine, "c1") == 3
+    assert drop_version(engine, "c1", 1) == 3
+    assert version_rows(engine, "c1") == 0
+    collection = get_collection(engine, "c1")
+    assert [v.state for v in collection.versions if v.version == 1] == ["dropped"]
+    assert collection.previous_key is None
+    with pytest.raises(LedgerError, match="no version 9"):
+        drop_version(engine, "c1", 9)
+
+
+def test_one_reindex_claim_per_gap(sqlite_url: str) -> None:
+    """The first claim wins, a second within the gap loses, and an unknown collection never claims."""
+    engine = get_engine(sqlite_url)
+    open_collection(engine, "docs", "m", {}, {})
+    assert claim_reindex(engine, "docs", min_gap_seconds=3600)
+    assert not claim_reindex(engine, "docs", min_gap_seconds=3600)
+    assert claim_reindex(engine, "docs", min_gap_seconds=-1)
+    assert not claim_reindex(engine, "nope", min_gap_seconds=3600)

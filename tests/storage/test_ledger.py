@@ -14,10 +14,15 @@ from embedfleet.storage.ledger import (
     add_chunk,
     cancel_job,
     check_collection_name,
+    chunk_counts,
     close_submission,
+    count_retry,
     create_job,
     finish_if_complete,
+    job_state,
     job_stats,
+    mark_resent,
+    open_chunk_payloads,
     start_delivery,
 )
 from embedfleet.storage.schema import chunks, jobs
@@ -123,3 +128,50 @@ def test_names_that_collide_with_version_keys_or_end_in_newline_are_refused(name
     with pytest.raises(LedgerError, match="invalid collection name"):
         check_collection_name(name)
     assert check_collection_name("c7_v2-x") == "c7_v2-x"
+
+
+def test_each_delivery_of_an_open_chunk_is_counted_until_it_is_done(db_url: str) -> None:
+    """start_delivery counts 1, 2, ... while the chunk is open, and answers None once it is stored."""
+    engine = get_engine(db_url)
+    job_id = job_with_chunks(engine, {0: [0, 1], 1: [2]})
+    assert start_delivery(engine, job_id, 0, holder="w1") == 1
+    assert start_delivery(engine, job_id, 0) == 2
+    store_chunk(engine, chunk_vectors(job_id, 0, [0, 1]))
+    assert start_delivery(engine, job_id, 0) is None
+    assert chunk_counts(engine, job_id) == (1, 2)
+
+
+def test_open_chunks_are_there_to_resend_in_seq_order(sqlite_url: str) -> None:
+    """resume reads the messages of the chunks not done, by seq; re-sending counts on the job."""
+    engine = get_engine(sqlite_url)
+    job_id = job_with_chunks(engine, {0: [0], 1: [1], 2: [2]})
+    store_chunk(engine, chunk_vectors(job_id, 1, [1]))
+    assert open_chunk_payloads(engine, job_id) == [(0, b"payload"), (2, b"payload")]
+    mark_resent(engine, job_id, [0, 2])
+    mark_resent(engine, job_id, [])
+    assert job_stats(engine, job_id).resends == 2
+    with pytest.raises(LedgerError, match="no job"):
+        open_chunk_payloads(engine, "nope")
+
+
+def test_retries_are_counted_on_the_job(sqlite_url: str) -> None:
+    """Each count_retry adds one to the job's retries."""
+    engine = get_engine(sqlite_url)
+    job_id = job_with_chunks(engine, {0: [0]})
+    count_retry(engine, job_id)
+    count_retry(engine, job_id)
+    assert job_stats(engine, job_id).retries == 2
+
+
+def test_a_job_finishes_only_when_submitted_and_every_chunk_is_done(sqlite_url: str) -> None:
+    """A job still submitting does not finish though its chunks are done; close_submission finishes it."""
+    engine = get_engine(sqlite_url)
+    version = open_collection(engine, "c1", "m", {}, {})
+    job_id = create_job(engine, "c1", version.key, "m", "test", {}, records_read=1, skipped_invalid=0)
+    add_chunk(engine, job_id, 0, 1, b"payload")
+    store_chunk(engine, chunk_vectors(job_id, 0, [0]))
+    assert job_state(engine, job_id) == "submitting"
+    close_submission(engine, job_id, chunks_total=1, truncated=0)
+    stats = job_stats(engine, job_id)
+    assert (stats.state, stats.stored, stats.chunks_done, stats.chunks_total) == ("done", 1, 1, 1)
+    assert job_state(engine, "nope") is None
