@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -23,8 +23,18 @@ demo: install
 		--fields title,description,files_touched --db sqlite:///embedfleet.db
 	$(VENV)/bin/embedfleet export --collection demo --out demo-vectors.npy --db sqlite:///embedfleet.db
 
-test: install
+# The linter and the type checker (configured in pyproject.toml), then the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Everything: real Redis, PostgreSQL and worker processes (.ci/run starts the services).
+test: lint
 	$(VENV)/bin/pytest -q
+
+# The fast lane, for every edit: no worker processes, no Redis (tests marked `fleet`).
+test-fast: lint
+	$(VENV)/bin/pytest -q -m "not fleet"
 
 # The benchmark on a corpus of your own: make bench CORPUS=path.jsonl FIELDS=title,body
 CORPUS ?= samples/celery_commits_500.jsonl
@@ -33,4 +43,4 @@ bench: install
 	$(VENV)/bin/embedfleet bench $(CORPUS) --fields $(FIELDS)
 
 clean:
-	rm -rf $(VENV) embedfleet.db* demo-vectors.* .pytest_cache
+	rm -rf $(VENV) embedfleet.db* demo-vectors.* .pytest_cache .mypy_cache .ruff_cache

@@ -45,7 +45,7 @@ class ChunkTexts:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> "ChunkTexts":
+    def from_wire(cls, data: dict[str, Any]) -> ChunkTexts:
         return cls(**data)
 
     def label(self) -> str:
@@ -80,7 +80,7 @@ class ChunkVectors:
         return wire
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> "ChunkVectors":
+    def from_wire(cls, data: dict[str, Any]) -> ChunkVectors:
         dead = [DeadRecord(**d) for d in data.get("dead", [])]
         return cls(**{**data, "dead": dead})
 

@@ -72,10 +72,6 @@ class Settings(BaseSettings):
     # slow chunk is never sent twice (liveness is the node's, not the chunk's).
     heartbeat_seconds: float = 3.0
     dead_after_seconds: float = 15.0
-    # Seconds a pool process may take to load its model before Celery kills it as hung
-    # (worker_proc_alive_timeout, 4 s by default: a replacement child loading a 6 s model
-    # was killed forever). Generous: a large model from a slow disk takes a minute.
-    model_load_timeout: float = 120.0
     # A running job with open chunks and no chunk sent, started or done for this long has
     # lost its messages (broker restarted empty, a chunk's retries ran out while the database
     # was down): every worker's heartbeat (and beat) re-sends them, checking every

@@ -68,6 +68,6 @@ def sweep_deleted(engine: Engine, version_key: str, scan: Scan) -> int:
     "full" cleanup). Ids are compared by 64-bit hash, so memory is 8 bytes per source id."""
     deleted = 0
     for ids in iter_ids(engine, version_key):
-        gone = [record_id for record_id, kept in zip(ids, scan.has_id(ids)) if not kept]
+        gone = [record_id for record_id, kept in zip(ids, scan.has_id(ids), strict=True) if not kept]
         deleted += delete_ids(engine, version_key, gone)
     return deleted

@@ -7,13 +7,13 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -58,12 +58,12 @@ class JobProgress:
         self.line_every = line_every
         self._console = Console(stderr=True)
         self._bar: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._last_poll = 0.0
         self._last_line = 0.0
         self.stats: JobStats | None = None
 
-    def __enter__(self) -> "JobProgress":
+    def __enter__(self) -> JobProgress:
         if self._console.is_terminal:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -79,7 +79,7 @@ class JobProgress:
             self._task = self._bar.add_task("embedding", total=None, rate=0.0, dead=0)
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             self.poll(force=True, final=True)
         except DATABASE_DROPS:

@@ -172,12 +172,12 @@ class Records:
             self._items = records
             return
         # Read back until the job is submitted; closed by close() or when the source is dropped.
-        self._spool = tempfile.TemporaryFile(prefix="embedfleet-records-", suffix=".pickle")  # noqa: SIM115
+        self._spool = tempfile.TemporaryFile(prefix="embedfleet-records-", suffix=".pickle")
         for item in records:
             entry = dict(item) if isinstance(item, Mapping) else _NotARecord(type(item).__name__)
             try:
                 pickle.dump(entry, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:  # noqa: BLE001  a value pickle cannot hold (a lock, a live connection)
+            except Exception as exc:
                 pickle.dump(_NotARecord(type(item).__name__, f"cannot be read: {type(exc).__name__}: {exc}"),
                             self._spool, protocol=pickle.HIGHEST_PROTOCOL)
         self._spool.flush()

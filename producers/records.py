@@ -8,12 +8,16 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import String
+
 from ..storage.schema import vectors
 from .readers import RawRecord
 
 # The longest id storage holds: the vectors.record_id column's length (PostgreSQL enforces
 # it, in characters; dead_letters.record_id has the same length).
-MAX_ID_LENGTH: int = vectors.c.record_id.type.length
+_ID_TYPE = vectors.c.record_id.type
+assert isinstance(_ID_TYPE, String) and _ID_TYPE.length is not None, "vectors.record_id has a length"
+MAX_ID_LENGTH: int = _ID_TYPE.length
 # Characters an id may not hold: the C0 controls U+0000-U+001F (NUL, tab, newline, carriage
 # return among them), DEL U+007F, the C1 controls U+0080-U+009F (NEL U+0085 among them), and
 # the line and paragraph separators U+2028 and U+2029. PostgreSQL cannot store NUL, and the
@@ -67,7 +71,7 @@ def shown_id(record_id: str, limit: int = 60) -> str:
 
 def _char_name(char: str) -> str:
     names = {"\x00": "NUL", "\t": "tab", "\n": "newline", "\r": "carriage return"}
-    return names.get(char) or unicodedata.name(char, "control character")
+    return names[char] if char in names else unicodedata.name(char, "control character")
 
 
 def id_problem(record_id: str) -> str | None:

@@ -17,6 +17,7 @@ def registered_request(engine: Engine, name: str, settings: Settings, model: str
     info = get_collection(engine, name)
     options = info.options
     return JobRequest(
+        # Corpus.format is a Literal, the Source protocol's a plain (settable) str: readers.py's to fix.
         corpus=source_from_spec(info.source),
         collection=name,
         model=model or info.current.model,

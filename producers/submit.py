@@ -181,5 +181,6 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
         changes.deleted = sweep_deleted(engine, version.key, scan)
     close_submission(engine, job_id, chunks_total=seq, truncated=truncated, changes=changes.as_dict())
     if truncated:
-        log.info("%d records are longer than the model's %d-token window and will be truncated", truncated, request.window)
+        log.info("%d records are longer than the model's %d-token window and will be truncated",
+                 truncated, request.window)
     return Submission(job_id, scan.records_read, scan.invalid_count, truncated, seq, scan.report(), changes)

@@ -7,7 +7,7 @@ A migration fills a new version while the current one stays readable, then switc
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -68,10 +68,10 @@ def _version(row: Any) -> Version:
 
 def _insert_version(conn: Connection, name: str, number: int, model: str) -> Version:
     key = version_key(name, number)
-    values = dict(key=key, collection=name, version=number, model=model, dim=None, normalized=True,
-                  state="building", created_at=time.time())
-    conn.execute(insert(versions).values(**values))
-    return Version(**values)
+    version = Version(key=key, collection=name, version=number, model=model, dim=None, normalized=True,
+                      state="building", created_at=time.time())
+    conn.execute(insert(versions).values(**asdict(version)))
+    return version
 
 
 def open_collection(engine: Engine, name: str, model: str, source: dict[str, Any], options: dict[str, Any]) -> Version:
@@ -138,11 +138,13 @@ def get_version(conn: Connection, key: str) -> Version:
 
 def version_rows(engine: Engine, key: str) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(vectors).where(vectors.c.version_key == key)).scalar_one())
+        count = select(func.count()).select_from(vectors).where(vectors.c.version_key == key)
+        return int(conn.execute(count).scalar_one())
 
 
 def mark_ready(conn: Connection, key: str) -> None:
-    conn.execute(update(versions).where(and_(versions.c.key == key, versions.c.state == "building")).values(state="ready"))
+    building = and_(versions.c.key == key, versions.c.state == "building")
+    conn.execute(update(versions).where(building).values(state="ready"))
 
 
 def cutover_conn(conn: Connection, name: str, key: str) -> None:
@@ -168,9 +170,10 @@ def cutover(engine: Engine, name: str, number: int | None = None) -> Version:
                 raise LedgerError(f"collection {name!r} has no complete version newer than the current one")
             target = ready[-1]
         else:
-            target = next((v for v in collection.versions if v.version == number), None)
-            if target is None or target.state != "ready":
+            found = next((v for v in collection.versions if v.version == number), None)
+            if found is None or found.state != "ready":
                 raise LedgerError(f"version {number} of {name!r} is not complete (or does not exist)")
+            target = found
         cutover_conn(conn, name, target.key)
         return target
 

@@ -63,7 +63,7 @@ def redacted(exc: BaseException, keep: tuple[type[BaseException], ...] = ()) -> 
     """The exception to raise instead of exc: exc itself if it is one of `keep` (errors the
     task retries, which must keep their type; with parameters hidden their messages hold
     no record data), otherwise a RedactedError with the same error type."""
-    if isinstance(exc, keep) or isinstance(exc, RedactedError):
+    if isinstance(exc, (*keep, RedactedError)):
         return exc
     return RedactedError(safe_error(exc), error_type(exc))
 

@@ -32,4 +32,5 @@ def top_k(engine: Engine, version_key: str, queries: np.ndarray, k: int) -> list
     order = np.argsort(-best_scores, axis=1, kind="stable")
     best_scores = np.take_along_axis(best_scores, order, axis=1)
     best_ids = np.take_along_axis(best_ids, order, axis=1)
-    return [[(str(i), float(s)) for i, s in zip(row_ids, row_scores)] for row_ids, row_scores in zip(best_ids, best_scores)]
+    return [[(str(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True)]
+            for row_ids, row_scores in zip(best_ids, best_scores, strict=True)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import msgpack
 from sqlalchemy import Engine, and_, func, insert, select, update
@@ -28,7 +29,7 @@ def halve(texts: ChunkTexts, first_seq: int, second_seq: int) -> tuple[ChunkText
     never the crash) ride with the second half."""
     half = len(texts.ids) // 2
 
-    def part(seq: int, lo: int, hi: int | None, aliases: list) -> ChunkTexts:  # type: ignore[type-arg]
+    def part(seq: int, lo: int, hi: int | None, aliases: list[list[Any]]) -> ChunkTexts:
         return dataclasses.replace(texts, seq=seq, ids=texts.ids[lo:hi], positions=texts.positions[lo:hi],
                                    texts=texts.texts[lo:hi], hashes=texts.hashes[lo:hi], aliases=aliases)
 

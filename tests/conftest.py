@@ -45,6 +45,23 @@ def commit_text(record: dict) -> str:
     return "\n".join(parts)
 
 
+# Fixtures that mean a test needs a service: the test is marked for it at collection, so the
+# marks never drift from what the test really uses (`make test-fast` leaves out `fleet`).
+FLEET_FIXTURES = {"redis_url", "make_fleet"}
+POSTGRES_FIXTURES = {"pg_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if fixtures & FLEET_FIXTURES:
+            item.add_marker(pytest.mark.fleet)
+        # pg_url asked for directly, or through a parameter (db_url's "postgres", or a test's own).
+        if fixtures & POSTGRES_FIXTURES or "postgres" in params.values():
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
     from embedfleet.config.settings import set_settings

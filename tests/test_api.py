@@ -14,8 +14,20 @@ import numpy as np
 import pytest
 
 import embedfleet
-from embedfleet import (BrokerUnavailable, InvalidInput, JobEnded, LedgerError, Settings, cancel, export, run,
-                        search, status, submit, wait)
+from embedfleet import (
+    BrokerUnavailable,
+    InvalidInput,
+    JobEnded,
+    LedgerError,
+    Settings,
+    cancel,
+    export,
+    run,
+    search,
+    status,
+    submit,
+    wait,
+)
 from embedfleet.config.settings import get_settings
 from embedfleet.storage.export import read_ids
 from tests.conftest import REPO, SAMPLE, assert_matches_reference, read_records
@@ -132,7 +144,7 @@ def test_invalid_records_are_named_by_number_and_nothing_is_written(tmp_path: Pa
 def test_an_unreachable_broker_fails_submit_before_anything_is_written(tmp_path: Path) -> None:
     """submit() checks settings.broker_url first: BrokerUnavailable, and no collection or job."""
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'api.db'}", broker_url="redis://127.0.0.1:1/0")
-    with pytest.raises(BrokerUnavailable, match="broker unreachable at redis://127.0.0.1:1/0"):
+    with pytest.raises(BrokerUnavailable, match=re.escape("broker unreachable at redis://127.0.0.1:1/0")):
         submit(commits(3), collection="nobroker", settings=settings)
     with pytest.raises(LedgerError, match="no collection"):
         export("nobroker", tmp_path / "x.npy", settings=settings)

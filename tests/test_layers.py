@@ -55,7 +55,7 @@ def test_the_scan_sees_the_known_edges() -> None:
     edges = set(import_edges())
     assert ("embedfleet.producers.submit", "embedfleet.storage.ledger") in edges
     assert ("embedfleet.workers.tasks", "embedfleet.config.celery_app") in edges
-    assert ("embedfleet.cli.jobs", "embedfleet.producers.progress") in edges
+    assert ("embedfleet.producers.tasks", "embedfleet.storage.resend") in edges
 
 
 def test_layers_only_point_down() -> None:

@@ -52,7 +52,7 @@ def isolate_crash(engine: Engine, texts: ChunkTexts, deliveries: int,
     message = (f"its worker process died in {deliveries - 1} deliveries of it alone "
                "(killed by the OOM killer, or a crash in native code)")
     return [DeadRecord(i, p, t, h, WORKER_CRASHED, message)
-            for i, p, t, h in zip(texts.ids, texts.positions, texts.texts, texts.hashes)], ()
+            for i, p, t, h in zip(texts.ids, texts.positions, texts.texts, texts.hashes, strict=True)], ()
 
 
 def model_backoff(deliveries: int) -> float:

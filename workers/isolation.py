@@ -88,8 +88,8 @@ def encode_isolating(encode: EncodeFn, texts: Sequence[str], dim: int, batch_siz
             pending.append((indices[:half], size))
             continue
         finite = np.isfinite(matrix).all(axis=1)
-        nonzero = matrix.any(axis=1)
-        for index, row, is_finite, is_nonzero in zip(indices, matrix, finite, nonzero):
+        nonzero = np.asarray(matrix.any(axis=1))
+        for index, row, is_finite, is_nonzero in zip(indices, matrix, finite, nonzero, strict=True):
             if not is_finite:
                 result.failures.append(RecordFailure(index, "InvalidVector", "vector has NaN or infinite values"))
             elif not is_nonzero:

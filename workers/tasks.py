@@ -128,11 +128,11 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
     if deliveries is None:
         # The parent of a crash split comes back if its process died (or the broker failed)
         # between the split's commit and the halves' send: send the halves nobody started.
-        halves = unstarted_halves(_engine(), texts.job_id, texts.seq)
-        for payload in halves:
+        unsent = unstarted_halves(_engine(), texts.job_id, texts.seq)
+        for payload in unsent:
             payload_sender(celery_sender(app))(payload)
         log.info("skipping job=%s chunk=%d: not open (done, split or cancelled)%s", texts.job_id, texts.seq,
-                 f"; re-sent {len(halves)} unstarted halves" if halves else "")
+                 f"; re-sent {len(unsent)} unstarted halves" if unsent else "")
         return
     try:
         encoder = get_encoder(texts.model)

@@ -38,6 +38,7 @@ class BenchReport:
 
 
 def load_records(corpus: str, spec: FieldSpec, limit: int | None) -> list[Record]:
+    # Corpus.format is a Literal, the Source protocol's a plain (settable) str: readers.py's to fix.
     records = [r for r in valid_records(Corpus(corpus), spec) if isinstance(r, Record)]
     return records[:limit] if limit else records
 
@@ -68,6 +69,8 @@ def latest_job(db_url: str) -> dict[str, Any]:
     engine = get_engine(db_url)
     with engine.connect() as conn:
         job_id = conn.execute(select(jobs.c.id).order_by(jobs.c.created_at.desc())).scalars().first()
+    if job_id is None:
+        raise RuntimeError(f"no job in {db_url}")
     return job_stats(engine, job_id).as_dict()
 
 

@@ -31,7 +31,8 @@ def fleet_workers(broker_url: str, db_url: str, processes: int, threads: int, **
     control.control.purge()
     worker_env = cli_env(EMBEDFLEET_BROKER_URL=broker_url, EMBEDFLEET_DATABASE_URL=db_url,
                          EMBEDFLEET_TORCH_THREADS=str(threads), **env)
-    procs = [subprocess.Popen([str(BIN / "embedfleet"), "worker", "-c", "1", "-n", f"bench{i}-{uuid.uuid4().hex[:6]}@%h",
+    procs = [subprocess.Popen([str(BIN / "embedfleet"), "worker", "-c", "1",
+                               "-n", f"bench{i}-{uuid.uuid4().hex[:6]}@%h",
                                "--without-mingle", "--without-gossip", "-l", "WARNING"],
                               env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for i in range(processes)]

@@ -128,13 +128,15 @@ def bench_memory(report: BenchReport, records: list[Record], work: Path, broker_
         for size in (10_000, 100_000):
             path = work / f"memory-{size}.jsonl"
             write_corpus(records, path, total=size)
-            env = cli_env(EMBEDFLEET_BROKER_URL=broker_url, EMBEDFLEET_DATABASE_URL=f"sqlite:///{work / f'memory-{size}.db'}")
+            database = f"sqlite:///{work / f'memory-{size}.db'}"
+            env = cli_env(EMBEDFLEET_BROKER_URL=broker_url, EMBEDFLEET_DATABASE_URL=database)
             started = time.perf_counter()
             done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, "submit", str(path), "--collection", "mem"],
                                   check=True, capture_output=True, text=True, env=env)
             seconds = time.perf_counter() - started
             peaks[size] = int(done.stderr.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024
-            report.add("memory", f"producer submit of {size:,} records", seconds, size, peak_rss_mb=round(peaks[size], 1))
+            report.add("memory", f"producer submit of {size:,} records", seconds, size,
+                       peak_rss_mb=round(peaks[size], 1))
             control.control.purge()
     finally:
         control.close()

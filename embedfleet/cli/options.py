@@ -33,7 +33,8 @@ def corpus_options(func: Any) -> Any:
     options = [
         click.argument("corpus", required=False),
         click.option("--collection", required=True, help="Where the vectors go (letters, digits, _ and -)."),
-        click.option("--source-url", default=None, help="Read a SQL table or query instead of CORPUS (SQLAlchemy URL)."),
+        click.option("--source-url", default=None,
+                     help="Read a SQL table or query instead of CORPUS (SQLAlchemy URL)."),
         click.option("--table", default=None, help="With --source-url: the table to read."),
         click.option("--query", default=None, help="With --source-url: the query to read (give it an ORDER BY)."),
         click.option("--id-field", default="id", show_default=True, help="The field holding each record's id."),
@@ -58,6 +59,7 @@ def _source(opts: dict[str, Any]) -> Source:
         return SqlSource(opts["source_url"], opts["table"], opts["query"])
     if not opts["corpus"]:
         raise click.UsageError("give a CORPUS file (or - for stdin), or --source-url with --table or --query")
+    # Corpus.format is a Literal, the Source protocol's a plain (settable) str: readers.py's to fix.
     return Corpus(opts["corpus"], opts["fmt"])
 
 

@@ -1,7 +1,10 @@
-"""The checks every fault-injection test makes of a finished job."""
+"""What the fleet tests share: a marked corpus, starting workers, submitting, and the checks
+every fault-injection test makes of a finished job."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,9 @@ from embedfleet.storage.engine import get_engine
 from embedfleet.storage.export import export_npy, ids_path_for, read_ids
 from embedfleet.storage.jobs import JobStats, job_stats
 from embedfleet.storage.schema import dead_letters, vectors
+from tests.conftest import SAMPLE
+
+FAULTS = "tests.workers.fault_encoders"
 
 
 def wait_done(db_url: str, job_id: str, timeout: float = 240) -> JobStats:
@@ -49,3 +55,35 @@ def assert_accounted(db_url: str, job_id: str, collection: str, corpus_ids: list
     assert exported == [i for i in corpus_ids if i in set(exported)]
     assert np.isfinite(np.load(out)).all()
     return stats
+
+
+def fault_corpus(tmp_path: Path, n: int, marked: dict[int, str] | None = None) -> tuple[Path, list[str]]:
+    """The first n records of the real sample, one text field, some records marked."""
+    path = tmp_path / "corpus.jsonl"
+    ids = []
+    with SAMPLE.open() as src, path.open("w") as out:
+        for i, line in zip(range(n), src):
+            record = json.loads(line)
+            text = f"{record['title']}\n{record['description']}"[:600]
+            if marked and i in marked:
+                text = f"{text} {marked[i]}"
+            out.write(json.dumps({"id": record["id"], "text": text}) + "\n")
+            ids.append(record["id"])
+    return path, ids
+
+
+def start_workers(fleet, *names: str, **env: str) -> None:
+    for name in names:
+        fleet.start_worker(name, **env)
+    fleet.wait_ready(list(names))
+
+
+def submit_corpus(fleet, corpus: Path, *extra: str) -> str:
+    return fleet.cli("submit", str(corpus), "--collection", "faults", "--chunk-size", "8", *extra).stdout.split()[0]
+
+
+def wait_started(db_url: str, job_id: str, chunks: int = 2) -> None:
+    deadline = time.monotonic() + 60
+    while job_stats(get_engine(db_url), job_id).chunks_done < chunks:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

@@ -17,8 +17,7 @@ from embedfleet.storage.engine import get_engine
 from embedfleet.storage.jobs import job_stats
 from embedfleet.storage.schema import chunks, vectors
 from tests.conftest import BIN
-from tests.fleet.checks import assert_accounted, wait_done
-from tests.fleet.test_faults import _corpus, _start, _submit, kill_env  # noqa: F401  (a fixture)
+from tests.fleet.checks import assert_accounted, fault_corpus, start_workers, submit_corpus, wait_done
 
 pytestmark = pytest.mark.fleet
 
@@ -34,8 +33,8 @@ def test_wait_rides_out_terminated_database_connections(pg_url, make_fleet, tmp_
     """Every other connection to the database is terminated four times mid-job: `submit --wait` keeps waiting, exits 0, no traceback."""
     fleet = make_fleet(pg_url, **kill_env)
     get_engine(pg_url)  # the schema, before anyone polls it
-    _start(fleet, "w1")
-    corpus, ids = _corpus(tmp_path, 96)
+    start_workers(fleet, "w1")
+    corpus, ids = fault_corpus(tmp_path, 96)
     proc = subprocess.Popen([str(BIN / "embedfleet"), "submit", str(corpus), "--collection", "faults", "--chunk-size",
                              "8", "--wait"], env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -69,9 +68,9 @@ def _queues_drained(broker_url: str) -> bool:
 def test_cancel_a_migration_mid_job_then_drop_its_version(pg_url, make_fleet, tmp_path, kill_env) -> None:
     """cancel mid-job: later chunks are skipped by the worker, only committed chunks count, --wait stops, the version drops."""
     fleet = make_fleet(pg_url, **kill_env)
-    _start(fleet, "w1")
-    corpus, ids = _corpus(tmp_path, 96)
-    wait_done(pg_url, _submit(fleet, corpus))
+    start_workers(fleet, "w1")
+    corpus, _ids = fault_corpus(tmp_path, 96)
+    wait_done(pg_url, submit_corpus(fleet, corpus))
     engine = get_engine(pg_url)
     model = get_collection(engine, "faults").current.model
     migration = fleet.cli("migrate", "--collection", "faults", "--model", model, "--no-cutover")

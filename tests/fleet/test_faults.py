@@ -6,13 +6,11 @@ stored twice, export in corpus order.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -22,63 +20,27 @@ from embedfleet.storage.dead_letters import list_letters
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.export import read_ids
 from embedfleet.storage.jobs import job_stats
-from tests.conftest import SAMPLE
-from tests.fleet.checks import assert_accounted, wait_done
+from tests.fleet.checks import (
+    FAULTS,
+    assert_accounted,
+    fault_corpus,
+    start_workers,
+    submit_corpus,
+    wait_done,
+    wait_started,
+)
 from tests.workers.fault_encoders import NAN_MARKER, POISON_MARKER
 
 pytestmark = pytest.mark.fleet
-FAULTS = "tests.workers.fault_encoders"
-RECOVERY = {}  # seconds from fault to job done, printed at the end of the session
 
 
-def _corpus(tmp_path: Path, n: int, marked: dict[int, str] | None = None) -> tuple[Path, list[str]]:
-    """The first n records of the real sample, one text field, some records marked."""
-    path = tmp_path / "corpus.jsonl"
-    ids = []
-    with SAMPLE.open() as src, path.open("w") as out:
-        for i, line in zip(range(n), src):
-            record = json.loads(line)
-            text = f"{record['title']}\n{record['description']}"[:600]
-            if marked and i in marked:
-                text = f"{text} {marked[i]}"
-            out.write(json.dumps({"id": record["id"], "text": text}) + "\n")
-            ids.append(record["id"])
-    return path, ids
-
-
-def _start(fleet, *names: str, **env: str) -> None:
-    for name in names:
-        fleet.start_worker(name, **env)
-    fleet.wait_ready(list(names))
-
-
-def _submit(fleet, corpus: Path, *extra: str) -> str:
-    return fleet.cli("submit", str(corpus), "--collection", "faults", "--chunk-size", "8", *extra).stdout.split()[0]
-
-
-@pytest.fixture
-def kill_env() -> dict[str, str]:
-    """The default timeouts (a chunk held by a killed worker comes back through the heartbeat
-    sweep in seconds, not after the hour-long visibility timeout), and a slow encoder, so the
-    kill lands while chunks are in flight."""
-    return {"EMBEDFLEET_TORCH_THREADS": "1", "EMBEDFLEET_ENCODER": f"{FAULTS}:SlowEncoder",
-            "EMBEDFLEET_TEST_DELAY": "0.4"}
-
-
-def _wait_started(db_url: str, job_id: str, chunks: int = 2) -> None:
-    deadline = time.monotonic() + 60
-    while job_stats(get_engine(db_url), job_id).chunks_done < chunks:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-
-
-def test_kill_9_worker_mid_job_then_restart(sqlite_url, make_fleet, tmp_path, kill_env) -> None:
+def test_kill_9_worker_mid_job_then_restart(sqlite_url, make_fleet, tmp_path, kill_env, recovery) -> None:
     """kill -9 one of two workers (parent and pool) mid-job and start it again: the job completes."""
     fleet = make_fleet(sqlite_url, **kill_env)
-    _start(fleet, "w1", "w2")
-    corpus, ids = _corpus(tmp_path, 120)
-    job_id = _submit(fleet, corpus)
-    _wait_started(sqlite_url, job_id)
+    start_workers(fleet, "w1", "w2")
+    corpus, ids = fault_corpus(tmp_path, 120)
+    job_id = submit_corpus(fleet, corpus)
+    wait_started(sqlite_url, job_id)
     victims = [fleet.procs["w1"].pid, *fleet.pool_children("w1")]
     killed_at = time.monotonic()
     for pid in victims:
@@ -86,33 +48,33 @@ def test_kill_9_worker_mid_job_then_restart(sqlite_url, make_fleet, tmp_path, ki
     fleet.procs["w1"].wait()
     fleet.start_worker("w1")
     stats = wait_done(sqlite_url, job_id)
-    RECOVERY["kill -9 worker, restart"] = time.monotonic() - killed_at
+    recovery("kill -9 worker, restart", time.monotonic() - killed_at, 120)
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
     assert stats.stored == 120 and stats.dead == 0
 
 
-def test_kill_9_parent_holding_a_chunk(sqlite_url, make_fleet, tmp_path, kill_env) -> None:
+def test_kill_9_parent_holding_a_chunk(sqlite_url, make_fleet, tmp_path, kill_env, recovery) -> None:
     """kill -9 a worker's parent while its pool holds a reserved chunk: the other worker finishes the job."""
     fleet = make_fleet(sqlite_url, **kill_env)
-    _start(fleet, "w1", "w2")
-    corpus, ids = _corpus(tmp_path, 120)
-    job_id = _submit(fleet, corpus)
-    _wait_started(sqlite_url, job_id)
+    start_workers(fleet, "w1", "w2")
+    corpus, ids = fault_corpus(tmp_path, 120)
+    job_id = submit_corpus(fleet, corpus)
+    wait_started(sqlite_url, job_id)
     killed_at = time.monotonic()
     os.kill(fleet.procs["w1"].pid, signal.SIGKILL)
     stats = wait_done(sqlite_url, job_id)
-    RECOVERY["kill -9 parent holding a chunk"] = time.monotonic() - killed_at
+    recovery("kill -9 parent holding a chunk", time.monotonic() - killed_at, 120)
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
     assert stats.stored == 120 and stats.dead == 0
 
 
-def test_redis_flushed_mid_job_then_resume(pg_url, make_fleet, tmp_path, kill_env) -> None:
+def test_redis_flushed_mid_job_then_resume(pg_url, make_fleet, tmp_path, kill_env, recovery) -> None:
     """The broker loses every queue mid-job; `resume` re-sends the open chunks and the job completes."""
     fleet = make_fleet(pg_url, **kill_env)
-    _start(fleet, "w1", "w2")
-    corpus, ids = _corpus(tmp_path, 120)
-    job_id = _submit(fleet, corpus)
-    _wait_started(pg_url, job_id)
+    start_workers(fleet, "w1", "w2")
+    corpus, ids = fault_corpus(tmp_path, 120)
+    job_id = submit_corpus(fleet, corpus)
+    wait_started(pg_url, job_id)
     redis.Redis.from_url(fleet.broker_url).flushdb()
     flushed_at = time.monotonic()
     time.sleep(1.0)
@@ -120,23 +82,23 @@ def test_redis_flushed_mid_job_then_resume(pg_url, make_fleet, tmp_path, kill_en
     resumed = fleet.cli("resume", job_id)
     assert "re-sent" in resumed.stdout
     stats = wait_done(pg_url, job_id)
-    RECOVERY["redis flushed, resume"] = time.monotonic() - flushed_at
+    recovery("redis flushed, resume", time.monotonic() - flushed_at, 120)
     assert_accounted(pg_url, job_id, "faults", ids, tmp_path / "out.npy")
     assert stats.stored == 120 and stats.resends > 0
 
 
-def test_reconciler_resends_after_broker_loss(pg_url, make_fleet, tmp_path, kill_env) -> None:
+def test_reconciler_resends_after_broker_loss(pg_url, make_fleet, tmp_path, kill_env, recovery) -> None:
     """Redis flushed mid-job and nobody runs resume: beat's reconciler re-sends the stalled chunks."""
     fleet = make_fleet(pg_url, **kill_env, EMBEDFLEET_LEASE_SECONDS="3", EMBEDFLEET_RECONCILE_EVERY_SECONDS="1")
-    _start(fleet, "w1")
-    corpus, ids = _corpus(tmp_path, 64)
-    job_id = _submit(fleet, corpus)
-    _wait_started(pg_url, job_id)
+    start_workers(fleet, "w1")
+    corpus, ids = fault_corpus(tmp_path, 64)
+    job_id = submit_corpus(fleet, corpus)
+    wait_started(pg_url, job_id)
     redis.Redis.from_url(fleet.broker_url).flushdb()
     flushed_at = time.monotonic()
     fleet.start("beat", "beat", "-s", str(tmp_path / "beat-schedule"))
     stats = wait_done(pg_url, job_id)
-    RECOVERY["redis flushed, reconciler"] = time.monotonic() - flushed_at
+    recovery("redis flushed, reconciler", time.monotonic() - flushed_at, 120)
     assert_accounted(pg_url, job_id, "faults", ids, tmp_path / "out.npy")
     assert stats.stored == 64 and stats.resends > 0
     assert "re-sent" in fleet.log("w1")
@@ -145,10 +107,10 @@ def test_reconciler_resends_after_broker_loss(pg_url, make_fleet, tmp_path, kill
 def test_poison_records_are_isolated_then_redriven(sqlite_url, make_fleet, tmp_path) -> None:
     """Exactly the marked records become dead letters; redrive with the normal encoder stores them."""
     fleet = make_fleet(sqlite_url)
-    _start(fleet, "poison", EMBEDFLEET_ENCODER=f"{FAULTS}:PoisonEncoder")
+    start_workers(fleet, "poison", EMBEDFLEET_ENCODER=f"{FAULTS}:PoisonEncoder")
     marked = {3: POISON_MARKER, 17: POISON_MARKER, 18: POISON_MARKER}
-    corpus, ids = _corpus(tmp_path, 40, marked)
-    job_id = _submit(fleet, corpus)
+    corpus, ids = fault_corpus(tmp_path, 40, marked)
+    job_id = submit_corpus(fleet, corpus)
     stats = wait_done(sqlite_url, job_id)
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
     letters = list_letters(get_engine(sqlite_url), job_id)
@@ -165,7 +127,7 @@ def test_poison_records_are_isolated_then_redriven(sqlite_url, make_fleet, tmp_p
 
     fleet.stop()
     fleet.procs.clear()
-    _start(fleet, "normal")
+    start_workers(fleet, "normal")
     redrive_job = fleet.cli("dlq", "redrive", "--job", job_id).stdout.split()[0]
     wait_done(sqlite_url, redrive_job)
     assert list_letters(get_engine(sqlite_url), job_id) == []
@@ -179,9 +141,9 @@ def test_transient_failures_retry_and_are_counted(sqlite_url, make_fleet, tmp_pa
     state = tmp_path / "state"
     state.mkdir()
     fleet = make_fleet(sqlite_url, EMBEDFLEET_TEST_STATE_DIR=str(state))
-    _start(fleet, "flaky", EMBEDFLEET_ENCODER=f"{FAULTS}:FlakyEncoder")
-    corpus, ids = _corpus(tmp_path, 24)
-    job_id = _submit(fleet, corpus)
+    start_workers(fleet, "flaky", EMBEDFLEET_ENCODER=f"{FAULTS}:FlakyEncoder")
+    corpus, ids = fault_corpus(tmp_path, 24)
+    job_id = submit_corpus(fleet, corpus)
     stats = wait_done(sqlite_url, job_id)
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
     assert (stats.stored, stats.dead, stats.retries, stats.giveups) == (24, 0, 2, 0)
@@ -190,9 +152,9 @@ def test_transient_failures_retry_and_are_counted(sqlite_url, make_fleet, tmp_pa
 def test_out_of_memory_splits_the_chunk(sqlite_url, make_fleet, tmp_path) -> None:
     """An encoder that runs out of memory above 4 texts: the job completes by halving, splits counted."""
     fleet = make_fleet(sqlite_url)
-    _start(fleet, "oom", EMBEDFLEET_ENCODER=f"{FAULTS}:OutOfMemoryEncoder")
-    corpus, ids = _corpus(tmp_path, 32)
-    job_id = _submit(fleet, corpus)
+    start_workers(fleet, "oom", EMBEDFLEET_ENCODER=f"{FAULTS}:OutOfMemoryEncoder")
+    corpus, ids = fault_corpus(tmp_path, 32)
+    job_id = submit_corpus(fleet, corpus)
     stats = wait_done(sqlite_url, job_id)
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
     assert (stats.stored, stats.dead) == (32, 0)
@@ -202,9 +164,9 @@ def test_out_of_memory_splits_the_chunk(sqlite_url, make_fleet, tmp_path) -> Non
 def test_nan_vector_is_a_dead_letter(pg_url, make_fleet, tmp_path) -> None:
     """A record whose vector comes back NaN is never stored: it is a dead letter, the rest are stored."""
     fleet = make_fleet(pg_url)
-    _start(fleet, "nan", EMBEDFLEET_ENCODER=f"{FAULTS}:NaNEncoder")
-    corpus, ids = _corpus(tmp_path, 20, {5: NAN_MARKER})
-    job_id = _submit(fleet, corpus)
+    start_workers(fleet, "nan", EMBEDFLEET_ENCODER=f"{FAULTS}:NaNEncoder")
+    corpus, ids = fault_corpus(tmp_path, 20, {5: NAN_MARKER})
+    job_id = submit_corpus(fleet, corpus)
     stats = wait_done(pg_url, job_id)
     assert_accounted(pg_url, job_id, "faults", ids, tmp_path / "out.npy")
     (letter,) = list_letters(get_engine(pg_url), job_id)
@@ -227,7 +189,7 @@ def test_bad_input_on_the_fleet(sqlite_url, make_fleet, tmp_path) -> None:
         assert expected in refused.stderr, refused.stderr
     assert redis.Redis.from_url(fleet.broker_url).llen("embed") == 0
 
-    _start(fleet, "w1")
+    start_workers(fleet, "w1")
     job_id = fleet.cli("submit", str(corpus), "--collection", "bad", "--skip-invalid").stdout.split()[0]
     stats = wait_done(sqlite_url, job_id)
     assert (stats.records_read, stats.stored, stats.skipped, stats.dead) == (7, 2, 5, 0)
@@ -247,7 +209,7 @@ class _Trap:
 def test_pickled_message_is_refused(sqlite_url, make_fleet, tmp_path) -> None:
     """A pickled message on the embed queue is refused and nothing of it runs; the worker lives on."""
     fleet = make_fleet(sqlite_url)
-    _start(fleet, "w1")
+    start_workers(fleet, "w1")
     trap = tmp_path / "pickle-ran"
     with Connection(fleet.broker_url) as conn:
         producer = Producer(conn.channel(), exchange=Exchange("embed", type="direct"), routing_key="embed")
@@ -261,8 +223,8 @@ def test_pickled_message_is_refused(sqlite_url, make_fleet, tmp_path) -> None:
     assert "untrusted content" in fleet.log("w1").lower()
     assert not trap.exists()
     assert fleet.procs["w1"].poll() is None
-    corpus, ids = _corpus(tmp_path, 8)
-    stats = wait_done(sqlite_url, _submit(fleet, corpus))
+    corpus, _ids = fault_corpus(tmp_path, 8)
+    stats = wait_done(sqlite_url, submit_corpus(fleet, corpus))
     assert stats.stored == 8
 
 
@@ -272,15 +234,10 @@ def test_no_password_in_logs_or_status(make_fleet, tmp_path, pg_url) -> None:
     fleet = make_fleet(with_password)
     fleet.start_worker("w1", "-l", "DEBUG")
     fleet.wait_ready(["w1"])
-    corpus, _ = _corpus(tmp_path, 8)
-    job_id = _submit(fleet, corpus)
+    corpus, _ = fault_corpus(tmp_path, 8)
+    job_id = submit_corpus(fleet, corpus)
     wait_done(pg_url, job_id)
     status = fleet.cli("status", job_id, "--json")
     assert "s3cret-pw" not in status.stdout + status.stderr
     assert "s3cret-pw" not in fleet.log("w1")
 
-
-def test_zz_report_recovery_times() -> None:
-    """Prints how long recovery took in the tests above (for the closing note)."""
-    print("\nrecovery seconds:", {k: round(v, 1) for k, v in RECOVERY.items()})
-    assert all(v < 120 for v in RECOVERY.values())

@@ -157,7 +157,7 @@ def test_retried_chunk_tasks_still_show_only_their_label(sqlite_url: str, make_f
     assert "stored 16, skipped 0, dead 0" in result.stdout, result.stdout
 
     def settled() -> dict | None:
-        status, body = http_get(f"{base}/api/tasks", auth)
+        _status, body = http_get(f"{base}/api/tasks", auth)
         tasks = {k: t for k, t in json.loads(body).items() if t["name"] in (ENCODE, COLLECT)}
         done = Counter(t["name"] for t in tasks.values() if t["state"] == "SUCCESS")
         return tasks if done[ENCODE] == 4 and done[COLLECT] == 4 else None

@@ -19,12 +19,18 @@ from embedfleet.storage.collections import get_collection
 from embedfleet.storage.dead_letters import list_letters
 from embedfleet.storage.engine import get_engine
 from tests.conftest import BIN
-from tests.fleet.checks import assert_accounted, wait_done
-from tests.fleet.test_faults import FAULTS, _corpus, _start, _submit, _wait_started
+from tests.fleet.checks import (
+    FAULTS,
+    assert_accounted,
+    fault_corpus,
+    start_workers,
+    submit_corpus,
+    wait_done,
+    wait_started,
+)
 from tests.workers.fault_encoders import CRASH_MARKER
 
 pytestmark = pytest.mark.fleet
-RECOVERY: dict[str, float] = {}  # seconds from fault to job done, printed at the end of the module
 SLOW = {"EMBEDFLEET_TORCH_THREADS": "1", "EMBEDFLEET_ENCODER": f"{FAULTS}:SlowEncoder", "EMBEDFLEET_TEST_DELAY": "0.4"}
 
 
@@ -38,64 +44,64 @@ def _kill_node(fleet, name: str) -> float:
     return killed_at
 
 
-def test_kill_9_pool_child_is_replaced(sqlite_url, make_fleet, tmp_path) -> None:
+def test_kill_9_pool_child_is_replaced(sqlite_url, make_fleet, tmp_path, recovery) -> None:
     """kill -9 the only worker's pool process mid-job: its replacement loads the model (6 s more
     than this one takes: longer than Celery's 4 s worker_proc_alive_timeout) and serves, and the
     job finishes."""
     fleet = make_fleet(sqlite_url, **SLOW, EMBEDFLEET_TEST_LOAD_DELAY="6")
-    _start(fleet, "w1")
-    corpus, ids = _corpus(tmp_path, 120)
-    job_id = _submit(fleet, corpus)
-    _wait_started(sqlite_url, job_id)
+    start_workers(fleet, "w1")
+    corpus, ids = fault_corpus(tmp_path, 120)
+    job_id = submit_corpus(fleet, corpus)
+    wait_started(sqlite_url, job_id)
     (child,) = fleet.pool_children("w1")
     killed_at = time.monotonic()
     os.kill(child, signal.SIGKILL)
     stats = wait_done(sqlite_url, job_id, timeout=180)
-    RECOVERY["kill -9 pool child"] = time.monotonic() - killed_at
+    recovery("kill -9 pool child", time.monotonic() - killed_at, 300)
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
     assert stats.stored == 120 and stats.dead == 0
     assert "Timed out waiting for UP message" not in fleet.log("w1")
     assert fleet.procs["w1"].poll() is None
 
 
-def test_kill_9_worker_other_worker_alive(pg_url, make_fleet, tmp_path) -> None:
+def test_kill_9_worker_other_worker_alive(pg_url, make_fleet, tmp_path, recovery) -> None:
     """kill -9 a worker (main process and pool) holding a chunk while another lives: the live worker's
     heartbeat sweep re-sends the chunk within seconds, not after the hour-long visibility timeout."""
     fleet = make_fleet(pg_url, **SLOW)
-    _start(fleet, "w1", "w2")
-    corpus, ids = _corpus(tmp_path, 160)
-    job_id = _submit(fleet, corpus)
-    _wait_started(pg_url, job_id)
+    start_workers(fleet, "w1", "w2")
+    corpus, ids = fault_corpus(tmp_path, 160)
+    job_id = submit_corpus(fleet, corpus)
+    wait_started(pg_url, job_id)
     killed_at = _kill_node(fleet, "w1")
     stats = wait_done(pg_url, job_id, timeout=120)
-    RECOVERY["kill -9 worker, other alive"] = time.monotonic() - killed_at
+    recovery("kill -9 worker, other alive", time.monotonic() - killed_at, 300)
     assert_accounted(pg_url, job_id, "faults", ids, tmp_path / "out.npy")
     assert stats.stored == 160 and stats.dead == 0
     assert "its worker stopped beating" in fleet.log("w2")
 
 
-def test_only_worker_killed_and_restarted(sqlite_url, make_fleet, tmp_path) -> None:
+def test_only_worker_killed_and_restarted(sqlite_url, make_fleet, tmp_path, recovery) -> None:
     """kill -9 the only worker mid-job and start it again under the same name: the new incarnation
     is not mistaken for the dead one, re-sends its chunk and finishes the job."""
     fleet = make_fleet(sqlite_url, **SLOW)
-    _start(fleet, "w1")
-    corpus, ids = _corpus(tmp_path, 120)
-    job_id = _submit(fleet, corpus)
-    _wait_started(sqlite_url, job_id)
+    start_workers(fleet, "w1")
+    corpus, ids = fault_corpus(tmp_path, 120)
+    job_id = submit_corpus(fleet, corpus)
+    wait_started(sqlite_url, job_id)
     killed_at = _kill_node(fleet, "w1")
     fleet.start_worker("w1")
     stats = wait_done(sqlite_url, job_id, timeout=180)
-    RECOVERY["kill -9 only worker, restart"] = time.monotonic() - killed_at
+    recovery("kill -9 only worker, restart", time.monotonic() - killed_at, 300)
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
     assert stats.stored == 120 and stats.dead == 0
 
 
-def test_submit_wait_returns_after_a_worker_is_killed(sqlite_url, make_fleet, tmp_path) -> None:
+def test_submit_wait_returns_after_a_worker_is_killed(sqlite_url, make_fleet, tmp_path, recovery) -> None:
     """`submit --wait` (which sweeps its own job too) returns with every record stored in seconds
     after a worker holding a chunk is killed, instead of sitting at 97% for an hour."""
     fleet = make_fleet(sqlite_url, **SLOW)
-    _start(fleet, "w1", "w2")
-    corpus, ids = _corpus(tmp_path, 120)
+    start_workers(fleet, "w1", "w2")
+    corpus, ids = fault_corpus(tmp_path, 120)
     waiting = subprocess.Popen(
         [str(BIN / "embedfleet"), "submit", str(corpus), "--collection", "faults",
          "--chunk-size", "8", "--wait"],
@@ -110,23 +116,23 @@ def test_submit_wait_returns_after_a_worker_is_killed(sqlite_url, make_fleet, tm
         out, err = waiting.communicate(timeout=180)
     finally:
         waiting.kill()
-    RECOVERY["kill -9 worker, submit --wait"] = time.monotonic() - killed_at
+    recovery("kill -9 worker, submit --wait", time.monotonic() - killed_at, 300)
     assert waiting.returncode == 0, err
     job_id = out.split()[0]
     assert "stored 120" in out
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
 
 
-def test_record_that_exits_its_process_is_one_dead_letter(sqlite_url, make_fleet, tmp_path) -> None:
+def test_record_that_exits_its_process_is_one_dead_letter(sqlite_url, make_fleet, tmp_path, recovery) -> None:
     """A record that ends its worker process every time: split by split it is isolated to ONE
     WorkerCrashed dead letter, every other record is stored, and the job finishes."""
     fleet = make_fleet(sqlite_url, EMBEDFLEET_TORCH_THREADS="1")
-    _start(fleet, "w1", "w2", EMBEDFLEET_ENCODER=f"{FAULTS}:CrashEncoder")
-    corpus, ids = _corpus(tmp_path, 40, {13: CRASH_MARKER})
+    start_workers(fleet, "w1", "w2", EMBEDFLEET_ENCODER=f"{FAULTS}:CrashEncoder")
+    corpus, ids = fault_corpus(tmp_path, 40, {13: CRASH_MARKER})
     started = time.monotonic()
-    job_id = _submit(fleet, corpus)
+    job_id = submit_corpus(fleet, corpus)
     stats = wait_done(sqlite_url, job_id, timeout=420)
-    RECOVERY["crashing record isolated"] = time.monotonic() - started
+    recovery("crashing record isolated", time.monotonic() - started, 300)
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
     (letter,) = list_letters(get_engine(sqlite_url), job_id)
     assert (letter.position, letter.error_type) == (13, "WorkerCrashed")
@@ -135,7 +141,7 @@ def test_record_that_exits_its_process_is_one_dead_letter(sqlite_url, make_fleet
     assert stats.chunks_total == 5 + 2 * 3
 
 
-def test_worker_with_missing_model_exits_with_one_line(sqlite_url, make_fleet, tmp_path) -> None:
+def test_worker_with_missing_model_exits_with_one_line(sqlite_url, make_fleet, tmp_path, recovery) -> None:
     """A worker told to use a model that is not here exits non-zero within seconds with one clear
     line, and consumes nothing; `migrate` to such a model is refused and creates no version."""
     fleet = make_fleet(sqlite_url)
@@ -143,22 +149,22 @@ def test_worker_with_missing_model_exits_with_one_line(sqlite_url, make_fleet, t
         started = time.monotonic()
         proc = fleet.start_worker(name, EMBEDFLEET_MODEL=model)
         assert proc.wait(timeout=60) != 0
-        RECOVERY[f"worker exits ({name})"] = time.monotonic() - started
+        recovery(f"worker exits ({name})", time.monotonic() - started, 300)
         log = fleet.log(name)
         assert "Traceback" not in log and "ready" not in log, log
         (line,) = [line for line in log.splitlines() if line.strip()]
         assert line.startswith("Error: cannot load model") and model in line, log
         fleet.procs.pop(name)
 
-    _start(fleet, "w1")
-    corpus, ids = _corpus(tmp_path, 16)
-    wait_done(sqlite_url, _submit(fleet, corpus))
+    start_workers(fleet, "w1")
+    corpus, _ids = fault_corpus(tmp_path, 16)
+    wait_done(sqlite_url, submit_corpus(fleet, corpus))
     refused = fleet.cli("migrate", "--collection", "faults", "--model", "/nonexistent/model", check=False)
     assert refused.returncode != 0 and "cannot load model" in refused.stderr, refused.stderr
     assert [v.version for v in get_collection(get_engine(sqlite_url), "faults").versions] == [1]
 
 
-def test_worker_whose_model_fails_to_load_stops(sqlite_url, make_fleet, tmp_path, small_model_dir) -> None:
+def test_worker_whose_model_fails_to_load_stops(sqlite_url, make_fleet, tmp_path, small_model_dir, recovery) -> None:
     """A model whose files are there but cannot be loaded (corrupt weights): the pool process's load
     fails, and the worker stops with a non-zero status instead of taking chunks it cannot encode."""
     model = tmp_path / "corrupt-model"
@@ -169,17 +175,17 @@ def test_worker_whose_model_fails_to_load_stops(sqlite_url, make_fleet, tmp_path
     started = time.monotonic()
     proc = fleet.start_worker("corrupt", EMBEDFLEET_MODEL=str(model))
     assert proc.wait(timeout=90) != 0
-    RECOVERY["worker stops (corrupt model)"] = time.monotonic() - started
+    recovery("worker stops (corrupt model)", time.monotonic() - started, 300)
     assert "cannot load model" in fleet.log("corrupt")
 
 
-def test_chunk_whose_model_vanished_is_dead_lettered(sqlite_url, make_fleet, tmp_path, small_model_dir) -> None:
+def test_chunk_whose_model_vanished_is_dead_lettered(sqlite_url, make_fleet, tmp_path, small_model_dir, recovery) -> None:
     """A migration's model directory deleted after migrate: each chunk is retried with a growing pause,
     then at the delivery cap its records become ModelUnavailable dead letters; no loop, no log flood."""
     fleet = make_fleet(sqlite_url)
-    _start(fleet, "w1")
-    corpus, ids = _corpus(tmp_path, 24)
-    wait_done(sqlite_url, _submit(fleet, corpus))
+    start_workers(fleet, "w1")
+    corpus, ids = fault_corpus(tmp_path, 24)
+    wait_done(sqlite_url, submit_corpus(fleet, corpus))
     fleet.stop()
     fleet.procs.clear()
     model = tmp_path / "vanishing-model"
@@ -187,9 +193,9 @@ def test_chunk_whose_model_vanished_is_dead_lettered(sqlite_url, make_fleet, tmp
     job_id = fleet.cli("migrate", "--collection", "faults", "--model", str(model), "--no-cutover").stdout.split()[0]
     shutil.rmtree(model)
     started = time.monotonic()
-    _start(fleet, "w2")
+    start_workers(fleet, "w2")
     stats = wait_done(sqlite_url, job_id, timeout=180)
-    RECOVERY["model vanished, dead-lettered"] = time.monotonic() - started
+    recovery("model vanished, dead-lettered", time.monotonic() - started, 300)
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
     letters = list_letters(get_engine(sqlite_url), job_id)
     assert {letter.error_type for letter in letters} == {"ModelUnavailable"} and len(letters) == 24
@@ -197,8 +203,3 @@ def test_chunk_whose_model_vanished_is_dead_lettered(sqlite_url, make_fleet, tmp
     assert stats.retries == 3 * 4  # 3 chunks, back 4 times each before the 5th delivery's cap
     assert len(fleet.log("w2").splitlines()) < 400
 
-
-def test_zz_report_recovery_times() -> None:
-    """Prints how long recovery took in the tests above (for the closing note)."""
-    print("\nrecovery seconds:", {k: round(v, 1) for k, v in RECOVERY.items()})
-    assert all(v < 300 for v in RECOVERY.values())

@@ -30,7 +30,7 @@ def _titles(tmp_path: Path, n: int) -> tuple[Path, list[dict]]:
 
 
 def _top(fleet, query: str) -> tuple[str, float]:
-    rank, score, record_id = fleet.cli("search", "--collection", "docs", query, "-k", "3").stdout.splitlines()[0].split("\t")
+    _rank, score, record_id = fleet.cli("search", "--collection", "docs", query, "-k", "3").stdout.splitlines()[0].split("\t")
     return record_id, float(score)
 
 

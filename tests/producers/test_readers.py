@@ -172,7 +172,7 @@ def test_corpus_unknown_suffix_raises_corpus_error(tmp_path):
 def test_corpus_missing_file_raises_corpus_error(tmp_path):
     """A path that does not exist is refused with CorpusError naming it."""
     missing = tmp_path / "nope.jsonl"
-    with pytest.raises(CorpusError, match="nope.jsonl"):
+    with pytest.raises(CorpusError, match=r"nope\.jsonl"):
         Corpus(str(missing))
 
 

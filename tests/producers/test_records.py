@@ -7,18 +7,16 @@ import io
 import pytest
 
 from embedfleet.producers.readers import RawRecord, read_csv
-from embedfleet.producers.records import (
-    FieldSpec,
-    Invalid,
-    Record,
-    build_record,
-    content_hash,
-)
+from embedfleet.producers.records import MAX_ID_LENGTH, FieldSpec, Invalid, Record, build_record, content_hash
+from embedfleet.storage.schema import vectors
 
 MULTI = FieldSpec(text_fields=("title", "description", "files_touched"))
 
 
-def build(data, spec=FieldSpec(), line=7, position=3):
+DEFAULT = FieldSpec()
+
+
+def build(data, spec=DEFAULT, line=7, position=3):
     return build_record(RawRecord(line, data), position, spec)
 
 
@@ -154,3 +152,56 @@ def test_invalid_utf8_in_csv_id_is_invalid():
     [raw] = list(read_csv(io.BytesIO(b"id,text\n\xff\xfe,hello\n")))
     result = build_record(raw, 0, FieldSpec())
     assert result == Invalid(2, None, "invalid UTF-8 in the id")
+
+
+def _build(record: dict) -> Record | Invalid:
+    return build_record(RawRecord(7, record), 0, FieldSpec())
+
+
+def test_id_length_limit_comes_from_the_schema():
+    """The id limit is the vectors.record_id column's length, not a second constant."""
+    assert MAX_ID_LENGTH == vectors.c.record_id.type.length == 512
+
+
+def test_over_long_id_is_refused_with_its_length():
+    """An id longer than the column is invalid, naming its length and the limit; 512 is still fine."""
+    assert isinstance(_build({"id": "a" * MAX_ID_LENGTH, "text": "x"}), Record)
+    invalid = _build({"id": "a" * 700, "text": "x"})
+    assert isinstance(invalid, Invalid)
+    assert invalid.reason == "id too long: 700 characters, the most storage holds is 512"
+    shown = str(invalid)
+    assert shown.startswith("line 7 (id 'aaaa") and "... (700 characters)" in shown and len(shown) < 200
+
+
+@pytest.mark.parametrize("char, name", [
+    ("\x00", "NUL"), ("\n", "newline"), ("\r", "carriage return"), ("\t", "tab"), ("\x1b", "control character"),
+    ("\x7f", "control character"), ("\x85", "control character"), ("\u2028", "LINE SEPARATOR"),
+    ("\u2029", "PARAGRAPH SEPARATOR"),
+])
+def test_control_characters_in_ids_are_refused(char, name):
+    """C0 and C1 controls, DEL and the line/paragraph separators in an id are refused, named, with where."""
+    invalid = _build({"id": f"ab{char}c", "text": "x"})
+    assert isinstance(invalid, Invalid)
+    assert invalid.reason == f"id contains a control character: U+{ord(char):04X} ({name}) at character 3"
+    assert "\n" not in str(invalid) and "\x00" not in str(invalid)
+
+
+def test_ordinary_unicode_punctuation_and_spaces_in_ids_are_fine():
+    """Spaces, quotes, backslashes and non-ASCII letters are storable and stay valid."""
+    for record_id in ('a b', 'say "hi"', "C:\\tmp\\x", "héllo-世界", "\u00a0nbsp"):
+        assert isinstance(_build({"id": record_id, "text": "x"}), Record), record_id
+
+
+def test_nul_in_text_is_removed_and_hashed_without_it():
+    """NUL characters are removed from the text; the hash is of the text as embedded."""
+    record = _build({"id": "r", "text": "a\x00b\x00"})
+    clean = _build({"id": "r", "text": "ab"})
+    assert isinstance(record, Record) and isinstance(clean, Record)
+    assert record.text == "ab" and record.nul_removed
+    assert record.content_hash == clean.content_hash and not clean.nul_removed
+
+
+def test_text_of_only_nul_is_empty():
+    """A text that is nothing but NUL is an empty text."""
+    invalid = _build({"id": "r", "text": "\x00\x00 "})
+    assert isinstance(invalid, Invalid) and invalid.reason.startswith("empty text")

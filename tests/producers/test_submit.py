@@ -6,19 +6,22 @@ import json
 import time
 import tracemalloc
 
+import kombu.exceptions
 import msgpack
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from embedfleet.config.messages import ChunkTexts
 from embedfleet.producers.chunking import chunk_records
 from embedfleet.producers.readers import Corpus
 from embedfleet.producers.records import FieldSpec, Record
-from embedfleet.producers.submit import JobRequest, Submission, submit
+from embedfleet.producers.submit import EmptyCorpus, JobRequest, Submission, submit
 from embedfleet.producers.validation import InvalidInput, scan_corpus, valid_records
 from embedfleet.storage.engine import get_engine
-from embedfleet.storage.ledger import LedgerError
-from embedfleet.storage.schema import chunks, jobs
+from embedfleet.storage.errors import JobEnded
+from embedfleet.storage.jobs import job_stats
+from embedfleet.storage.ledger import LedgerError, cancel_job
+from embedfleet.storage.schema import chunks, collections, jobs
 
 
 def write_jsonl(tmp_path, rows, name="corpus.jsonl") -> Corpus:
@@ -214,3 +217,59 @@ def test_streaming_memory_stays_flat_with_corpus_size(tmp_path):
     assert big_chunks == 100_000 // 256 + 1
     assert big_peak < small_peak + 3 * 1024 * 1024, f"10k peak {small_peak} B, 100k peak {big_peak} B"
     assert time.monotonic() - started < 60
+
+
+def _request(corpus, **kw) -> JobRequest:
+    return JobRequest(corpus=corpus, collection="c", model="m", spec=FieldSpec(), chunk_size=2, **kw)
+
+
+def test_the_job_id_is_announced_before_the_first_chunk_is_sent(tmp_path) -> None:
+    """on_job hears the job id once, before any message leaves."""
+    engine = get_engine(f"sqlite:///{tmp_path}/t.db")
+    events: list[str] = []
+    submission = submit(engine, _request(seven_records(tmp_path)), lambda m: events.append(f"send {m.seq}"),
+                        on_job=lambda job_id: events.append(f"job {job_id}"))
+    assert events[0] == f"job {submission.job_id}" and events[1:] == [f"send {i}" for i in range(4)]
+
+
+def test_a_broker_lost_mid_submission_abandons_the_job(tmp_path) -> None:
+    """The third send fails: JobEnded says abandoned and how to go on; the job is not left submitting."""
+    engine = get_engine(f"sqlite:///{tmp_path}/t.db")
+
+    def send(message: ChunkTexts) -> None:
+        if message.seq == 2:
+            raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    with pytest.raises(JobEnded, match=r"abandoned after 2 chunks.*Submit the corpus again") as raised:
+        submit(engine, _request(seven_records(tmp_path)), send, broker="the broker at redis://x")
+    assert "the broker at redis://x failed" in str(raised.value)
+    with engine.connect() as conn:
+        assert conn.execute(select(jobs.c.state)).scalars().all() == ["abandoned"]
+
+
+def test_a_job_cancelled_mid_submission_stops_sending(tmp_path) -> None:
+    """A cancel between two chunks: the producer sends no more and the job stays cancelled."""
+    engine = get_engine(f"sqlite:///{tmp_path}/t.db")
+    sent: list[int] = []
+
+    def send(message: ChunkTexts) -> None:
+        sent.append(message.seq)
+        if message.seq == 1:
+            cancel_job(engine, message.job_id)
+
+    with pytest.raises(JobEnded, match="cancelled"):
+        submit(engine, _request(seven_records(tmp_path)), send)
+    with engine.connect() as conn:
+        job_id = conn.execute(select(jobs.c.id)).scalar_one()
+    assert sent == [0, 1] and job_stats(engine, job_id).state == "cancelled"
+
+
+@pytest.mark.parametrize("rows", [[], ['{"id": "a"}'], ['{"text": "no id"}']])
+def test_an_empty_corpus_writes_nothing(tmp_path, rows) -> None:
+    """No valid record (none at all, or none valid with skip_invalid): refused before any row is written."""
+    engine = get_engine(f"sqlite:///{tmp_path}/t.db")
+    with pytest.raises(EmptyCorpus, match="no valid records"):
+        submit(engine, _request(write_jsonl(tmp_path, rows), skip_invalid=True), lambda m: None)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(collections)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(jobs)).scalar_one() == 0

@@ -166,3 +166,17 @@ def test_invalid_input_message_names_counts_and_lines(tmp_path):
     assert "line 2 (id 'b'): field 'text' is int, not a string" in message
     assert "line 3: malformed JSON" in message
     assert "line 4 (id 'a'): duplicate id (first at line 1)" in message
+
+
+def test_scan_reports_unstorable_records_by_line_and_counts_nul_removals(tmp_path, caplog):
+    """scan_corpus names each refused record's line and reason, and logs how many texts lost NULs."""
+    path = tmp_path / "c.jsonl"
+    rows = [{"id": "ok", "text": "x"}, {"id": "L" * 600, "text": "x"}, {"id": "a\x00b", "text": "x"},
+            {"id": "n\nl", "text": "x"}, {"id": "t", "text": "has\x00nul"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING"):
+        scan = scan_corpus(Corpus(str(path)), FieldSpec())
+    assert scan.records_read == 5 and scan.invalid_count == 3 and scan.nul_removed == 1
+    assert [(i.line, i.reason.split(":")[0]) for i in scan.invalid_shown] == [
+        (2, "id too long"), (3, "id contains a control character"), (4, "id contains a control character")]
+    assert "removed NUL characters from the text of 1 records" in caplog.text

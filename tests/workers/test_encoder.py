@@ -6,12 +6,7 @@ import numpy as np
 import pytest
 
 from embedfleet.config.settings import Settings
-from embedfleet.workers.encoder import (
-    EncoderConfigError,
-    SentenceTransformerEncoder,
-    encode_one,
-    load_encoder,
-)
+from embedfleet.workers.encoder import EncoderConfigError, SentenceTransformerEncoder, encode_one, load_encoder
 from tests.conftest import SAMPLE, commit_text, read_records
 
 

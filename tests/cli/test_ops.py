@@ -3,48 +3,20 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import BIN, COMMIT_FIELDS, REPO, SAMPLE
-
-ENV = {
-    **os.environ,
-    "EMBEDFLEET_ENCODER": "tests.workers.fake_encoders:HashEncoder",
-    "PYTHONPATH": str(REPO),
-    "HF_HUB_OFFLINE": "1",
-}
-
-
-def embedfleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(BIN / "embedfleet"), *args], env=ENV, capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"embedfleet {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-@pytest.fixture
-def finished_job(tmp_path: Path, sqlite_url: str) -> str:
-    """A done job of 16 records in 4 chunks, collection `tiny`."""
-    corpus = tmp_path / "c16.jsonl"
-    corpus.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:16]))
-    result = embedfleet("run", str(corpus), "--collection", "tiny", "--fields", ",".join(COMMIT_FIELDS),
-                        "--chunk-size", "4", "--db", sqlite_url)
-    assert "stored 16" in result.stdout, result.stdout
-    return re.search(r"job ([0-9a-f]{32}) done", result.stdout).group(1)
+from tests.cli.conftest import ENV, hash_cli
+from tests.conftest import BIN, REPO
 
 
 def test_jobs_lists_one_line_per_job(finished_job: str, sqlite_url: str) -> None:
     """A header, then the job: id, collection, state, read/stored/skipped/dead, rate and created time."""
-    lines = embedfleet("jobs", "--db", sqlite_url).stdout.splitlines()
+    lines = hash_cli("jobs", "--db", sqlite_url).stdout.splitlines()
     assert lines[0].split()[:3] == ["JOB", "COLLECTION", "STATE"]
     assert len(lines) == 2
     fields = lines[1].split()
@@ -55,7 +27,7 @@ def test_jobs_lists_one_line_per_job(finished_job: str, sqlite_url: str) -> None
 
 def test_jobs_on_an_empty_ledger_says_so(sqlite_url: str) -> None:
     """No jobs: nothing on stdout, a note on stderr, exit 0."""
-    result = embedfleet("jobs", "--db", sqlite_url)
+    result = hash_cli("jobs", "--db", sqlite_url)
     assert result.stdout == "" and "no jobs" in result.stderr
 
 
@@ -88,18 +60,6 @@ def test_the_exporter_serves_the_jobs_figures(finished_job: str, sqlite_url: str
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=20)
     assert rc == 0, "the exporter should stop cleanly on SIGTERM"
-
-
-def test_status_watch_prints_the_summary_of_a_done_job(finished_job: str, sqlite_url: str) -> None:
-    """`status --watch` follows the job to done and prints the same summary line as `run`."""
-    result = embedfleet("status", finished_job, "--watch", "--db", sqlite_url)
-    assert f"job {finished_job} done: read 16, stored 16, skipped 0, dead 0" in result.stdout
-
-
-def test_status_watch_of_an_unknown_job_is_an_error(sqlite_url: str) -> None:
-    """An unknown job exits 2 with `error: ...`."""
-    result = embedfleet("status", "0" * 32, "--watch", "--db", sqlite_url, check=False)
-    assert result.returncode == 2 and "error:" in result.stderr
 
 
 def test_operations_commands_import_no_torch() -> None:

@@ -1,0 +1,177 @@
+"""The job and chunk ledger: creating, ending, cancelling, stalls, names, statistics."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import update
+
+from embedfleet.storage.collections import open_collection
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.jobs import job_stats
+from embedfleet.storage.ledger import (
+    LedgerError,
+    add_chunk,
+    cancel_job,
+    check_collection_name,
+    chunk_counts,
+    close_submission,
+    count_retry,
+    create_job,
+    finish_if_complete,
+    job_state,
+    mark_resent,
+    open_chunk_payloads,
+    start_delivery,
+)
+from embedfleet.storage.schema import chunks, jobs
+from embedfleet.storage.vectors import store_chunk
+from tests.storage.helpers import chunk_vectors, job_with_chunks, rows_in
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "a b", "x;drop table vectors", "a" * 65, "naïve"])
+def test_collection_names_are_checked(name: str) -> None:
+    """Collection names outside the strict pattern never reach SQL."""
+    with pytest.raises(LedgerError, match="invalid collection name"):
+        check_collection_name(name)
+
+
+def test_stalled_jobs_are_found_after_their_lease(db_url: str) -> None:
+    """A running job whose open chunks show no sign of life for the lease is stalled; a busy one is not."""
+    from sqlalchemy import update as sql_update
+
+    from embedfleet.storage.ledger import stalled_jobs
+    from embedfleet.storage.schema import chunks
+
+    engine = get_engine(db_url)
+    quiet = job_with_chunks(engine, {0: [0], 1: [1]})
+    busy = job_with_chunks(engine, {0: [0]})
+    with engine.begin() as conn:
+        conn.execute(sql_update(chunks).where(chunks.c.job_id == quiet).values(sent_at=1.0))
+    store_chunk(engine, chunk_vectors(quiet, 0, [0]))  # done long ago, by its clock
+    with engine.begin() as conn:
+        conn.execute(sql_update(chunks).where(chunks.c.job_id == quiet).values(done_at=2.0))
+    assert stalled_jobs(engine, lease_seconds=60) == [quiet]
+    assert stalled_jobs(engine, lease_seconds=10**10) == []
+    assert busy not in stalled_jobs(engine, lease_seconds=60)
+
+
+def test_a_submission_whose_producer_died_is_abandoned(sqlite_url: str) -> None:
+    """A job left `submitting` with no sign of life past the lease becomes `abandoned`; waiting on it stops."""
+    from sqlalchemy import update as sql_update
+
+    from embedfleet.producers.progress import JobProgress
+    from embedfleet.storage.ledger import abandon_stalled_submissions
+    from embedfleet.storage.schema import chunks
+
+    engine = get_engine(sqlite_url)
+    version = open_collection(engine, "c1", "m", {}, {})
+    job_id = create_job(engine, "c1", version.key, "m", "test", {}, records_read=10, skipped_invalid=0)
+    add_chunk(engine, job_id, 0, 5, b"payload")  # the producer died before close_submission
+    assert abandon_stalled_submissions(engine, lease_seconds=60) == []
+    with engine.begin() as conn:
+        conn.execute(sql_update(chunks).where(chunks.c.job_id == job_id).values(sent_at=1.0))
+    assert abandon_stalled_submissions(engine, lease_seconds=60) == [job_id]
+    assert job_stats(engine, job_id).state == "abandoned"
+    with pytest.raises(LedgerError, match="abandoned"), JobProgress(engine, job_id) as progress:
+        progress.wait_done(timeout=5)
+
+
+def test_cancel_skips_queued_chunks_and_drops_chunks_in_flight(db_url: str) -> None:
+    """After cancel: a queued chunk is not started, a chunk encoded meanwhile is not stored, the job stays cancelled."""
+    engine = get_engine(db_url)
+    job_id = job_with_chunks(engine, {0: [0, 1], 1: [2, 3], 2: [4, 5]})
+    assert store_chunk(engine, chunk_vectors(job_id, 0, [0, 1])) == 2
+    assert start_delivery(engine, job_id, 1) == 1  # chunk 1 is being encoded when the job is cancelled
+    assert cancel_job(engine, job_id) == 2
+    assert start_delivery(engine, job_id, 2) is None  # its message arrives later: skipped
+    assert store_chunk(engine, chunk_vectors(job_id, 1, [2, 3])) is None  # the in-flight chunk reaches the collector
+    finish_if_complete(engine, job_id)
+    stats = job_stats(engine, job_id)
+    assert (stats.state, stats.stored, rows_in(engine)) == ("cancelled", 2, 2)
+    assert stats.eta_seconds is None and stats.finished_at is not None
+    with pytest.raises(LedgerError, match="cancelled"):
+        cancel_job(engine, job_id)
+    with pytest.raises(LedgerError, match="no job"):
+        cancel_job(engine, "nope")
+
+
+def test_a_job_cancelled_while_submitting_stays_cancelled(sqlite_url: str) -> None:
+    """close_submission after a cancel does not bring the job back to running."""
+    engine = get_engine(sqlite_url)
+    version = open_collection(engine, "c1", "m", {}, {})
+    job_id = create_job(engine, "c1", version.key, "m", "test", {}, records_read=2, skipped_invalid=0)
+    add_chunk(engine, job_id, 0, 2, b"payload")
+    cancel_job(engine, job_id)
+    close_submission(engine, job_id, chunks_total=1, truncated=0)
+    assert job_stats(engine, job_id).state == "cancelled"
+
+
+def test_a_stalled_job_has_no_eta(sqlite_url: str) -> None:
+    """A running job with stored records but no chunk activity for the lease is stalled: no ETA."""
+    engine = get_engine(sqlite_url)
+    job_id = job_with_chunks(engine, {0: [0, 1], 1: [2, 3]})
+    store_chunk(engine, chunk_vectors(job_id, 0, [0, 1]))
+    assert job_stats(engine, job_id, lease_seconds=60).eta_seconds is not None
+    with engine.begin() as conn:
+        conn.execute(update(chunks).where(chunks.c.job_id == job_id).values(sent_at=1.0, done_at=2.0))
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(created_at=time.time() - 3600))
+    stats = job_stats(engine, job_id, lease_seconds=60)
+    assert stats.stalled and stats.eta_seconds is None and stats.as_dict()["eta_seconds"] is None
+    assert not job_stats(engine, job_id).stalled  # without a lease nothing is judged
+
+
+@pytest.mark.parametrize("name", ["c7\n", "c7__v2", "a__b", "c7__", "7c", ""])
+def test_names_that_collide_with_version_keys_or_end_in_newline_are_refused(name: str) -> None:
+    """Names match whole (no trailing newline) and may not contain '__', the version key separator."""
+    with pytest.raises(LedgerError, match="invalid collection name"):
+        check_collection_name(name)
+    assert check_collection_name("c7_v2-x") == "c7_v2-x"
+
+
+def test_each_delivery_of_an_open_chunk_is_counted_until_it_is_done(db_url: str) -> None:
+    """start_delivery counts 1, 2, ... while the chunk is open, and answers None once it is stored."""
+    engine = get_engine(db_url)
+    job_id = job_with_chunks(engine, {0: [0, 1], 1: [2]})
+    assert start_delivery(engine, job_id, 0, holder="w1") == 1
+    assert start_delivery(engine, job_id, 0) == 2
+    store_chunk(engine, chunk_vectors(job_id, 0, [0, 1]))
+    assert start_delivery(engine, job_id, 0) is None
+    assert chunk_counts(engine, job_id) == (1, 2)
+
+
+def test_open_chunks_are_there_to_resend_in_seq_order(sqlite_url: str) -> None:
+    """resume reads the messages of the chunks not done, by seq; re-sending counts on the job."""
+    engine = get_engine(sqlite_url)
+    job_id = job_with_chunks(engine, {0: [0], 1: [1], 2: [2]})
+    store_chunk(engine, chunk_vectors(job_id, 1, [1]))
+    assert open_chunk_payloads(engine, job_id) == [(0, b"payload"), (2, b"payload")]
+    mark_resent(engine, job_id, [0, 2])
+    mark_resent(engine, job_id, [])
+    assert job_stats(engine, job_id).resends == 2
+    with pytest.raises(LedgerError, match="no job"):
+        open_chunk_payloads(engine, "nope")
+
+
+def test_retries_are_counted_on_the_job(sqlite_url: str) -> None:
+    """Each count_retry adds one to the job's retries."""
+    engine = get_engine(sqlite_url)
+    job_id = job_with_chunks(engine, {0: [0]})
+    count_retry(engine, job_id)
+    count_retry(engine, job_id)
+    assert job_stats(engine, job_id).retries == 2
+
+
+def test_a_job_finishes_only_when_submitted_and_every_chunk_is_done(sqlite_url: str) -> None:
+    """A job still submitting does not finish though its chunks are done; close_submission finishes it."""
+    engine = get_engine(sqlite_url)
+    version = open_collection(engine, "c1", "m", {}, {})
+    job_id = create_job(engine, "c1", version.key, "m", "test", {}, records_read=1, skipped_invalid=0)
+    add_chunk(engine, job_id, 0, 1, b"payload")
+    store_chunk(engine, chunk_vectors(job_id, 0, [0]))
+    assert job_state(engine, job_id) == "submitting"
+    close_submission(engine, job_id, chunks_total=1, truncated=0)
+    stats = job_stats(engine, job_id)
+    assert (stats.state, stats.stored, stats.chunks_done, stats.chunks_total) == ("done", 1, 1, 1)
+    assert job_state(engine, "nope") is None
