@@ -67,7 +67,8 @@ class Corpus:
         if path == "-":
             # Validation reads the corpus before anything is sent, then submission reads it
             # again; stdin can be read once, so keep a copy on disk (not in memory).
-            self._spool = tempfile.NamedTemporaryFile(prefix="embedfleet-stdin-", suffix=".spool")
+            # Kept open for the source's life (read twice), deleted when it is closed.
+            self._spool = tempfile.NamedTemporaryFile(prefix="embedfleet-stdin-", suffix=".spool")  # noqa: SIM115
             shutil.copyfileobj(sys.stdin.buffer, self._spool)
             self._spool.flush()
             self.path = Path(self._spool.name)
@@ -122,6 +123,7 @@ class SqlSource:
         if self.query:
             return text(self.query)
         try:
+            assert self.table is not None  # exactly one of table and query, checked in __init__
             table = Table(self.table, MetaData(), autoload_with=engine)
         except Exception as exc:
             raise CorpusError(f"cannot read table {self.table!r}: {exc}") from exc
@@ -136,11 +138,13 @@ class SqlSource:
         engine = create_engine(normalise_url(self.url))
         try:
             with engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=self.PAGE).execute(self._statement(engine))
+                streamed = conn.execution_options(stream_results=True, yield_per=self.PAGE)
+                result = streamed.execute(self._statement(engine))
                 for row_number, row in enumerate(result, start=1):
                     yield RawRecord(row_number, dict(row._mapping))
         except SQLAlchemyError as exc:
-            raise CorpusError(f"cannot read {self.name}: {exc.__class__.__name__}: {exc.orig or exc}") from exc
+            cause = getattr(exc, "orig", None) or exc
+            raise CorpusError(f"cannot read {self.name}: {exc.__class__.__name__}: {cause}") from exc
         finally:
             engine.dispose()
 
@@ -172,7 +176,7 @@ class Records:
             self._items = records
             return
         # Read back until the job is submitted; closed by close() or when the source is dropped.
-        self._spool = tempfile.TemporaryFile(prefix="embedfleet-records-", suffix=".pickle")
+        self._spool = tempfile.TemporaryFile(prefix="embedfleet-records-", suffix=".pickle")  # noqa: SIM115 (kept open, read twice)
         for item in records:
             entry = dict(item) if isinstance(item, Mapping) else _NotARecord(type(item).__name__)
             try:
@@ -218,7 +222,7 @@ def _raw(number: int, entry: dict[str, Any] | _NotARecord) -> RawRecord:
     return RawRecord(number, entry)
 
 
-def source_from_spec(spec: dict[str, Any]) -> "Corpus | SqlSource":
+def source_from_spec(spec: dict[str, Any]) -> Corpus | SqlSource:
     """The source a collection registered, opened again (for `reindex`)."""
     if spec.get("kind") == "file":
         return Corpus(spec["path"], spec.get("format", "auto"))
@@ -277,4 +281,4 @@ def read_csv(stream: BinaryIO) -> Iterator[RawRecord]:
         if len(row) != len(header):
             yield RawRecord(start, None, f"malformed CSV: expected {len(header)} fields, found {len(row)}")
             continue
-        yield RawRecord(start, dict(zip(header, row)))
+        yield RawRecord(start, dict(zip(header, row, strict=True)))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, String, and_, insert, select, update
 
 from ..config.messages import ChunkTexts, DeadRecord
 from .errors import LedgerError
@@ -35,9 +36,15 @@ class Letter:
 
 # What the dead_letters columns hold: a letter must be writable whatever its record holds,
 # or the record it stands for would be lost.
-LETTER_ID_LENGTH: int = dead_letters.c.record_id.type.length
-ERROR_TYPE_LENGTH: int = dead_letters.c.error_type.type.length
-HASH_LENGTH: int = dead_letters.c.content_hash.type.length
+def _length(column: Any) -> int:
+    kind = column.type
+    assert isinstance(kind, String) and kind.length is not None, f"{column.name} has a length"
+    return int(kind.length)
+
+
+LETTER_ID_LENGTH = _length(dead_letters.c.record_id)
+ERROR_TYPE_LENGTH = _length(dead_letters.c.error_type)
+HASH_LENGTH = _length(dead_letters.c.content_hash)
 MESSAGE_LENGTH = 4000
 
 
@@ -147,7 +154,8 @@ def dead_letter_chunk(engine: Engine, job_id: str, seq: int, error_type: str, me
         texts = ChunkTexts.from_wire(msgpack.unpackb(row.payload))
         dead = [
             DeadRecord(record_id, position, text, content_hash, error_type, message)
-            for record_id, position, text, content_hash in zip(texts.ids, texts.positions, texts.texts, texts.hashes)
+            for record_id, position, text, content_hash
+            in zip(texts.ids, texts.positions, texts.texts, texts.hashes, strict=True)
         ] + [DeadRecord(record_id, position, text, content_hash, error_type, message)
              for record_id, position, content_hash, text in texts.aliases]
         insert_letters(conn, job_id, seq, texts.version_key, dead, max(row.deliveries, 1))

@@ -179,7 +179,8 @@ def start_delivery(engine: Engine, job_id: str, seq: int, holder: str | None = N
         row = conn.execute(
             update(chunks)
             .where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq, chunks.c.state.in_(OPEN_CHUNK_STATES)))
-            .values(deliveries=chunks.c.deliveries + 1, started_at=time.time(), **({"holder": holder} if holder else {}))
+            .values(deliveries=chunks.c.deliveries + 1, started_at=time.time(),
+                    **({"holder": holder} if holder else {}))
             .returning(chunks.c.deliveries)
         ).first()
     return None if row is None else int(row[0])

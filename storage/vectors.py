@@ -37,7 +37,8 @@ def _check_model(conn: Connection, chunk: ChunkVectors) -> None:
         if row is None:
             raise LedgerError(f"no collection version {chunk.version_key!r}")
         if row.model != chunk.model:
-            raise LedgerError(f"worker encoded with {chunk.model!r} but version {chunk.version_key!r} uses {row.model!r}")
+            raise LedgerError(
+                f"worker encoded with {chunk.model!r} but version {chunk.version_key!r} uses {row.model!r}")
         if row.dim is None:
             conn.execute(update(versions).where(versions.c.key == chunk.version_key).values(dim=chunk.dim))
             return
@@ -80,7 +81,8 @@ def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes
     rows, dead = [], []
     for record_id, position, content_hash, text in chunk.aliases:
         if content_hash in found:
-            rows.append((chunk.version_key, record_id, position, content_hash, chunk.model, bytes(found[content_hash]), now))
+            vector = bytes(found[content_hash])
+            rows.append((chunk.version_key, record_id, position, content_hash, chunk.model, vector, now))
         elif content_hash in dead_hashes:
             dead.append(DeadRecord(record_id, position, text, content_hash, "RepeatOfDeadLetter",
                                    "its text repeats a record that is a dead letter; redrive either"))
@@ -105,7 +107,7 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) 
     now = time.time()
     rows: list[Row] = [
         (chunk.version_key, record_id, position, content_hash, chunk.model, blob, now)
-        for record_id, position, content_hash, blob in zip(chunk.ids, chunk.positions, chunk.hashes, blobs)
+        for record_id, position, content_hash, blob in zip(chunk.ids, chunk.positions, chunk.hashes, blobs, strict=True)
     ]
     try:
         stored = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=False)
@@ -187,7 +189,7 @@ def _ledger_texts(conn: Connection, chunk: ChunkVectors) -> dict[str, str]:
         texts = ChunkTexts.from_wire(msgpack.unpackb(payload))
     except Exception:  # not a chunk message (a test's placeholder, say): letters without texts
         return {}
-    found = dict(zip(texts.ids, texts.texts))
+    found = dict(zip(texts.ids, texts.texts, strict=True))
     found.update((record_id, text) for record_id, _, _, text in texts.aliases)
     return found
 

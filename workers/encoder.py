@@ -103,9 +103,11 @@ class SentenceTransformerEncoder:
             self._model = self._model.to(dtype)  # modules a model_kwargs dtype does not reach (Dense)
         self._model.eval()
         self.model_name = settings.model
-        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        dimension = (getattr(self._model, "get_embedding_dimension", None)
+                     or self._model.get_sentence_embedding_dimension)
         self.dimension = int(dimension() or 0)
-        self.max_tokens = int(self._model.max_seq_length)
+        # A model without a window of its own reads the usual 512 tokens.
+        self.max_tokens = int(self._model.max_seq_length or 512)
         self.batch_size = settings.batch_size
         self.batch_tokens = settings.batch_tokens or (65536 if self.device.startswith("cuda") else 4096)
         log.info(
@@ -169,7 +171,7 @@ def encoder_class(settings: Settings) -> type:
     if not class_name:
         raise EncoderConfigError(f"EMBEDFLEET_ENCODER={settings.encoder!r}: expected module:Class")
     try:
-        return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         raise EncoderConfigError(f"EMBEDFLEET_ENCODER={settings.encoder!r} cannot be imported: {exc}") from exc
 

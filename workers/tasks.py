@@ -26,9 +26,9 @@ from ..storage.splits import split_chunk
 from ..storage.vectors import store_chunk
 from . import heartbeat
 from .deliveries import (
-    WORKER_TIMED_OUT,
     COLLECTOR_CRASHED,
     MODEL_UNAVAILABLE,
+    WORKER_TIMED_OUT,
     crashed_too_often,
     isolate_crash,
     model_backoff,
@@ -48,7 +48,7 @@ class ChunkTask(Task):
     so that a failure never loses a record silently."""
 
     # Transient failures retry with exponential backoff and jitter, a bounded number of times.
-    autoretry_for = TRANSIENT_ERRORS + (OperationalError, BrokerUnreachable)
+    autoretry_for = (*TRANSIENT_ERRORS, OperationalError, BrokerUnreachable)
     retry_backoff = 1
     retry_backoff_max = 60
     retry_jitter = True
@@ -143,12 +143,12 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
         if deliveries < settings.max_deliveries:
             log.error("job=%s chunk=%d delivery %d: %s", texts.job_id, texts.seq, deliveries, problem)
             raise self.retry(exc=exc, countdown=model_backoff(deliveries),
-                             max_retries=settings.max_retries + settings.max_deliveries)
-        dead = dead_letter_chunk(_engine(), texts.job_id, texts.seq, MODEL_UNAVAILABLE,
-                                 f"{problem} (in {deliveries} deliveries)", giveup=False)
-        log.error("dead-lettered job=%s chunk=%d (%d records): %s", texts.job_id, texts.seq, dead, problem)
-        if dead:
-            notify_dead_letters(texts.job_id, texts.seq, dead, MODEL_UNAVAILABLE)
+                             max_retries=settings.max_retries + settings.max_deliveries) from exc
+        lettered = dead_letter_chunk(_engine(), texts.job_id, texts.seq, MODEL_UNAVAILABLE,
+                                     f"{problem} (in {deliveries} deliveries)", giveup=False)
+        log.error("dead-lettered job=%s chunk=%d (%d records): %s", texts.job_id, texts.seq, lettered, problem)
+        if lettered:
+            notify_dead_letters(texts.job_id, texts.seq, lettered, MODEL_UNAVAILABLE)
         return
     base = dict(job_id=texts.job_id, seq=texts.seq, version_key=texts.version_key, model=encoder.model_name,
                 dim=encoder.dimension, worker=str(self.request.hostname or ""), aliases=texts.aliases)

@@ -60,7 +60,8 @@ def _run_request(request: Any, local: bool, wait: bool, settings: Any) -> None:
         click.echo(summary(api.wait(submission.job_id, settings=settings)))
 
 
-LOCAL = click.option("--local", is_flag=True, help="Run on the embedded default (in-process worker) instead of the fleet.")
+LOCAL = click.option("--local", is_flag=True,
+                     help="Run on the embedded default (in-process worker) instead of the fleet.")
 WAIT = click.option("--wait", is_flag=True, help="Follow the job until it ends.")
 
 
@@ -161,10 +162,14 @@ def search(query: str | None, collection: str, k: int, batch_query: Path | None,
     if bool(query) == bool(batch_query):
         raise click.UsageError("give either a QUERY or --batch-query FILE")
     settings = apply_settings(database_url=db)
-    queries = [query] if query else [line.strip() for line in batch_query.read_text().splitlines() if line.strip()]
+    if query:
+        queries = [query]
+    else:
+        assert batch_query is not None  # one of the two, checked above
+        queries = [line.strip() for line in batch_query.read_text().splitlines() if line.strip()]
     results = api.search(collection, queries, k=k, settings=settings)
     if batch_query:
-        for text, hits in zip(queries, results):
+        for text, hits in zip(queries, results, strict=True):
             click.echo(json.dumps({"query": text, "results": [{"id": h.id, "score": round(h.score, 6)} for h in hits]},
                                   ensure_ascii=False))
         return
