@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from ..storage.ledger import (
     close_submission,
     create_job,
     job_state,
+    touch_submission,
 )
 from .chunking import chunk_records, is_truncated, sort_windows
 from .incremental import Changes, detect_changes, sweep_deleted
@@ -138,6 +140,20 @@ def send_chunks(
     return seq, truncated
 
 
+# Seconds between the producer's signs of life while it reads records (touch_submission):
+# far below lease_seconds, so a long stretch of unchanged records never looks abandoned.
+PRODUCER_BEAT_SECONDS = 10.0
+
+
+def _keep_alive(engine: Engine, job_id: str, records: Iterator[Record]) -> Iterator[Record]:
+    last = time.monotonic()
+    for record in records:
+        if time.monotonic() - last >= PRODUCER_BEAT_SECONDS:
+            touch_submission(engine, job_id)
+            last = time.monotonic()
+        yield record
+
+
 def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: RoomWaiter | None = None,
            on_job: JobCallback | None = None, broker: str = "the broker") -> Submission:
     """Validate, write the job, send its chunks. `on_job` hears the job id before any chunk is
@@ -162,7 +178,8 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
     if on_job is not None:
         on_job(job_id)
     changes = Changes()
-    records = (r for r in valid_records(request.corpus, request.spec, scan) if isinstance(r, Record))
+    records = _keep_alive(engine, job_id,
+                          (r for r in valid_records(request.corpus, request.spec, scan) if isinstance(r, Record)))
     changed = detect_changes(engine, version.key, records, scan, changes)
     chunks = chunk_records(sort_windows(changed, request.sort_window), request.chunk_size, request.token_budget,
                            request.window)

@@ -149,7 +149,8 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None) -
         deleted=job.deleted,
         deduplicated=job.deduplicated,
         stalled=lease_seconds is not None and job.state in ("submitting", "running")
-        and max(job.created_at, *(t or 0.0 for t in agg[5:8])) < time.time() - lease_seconds,
+        and max(job.created_at, job.producer_seen_at or 0.0, *(t or 0.0 for t in agg[5:8]))
+        < time.time() - lease_seconds,
     )
 
 

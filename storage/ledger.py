@@ -158,6 +158,7 @@ def stalled_jobs(engine: Engine, lease_seconds: float, state: str = "running", o
         func.max(func.coalesce(chunks.c.done_at, 0.0)),
         func.max(func.coalesce(chunks.c.started_at, 0.0)),
         func.max(func.coalesce(chunks.c.sent_at, 0.0)),
+        func.max(func.coalesce(jobs.c.producer_seen_at, 0.0)),
     )
     query = (
         select(chunks.c.job_id)
@@ -169,6 +170,13 @@ def stalled_jobs(engine: Engine, lease_seconds: float, state: str = "running", o
     )
     with engine.connect() as conn:
         return [r[0] for r in conn.execute(query)]
+
+
+def touch_submission(engine: Engine, job_id: str) -> None:
+    """The producer is alive and still submitting (reading records, maybe sending nothing)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.state == "submitting"))
+                     .values(producer_seen_at=time.time()))
 
 
 def start_delivery(engine: Engine, job_id: str, seq: int, holder: str | None = None) -> int | None:

@@ -87,6 +87,9 @@ jobs = Table(
     Column("resends", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
+    # The producer's last sign of life while it submits: it may read a long stretch of
+    # unchanged records without sending a chunk, and must not look dead meanwhile.
+    Column("producer_seen_at", Float, nullable=True),
 )
 
 chunks = Table(

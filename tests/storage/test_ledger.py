@@ -78,6 +78,33 @@ def test_a_submission_whose_producer_died_is_abandoned(sqlite_url: str) -> None:
         progress.wait_done(timeout=5)
 
 
+def test_a_producer_still_reading_records_is_not_abandoned(sqlite_url: str, monkeypatch) -> None:
+    """A producer that sends nothing for longer than the lease (a long run of unchanged records)
+    but keeps touching its job stays `submitting`; once it stops touching, it is abandoned."""
+    from sqlalchemy import update as sql_update
+
+    from embedfleet.producers import submit as submit_module
+    from embedfleet.producers.records import Record
+    from embedfleet.storage.ledger import abandon_stalled_submissions, touch_submission
+
+    engine = get_engine(sqlite_url)
+    version = open_collection(engine, "c1", "m", {}, {})
+    job_id = create_job(engine, "c1", version.key, "m", "test", {}, records_read=10, skipped_invalid=0)
+    add_chunk(engine, job_id, 0, 5, b"payload")
+    with engine.begin() as conn:  # its last chunk was sent long ago
+        conn.execute(sql_update(chunks).where(chunks.c.job_id == job_id).values(sent_at=1.0))
+    # The producer reads records (here: unchanged ones, so nothing is sent) and beats as it goes.
+    monkeypatch.setattr(submit_module, "PRODUCER_BEAT_SECONDS", 0.0)
+    records = [Record(f"r{i}", i, "text", "h", i + 1) for i in range(3)]
+    assert list(submit_module._keep_alive(engine, job_id, iter(records))) == records
+    assert abandon_stalled_submissions(engine, lease_seconds=60) == []
+    touch_submission(engine, job_id)
+    assert not job_stats(engine, job_id, lease_seconds=60).stalled
+    with engine.begin() as conn:  # then it died: its last sign of life ages past the lease
+        conn.execute(sql_update(jobs).where(jobs.c.id == job_id).values(producer_seen_at=2.0))
+    assert abandon_stalled_submissions(engine, lease_seconds=60) == [job_id]
+
+
 def test_cancel_skips_queued_chunks_and_drops_chunks_in_flight(db_url: str) -> None:
     """After cancel: a queued chunk is not started, a chunk encoded meanwhile is not stored, the job stays cancelled."""
     engine = get_engine(db_url)
