@@ -281,3 +281,16 @@ def embedfleet(*args: str, cwd: Path, check: bool = True, **env: str) -> subproc
     if check and result.returncode != 0:
         raise AssertionError(f"embedfleet {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def assert_imports_no_model(*modules: str) -> None:
+    """Importing these modules in a fresh interpreter leaves torch, sentence-transformers and
+    transformers unloaded: a host that only submits or monitors needs no model."""
+    code = (
+        "import sys\n"
+        f"import {', '.join(modules)}\n"
+        "bad = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

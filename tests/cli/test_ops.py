@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 from tests.cli.conftest import ENV, hash_cli
-from tests.conftest import BIN, REPO
+from tests.conftest import BIN, assert_imports_no_model
 
 
 def test_jobs_lists_one_line_per_job(finished_job: str, sqlite_url: str) -> None:
@@ -64,13 +64,4 @@ def test_the_exporter_serves_the_jobs_figures(finished_job: str, sqlite_url: str
 
 def test_operations_commands_import_no_torch() -> None:
     """`flower`, `jobs` and `metrics` run on a monitoring host without the model."""
-    import sys
-
-    code = (
-        "import sys\n"
-        "import embedfleet.cli.ops, embedfleet.storage.metrics, flower.command, prometheus_client\n"
-        "bad = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert_imports_no_model("embedfleet.cli.ops", "embedfleet.storage.metrics", "flower.command", "prometheus_client")
