@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 from sqlalchemy import Connection, Engine, String, and_, insert, select, update
 
-from ..config.messages import ChunkTexts, DeadRecord
 from .errors import LedgerError
 from .ledger import finish_if_complete
 from .schema import chunks, dead_letters, jobs
+
+
+@dataclass(frozen=True)
+class FailedRecord:
+    """A record that could not be stored, as a letter is written: storage's own type, so
+    the wire messages can change without touching it."""
+
+    record_id: str
+    position: int
+    text: str
+    content_hash: str
+    error_type: str
+    message: str
+
+
+# (record id, position, text, content hash): what a chunk's message holds of one record.
+RecordText = tuple[str, int, str, str]
+# A chunk's message, as the ledger keeps it, read back: (version key, its records).
+ReadPayload = Callable[[bytes], tuple[str, list[RecordText]]]
 
 
 @dataclass(frozen=True)
@@ -54,7 +71,7 @@ ID_ALTERED = "[record id altered to fit storage: "
 TEXT_ALTERED = "[letter altered to fit storage: "
 
 
-def storable_letter(dead: DeadRecord) -> DeadRecord:
+def storable_letter(dead: FailedRecord) -> FailedRecord:
     """The letter as storage can hold it: NUL in the id written as the four characters
     \\x00, NUL removed from the text, an over-long id shortened to the column with a marker
     "...[N chars]"; the message starts by saying what was changed (ID_ALTERED when the id
@@ -80,7 +97,7 @@ def storable_letter(dead: DeadRecord) -> DeadRecord:
     if (record_id, text, error_type, content_hash, message) == (
             dead.record_id, dead.text, dead.error_type, dead.content_hash, dead.message):
         return dead
-    return DeadRecord(record_id, dead.position, text, content_hash, error_type, message)
+    return FailedRecord(record_id, dead.position, text, content_hash, error_type, message)
 
 
 def id_altered(letter: Letter) -> bool:
@@ -89,7 +106,7 @@ def id_altered(letter: Letter) -> bool:
 
 
 def insert_letters(
-    conn: Connection, job_id: str, seq: int, version_key: str, dead: Sequence[DeadRecord], attempts: int
+    conn: Connection, job_id: str, seq: int, version_key: str, dead: Sequence[FailedRecord], attempts: int
 ) -> None:
     if not dead:
         return
@@ -136,11 +153,24 @@ def resolve_stored(conn: Connection, job_id: str, version_key: str, record_ids: 
     )
 
 
-def dead_letter_chunk(engine: Engine, job_id: str, seq: int, error_type: str, message: str, giveup: bool) -> int:
+def open_letter_hashes(conn: Connection, version_key: str, hashes: Collection[str]) -> set[str]:
+    """The content hashes, of those asked about, that the version holds open letters for."""
+    if not hashes:
+        return set()
+    return set(conn.execute(
+        select(dead_letters.c.content_hash).where(and_(
+            dead_letters.c.version_key == version_key, dead_letters.c.resolved_at.is_(None),
+            dead_letters.c.content_hash.in_(list(hashes))))
+    ).scalars())
+
+
+def dead_letter_chunk(engine: Engine, job_id: str, seq: int, read_payload: ReadPayload, error_type: str,
+                      message: str, giveup: bool) -> int:
     """Every record of an open chunk becomes a dead letter (the chunk failed as a whole).
 
-    The texts come from the ledger's copy of the message. Returns the letters written;
-    0 when the chunk was already done (another delivery finished it).
+    The texts come from the ledger's copy of the message, read by `read_payload` (the
+    message's format is the workers' business). Returns the letters written; 0 when the
+    chunk was already done (another delivery finished it).
     """
     with engine.begin() as conn:
         row = conn.execute(
@@ -151,14 +181,10 @@ def dead_letter_chunk(engine: Engine, job_id: str, seq: int, error_type: str, me
         ).first()
         if row is None or row.state != "queued" or row.payload is None:
             return 0
-        texts = ChunkTexts.from_wire(msgpack.unpackb(row.payload))
-        dead = [
-            DeadRecord(record_id, position, text, content_hash, error_type, message)
-            for record_id, position, text, content_hash
-            in zip(texts.ids, texts.positions, texts.texts, texts.hashes, strict=True)
-        ] + [DeadRecord(record_id, position, text, content_hash, error_type, message)
-             for record_id, position, content_hash, text in texts.aliases]
-        insert_letters(conn, job_id, seq, texts.version_key, dead, max(row.deliveries, 1))
+        version_key, records = read_payload(bytes(row.payload))
+        dead = [FailedRecord(record_id, position, text, content_hash, error_type, message)
+                for record_id, position, text, content_hash in records]
+        insert_letters(conn, job_id, seq, version_key, dead, max(row.deliveries, 1))
         conn.execute(
             update(chunks)
             .where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq))

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 
 from .collections import cutover_conn, mark_ready
 from .errors import LedgerError, check_collection_name  # noqa: F401  (re-exported)
@@ -205,6 +206,52 @@ def start_collect(engine: Engine, job_id: str, seq: int) -> int | None:
             .returning(chunks.c.collects)
         ).first()
     return None if row is None else int(row[0])
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What the collector stored of a chunk, for its ledger row."""
+
+    stored: int
+    dead: int
+    splits: int
+    encode_seconds: float
+    worker: str
+
+
+class ChunkCancelled(Exception):
+    """The chunk's job was cancelled while it was encoded: raised inside the collector's
+    transaction, so whatever it wrote rolls back."""
+
+
+def mark_collected(conn: Connection, job_id: str, seq: int, collected: Collected, now: float) -> int | None:
+    """Mark an open chunk done, inside the collector's transaction; returns its deliveries,
+    or None when it was already done (a redelivery). Raises ChunkCancelled when its job was
+    cancelled. Taking the row lock first: a second delivery collected at the same moment
+    waits here, then finds the chunk done and writes no letters twice."""
+    marked = conn.execute(
+        update(chunks)
+        .where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq, chunks.c.state.in_(OPEN_CHUNK_STATES)))
+        .values(state="done", stored=collected.stored, dead=collected.dead, splits=collected.splits, payload=None,
+                done_at=now, encode_seconds=collected.encode_seconds, worker=collected.worker)
+        .returning(chunks.c.deliveries)
+    ).first()
+    if marked is not None:
+        return max(int(marked.deliveries), 1)
+    state = conn.execute(select(chunks.c.state).where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq))
+                         ).scalar_one_or_none()
+    if state == CANCELLED:
+        raise ChunkCancelled(f"job {job_id} was cancelled")
+    return None
+
+
+def locked_payload(conn: Connection, job_id: str, seq: int) -> bytes | None:
+    """The ledger's copy of an open chunk's message, its row locked for the transaction;
+    None once the chunk is done."""
+    payload = conn.execute(
+        select(chunks.c.payload).where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq)).with_for_update()
+    ).scalar()
+    return None if payload is None else bytes(payload)
 
 
 def unstarted_halves(engine: Engine, job_id: str, parent_seq: int) -> list[bytes]:

@@ -10,37 +10,38 @@ so stored + skipped + dead = records read still holds, and the job's chunk count
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import msgpack
 from sqlalchemy import Engine, and_, func, insert, select, update
 
-from ..config.messages import ChunkTexts
 from .ledger import OPEN_CHUNK_STATES
 from .schema import chunks, jobs
 
 SPLIT_STATE = "split"
 
 
-def halve(texts: ChunkTexts, first_seq: int, second_seq: int) -> tuple[ChunkTexts, ChunkTexts]:
-    """The chunk's encoded records in two halves, in order; the aliases (never encoded, so
-    never the crash) ride with the second half."""
-    half = len(texts.ids) // 2
+@dataclass(frozen=True)
+class NewChunk:
+    """A chunk to add to a job's ledger: its seq, its record count and its message."""
 
-    def part(seq: int, lo: int, hi: int | None, aliases: list[list[Any]]) -> ChunkTexts:
-        return dataclasses.replace(texts, seq=seq, ids=texts.ids[lo:hi], positions=texts.positions[lo:hi],
-                                   texts=texts.texts[lo:hi], hashes=texts.hashes[lo:hi], aliases=aliases)
+    seq: int
+    records: int
+    payload: bytes
 
-    return part(first_seq, 0, half, []), part(second_seq, half, None, list(texts.aliases))
+
+# Given the two seqs the ledger chose, the chunk's halves (how a message is halved is the
+# workers' business).
+MakeHalves = Callable[[int, int], tuple[NewChunk, NewChunk]]
 
 
 def is_split_born(seq: int) -> bool:
     return seq < 0
 
 
-def split_chunk(engine: Engine, texts: ChunkTexts, holder: str | None) -> tuple[ChunkTexts, ...]:
+def split_chunk(engine: Engine, job_id: str, seq: int, make_halves: MakeHalves,
+                holder: str | None) -> tuple[NewChunk, ...]:
     """Replace an open chunk by its halves in the ledger, in one transaction, before they are
     sent. Returns the halves to send; none when the chunk is no longer open (another delivery
     finished or split it). The halves are held by `holder`, so if the splitting node dies
@@ -51,23 +52,22 @@ def split_chunk(engine: Engine, texts: ChunkTexts, holder: str | None) -> tuple[
         # deliveries splitting at once, one wins and the other finds the chunk no longer open.
         won = conn.execute(
             update(chunks)
-            .where(and_(chunks.c.job_id == texts.job_id, chunks.c.seq == texts.seq,
-                        chunks.c.state.in_(OPEN_CHUNK_STATES)))
+            .where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq, chunks.c.state.in_(OPEN_CHUNK_STATES)))
             .values(state=SPLIT_STATE, payload=None, done_at=now, splits=chunks.c.splits + 1)
         ).rowcount
         if not won:
             return ()
         # The job's row lock serialises the splits of one job, so two never take the same seqs.
-        conn.execute(select(jobs.c.id).where(jobs.c.id == texts.job_id).with_for_update())
-        lowest = conn.execute(select(func.min(chunks.c.seq)).where(chunks.c.job_id == texts.job_id)).scalar_one()
+        conn.execute(select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
+        lowest = conn.execute(select(func.min(chunks.c.seq)).where(chunks.c.job_id == job_id)).scalar_one()
         first = min(int(lowest), 0) - 1
-        halves = halve(texts, first, first - 1)
+        halves = make_halves(first, first - 1)
         conn.execute(insert(chunks), [
-            {"job_id": h.job_id, "seq": h.seq, "state": "queued", "records": len(h.ids) + len(h.aliases),
-             "payload": msgpack.packb(h.to_wire()), "sent_at": now, "holder": holder, "parent_seq": texts.seq}
+            {"job_id": job_id, "seq": h.seq, "state": "queued", "records": h.records, "payload": h.payload,
+             "sent_at": now, "holder": holder, "parent_seq": seq}
             for h in halves
         ])
         # close_submission sets the producer's own count if the job is still submitting; the
         # ledger rows (which job_stats counts too) hold the halves either way.
-        conn.execute(update(jobs).where(jobs.c.id == texts.job_id).values(chunks_total=jobs.c.chunks_total + 2))
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(chunks_total=jobs.c.chunks_total + 2))
     return halves

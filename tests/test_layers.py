@@ -63,3 +63,11 @@ def test_layers_only_point_down() -> None:
     wrong = sorted(f"{a} -> {b}" for a, b in import_edges()
                    if _layer(a) != _layer(b) and _layer(b) not in ALLOWED[_layer(a)])
     assert wrong == []
+
+
+def test_storage_takes_plain_data_not_wire_messages() -> None:
+    """The wire messages are read by producers and workers; storage's functions take plain rows, so the
+    collector's rules cannot drift back into storage."""
+    wrong = sorted(f"{a} -> {b}" for a, b in import_edges()
+                   if _layer(a) == "storage" and b.startswith("embedfleet.config.messages"))
+    assert wrong == []

@@ -17,13 +17,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from typing import Any
 
+import msgpack
 from sqlalchemy import Engine
 
 from ..config.messages import ChunkTexts, DeadRecord
 from ..config.settings import Settings
-from ..storage.splits import is_split_born, split_chunk
+from ..storage.splits import NewChunk, is_split_born
+from ..storage.splits import split_chunk as split_in_ledger
 
 WORKER_CRASHED = "WorkerCrashed"
 MODEL_UNAVAILABLE = "ModelUnavailable"
@@ -40,6 +44,31 @@ def crashed_too_often(deliveries: int, retries: int, seq: int, settings: Setting
     """deliveries counts this one; each retry (transient error, model not loaded) ended an
     earlier delivery on purpose. The rest of the earlier deliveries died with their process."""
     return deliveries - 1 - retries >= crash_cap(seq, settings)
+
+
+def halve(texts: ChunkTexts, first_seq: int, second_seq: int) -> tuple[ChunkTexts, ChunkTexts]:
+    """The chunk's encoded records in two halves, in order; the aliases (never encoded, so
+    never the crash) ride with the second half."""
+    half = len(texts.ids) // 2
+
+    def part(seq: int, lo: int, hi: int | None, aliases: list[list[Any]]) -> ChunkTexts:
+        return dataclasses.replace(texts, seq=seq, ids=texts.ids[lo:hi], positions=texts.positions[lo:hi],
+                                   texts=texts.texts[lo:hi], hashes=texts.hashes[lo:hi], aliases=aliases)
+
+    return part(first_seq, 0, half, []), part(second_seq, half, None, list(texts.aliases))
+
+
+def split_chunk(engine: Engine, texts: ChunkTexts, holder: str | None) -> tuple[ChunkTexts, ...]:
+    """Replace an open chunk by its halves in the ledger (storage/splits.py); returns the
+    halves to send, none when the chunk is no longer open."""
+    made: list[ChunkTexts] = []
+
+    def make_halves(first: int, second: int) -> tuple[NewChunk, NewChunk]:
+        made.extend(halve(texts, first, second))
+        a, b = (NewChunk(h.seq, len(h.ids) + len(h.aliases), msgpack.packb(h.to_wire())) for h in made)
+        return a, b
+
+    return tuple(made) if split_in_ledger(engine, texts.job_id, texts.seq, make_halves, holder) else ()
 
 
 def isolate_crash(engine: Engine, texts: ChunkTexts, deliveries: int,

@@ -18,13 +18,11 @@ from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK
 from ..config.sending import celery_sender, payload_sender
 from ..config.settings import get_settings
 from ..storage import codec
-from ..storage.dead_letters import dead_letter_chunk
 from ..storage.engine import get_engine
 from ..storage.ledger import count_retry, start_collect, start_delivery, unstarted_halves
 from ..storage.safe_errors import error_type, redacted, safe_error
-from ..storage.splits import split_chunk
-from ..storage.vectors import store_chunk
 from . import heartbeat
+from .collector import dead_letter_chunk, store_chunk
 from .deliveries import (
     COLLECTOR_CRASHED,
     MODEL_UNAVAILABLE,
@@ -32,6 +30,7 @@ from .deliveries import (
     crashed_too_often,
     isolate_crash,
     model_backoff,
+    split_chunk,
 )
 from .isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
 from .resident import get_encoder

@@ -143,7 +143,7 @@ def bench_storage(report: BenchReport, work: Path, pg_url: str, total: int = 100
     from ..storage.collections import open_collection
     from ..storage.engine import get_engine
     from ..storage.ledger import add_chunk, close_submission, create_job
-    from ..storage.vectors import store_chunk
+    from ..workers.collector import store_chunk
 
     rng = np.random.default_rng(0)
     matrix = rng.standard_normal((chunk, 384)).astype(np.float32)

@@ -10,7 +10,7 @@ from embedfleet.storage.bulk import upsert_isolating, upsert_rows
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.jobs import job_stats
 from embedfleet.storage.schema import dead_letters, vectors
-from embedfleet.storage.vectors import store_chunk
+from embedfleet.workers.collector import store_chunk
 from tests.storage.helpers import one_chunk_job, refuse_ids_starting_bad, stored_ids
 
 

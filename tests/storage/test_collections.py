@@ -29,7 +29,7 @@ from embedfleet.storage.ledger import (
     create_job,
 )
 from embedfleet.storage.schema import jobs, versions
-from embedfleet.storage.vectors import store_chunk
+from embedfleet.workers.collector import store_chunk
 from tests.conftest import REPO
 from tests.storage.helpers import chunk_vectors, job_with_chunks
 

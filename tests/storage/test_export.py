@@ -10,7 +10,7 @@ import pytest
 from embedfleet.storage import codec
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.export import export_npy, ids_path_for, read_ids
-from embedfleet.storage.vectors import store_chunk
+from embedfleet.workers.collector import store_chunk
 from tests.storage.helpers import DIM, chunk_vectors, job_with_chunks
 
 

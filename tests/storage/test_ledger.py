@@ -26,7 +26,7 @@ from embedfleet.storage.ledger import (
     start_delivery,
 )
 from embedfleet.storage.schema import chunks, jobs
-from embedfleet.storage.vectors import store_chunk
+from embedfleet.workers.collector import store_chunk
 from tests.storage.helpers import chunk_vectors, job_with_chunks, rows_in
 
 
@@ -202,3 +202,24 @@ def test_a_job_finishes_only_when_submitted_and_every_chunk_is_done(sqlite_url: 
     stats = job_stats(engine, job_id)
     assert (stats.state, stats.stored, stats.chunks_done, stats.chunks_total) == ("done", 1, 1, 1)
     assert job_state(engine, "nope") is None
+
+
+def test_mark_collected_marks_once_and_refuses_a_cancelled_chunk(db_url: str) -> None:
+    """Inside the collector's transaction: an open chunk is marked done with its figures and its payload
+    dropped (deliveries returned, at least 1); a redelivery gets None; a cancelled job's chunk raises."""
+    from embedfleet.storage.ledger import ChunkCancelled, Collected, cancel_job, locked_payload, mark_collected
+
+    engine = get_engine(db_url)
+    job_id = job_with_chunks(engine, {0: [0, 1], 1: [2]})
+    done = Collected(stored=2, dead=0, splits=1, encode_seconds=0.5, worker="w1")
+    with engine.begin() as conn:
+        assert locked_payload(conn, job_id, 0) == b"payload"
+        assert mark_collected(conn, job_id, 0, done, time.time()) == 1
+        assert locked_payload(conn, job_id, 0) is None
+    with engine.begin() as conn:
+        assert mark_collected(conn, job_id, 0, done, time.time()) is None
+    stats = job_stats(engine, job_id)
+    assert (stats.chunks_done, stats.splits) == (1, 1)
+    cancel_job(engine, job_id)
+    with pytest.raises(ChunkCancelled), engine.begin() as conn:
+        mark_collected(conn, job_id, 1, done, time.time())

@@ -7,7 +7,7 @@ import pytest
 
 from embedfleet.storage import codec, search
 from embedfleet.storage.engine import get_engine
-from embedfleet.storage.vectors import store_chunk
+from embedfleet.workers.collector import store_chunk
 from tests.storage.helpers import DIM, chunk_vectors, job_with_chunks
 
 

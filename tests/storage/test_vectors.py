@@ -1,132 +1,69 @@
-"""Bulk idempotent stores and ordered reads of vectors, on SQLite and on real PostgreSQL."""
+"""The vector store's primitives, on SQLite and real PostgreSQL: the version check, look-ups by
+content hash, and reads in corpus order."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-from sqlalchemy import func, select
 
-from embedfleet.config.messages import DeadRecord
-from embedfleet.storage.dead_letters import list_letters
+from embedfleet.storage import codec
+from embedfleet.storage.bulk import upsert_rows
+from embedfleet.storage.collections import open_collection
 from embedfleet.storage.engine import get_engine
-from embedfleet.storage.jobs import job_stats
-from embedfleet.storage.ledger import LedgerError
-from embedfleet.storage.schema import vectors
-from embedfleet.storage.vectors import iter_ordered, store_chunk
-from tests.storage.helpers import (
-    SECRET,
-    chunk_vectors,
-    job_with_chunks,
-    one_chunk_job,
-    refuse_ids_starting_bad,
-    stored_ids,
-    with_aliases,
+from embedfleet.storage.errors import LedgerError
+from embedfleet.storage.vectors import (
+    bulk_write,
+    check_version,
+    count,
+    delete_ids,
+    embeddings_by_hash,
+    iter_ids,
+    iter_ordered,
+    move_positions,
+    stored_state,
 )
 
 
-def test_store_is_idempotent_and_finishes_job(db_url: str) -> None:
-    """Storing a chunk twice leaves one row per record; the last chunk marks the job done."""
+def blob(value: float, dim: int = 3) -> bytes:
+    return codec.pack([[value] * dim])
+
+
+@pytest.fixture
+def version(db_url):
     engine = get_engine(db_url)
-    job_id = job_with_chunks(engine, {0: [0, 1, 2], 1: [3, 4]})
-    first = chunk_vectors(job_id, 0, [0, 1, 2])
-    assert store_chunk(engine, first) == 3
-    assert store_chunk(engine, first) == 3
-    assert job_stats(engine, job_id).state == "running"
-    store_chunk(engine, chunk_vectors(job_id, 1, [3, 4]))
+    return engine, open_collection(engine, "c1", "m", {}, {}).key
+
+
+def test_check_version_fixes_the_dimension_once_and_refuses_other_models(version) -> None:
+    """The first chunk fixes dim; then a different model or dim is refused; a wrong model first fixes nothing."""
+    engine, key = version
+    with bulk_write(engine) as conn, pytest.raises(LedgerError, match="encoded with 'other'"):
+        check_version(conn, key, "other", 3)
+    with bulk_write(engine) as conn:
+        check_version(conn, key, "m", 3)
+    with bulk_write(engine) as conn:
+        check_version(conn, key, "m", 3)
+        with pytest.raises(LedgerError, match="dimension 3, chunk has 4"):
+            check_version(conn, key, "m", 4)
+        with pytest.raises(LedgerError, match="no collection version"):
+            check_version(conn, "missing", "m", 3)
+
+
+def test_rows_read_back_in_corpus_order_and_by_hash(version) -> None:
+    """Rows upserted out of order read back by position in blocks; look-ups by hash and id find them;
+    moves, deletes and counts act on the version's rows only."""
+    engine, key = version
+    with bulk_write(engine) as conn:
+        check_version(conn, key, "m", 3)
+        upsert_rows(conn, [(key, f"r{p}", p, f"h{p}", "m", blob(p), 0.0) for p in (4, 0, 3, 1, 2)])
+    ids = [i for block, _ in iter_ordered(engine, key, block=2) for i in block]
+    assert ids == ["r0", "r1", "r2", "r3", "r4"]
+    matrix = next(iter_ordered(engine, key, block=5))[1]
+    assert matrix[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(vectors)).scalar_one() == 5
-    stats = job_stats(engine, job_id)
-    assert (stats.state, stats.stored, stats.chunks_done) == ("done", 5, 2)
-
-
-def test_reads_follow_corpus_order_not_arrival(db_url: str) -> None:
-    """Chunks stored out of order read back ordered by position."""
-    engine = get_engine(db_url)
-    job_id = job_with_chunks(engine, {0: [0, 1], 1: [2, 3], 2: [4, 5]})
-    for seq in (2, 0, 1):
-        store_chunk(engine, chunk_vectors(job_id, seq, [2 * seq, 2 * seq + 1]))
-    ids = [i for block_ids, _ in iter_ordered(engine, "c1", block=3) for i in block_ids]
-    assert ids == [f"r{p}" for p in range(6)]
-
-
-def test_repeats_copy_vectors_or_follow_their_first_record_into_the_dead_letters(sqlite_url: str) -> None:
-    """A repeat copies its first record's vector; a repeat of a dead record is dead; nothing is lost."""
-    from embedfleet.storage.dead_letters import list_letters
-
-    engine = get_engine(sqlite_url)
-    job_id = job_with_chunks(engine, {0: [0, 1, 2, 3, 4]})
-    chunk = chunk_vectors(job_id, 0, [0, 1])
-    own_hash = "h"  # chunk_vectors gives every record content hash "h"
-    dead = [DeadRecord("r2", 2, "bad text", "bad", "ValueError", "poison")]
-    chunk = dataclasses.replace(chunk, dead=dead, aliases=[["r3", 3, own_hash, "x"], ["r4", 4, "bad", "bad text"]])
-    assert store_chunk(engine, chunk) == 3
-    letters = {letter.record_id: letter.error_type for letter in list_letters(engine, job_id)}
-    assert letters == {"r2": "ValueError", "r4": "RepeatOfDeadLetter"}
-    stats = job_stats(engine, job_id)
-    assert (stats.stored, stats.dead, stats.state) == (3, 2, "done")
-
-
-def test_a_repeat_waits_for_its_first_record_then_gives_up_alone(sqlite_url: str) -> None:
-    """An unstored first record makes the collector retry; on the last try only the repeat is dead-lettered."""
-    from embedfleet.storage.dead_letters import list_letters
-    from embedfleet.storage.errors import SourceNotStored
-
-    engine = get_engine(sqlite_url)
-    job_id = job_with_chunks(engine, {0: [0, 1, 2]})
-    chunk = with_aliases(job_id, 0, [0, 1], [["r2", 2, "elsewhere", "text"]])
-    with pytest.raises(SourceNotStored):
-        store_chunk(engine, chunk, last_attempt=False)
-    assert job_stats(engine, job_id).stored == 0  # rolled back whole
-    assert store_chunk(engine, chunk, last_attempt=True) == 2
-    (letter,) = list_letters(engine, job_id)
-    assert (letter.record_id, letter.error_type, letter.text) == ("r2", "SourceNotStored", "text")
-
-
-def test_a_wrong_model_first_does_not_poison_the_version_check(sqlite_url: str) -> None:
-    """A chunk of the wrong model is refused without fixing the version's dimension; the right one then stores."""
-    engine = get_engine(sqlite_url)
-    job_id = job_with_chunks(engine, {0: [0]})
-    with pytest.raises(LedgerError, match="encoded with"):
-        store_chunk(engine, chunk_vectors(job_id, 0, [0], model="other"))
-    assert store_chunk(engine, chunk_vectors(job_id, 0, [0])) == 1
-
-
-def test_store_chunk_dead_letters_refused_rows_and_finishes_the_job(sqlite_url):
-    """A chunk with rows the database refuses stores the rest; each refused row is one StorageRejected
-    letter with its text (from the ledger) and a message without it; the job is done and adds up."""
-    engine = get_engine(sqlite_url)
-    refuse_ids_starting_bad(engine)
-    job_id, chunk = one_chunk_job(engine, ["r0", "bad1", "r2", "r3"])
-    assert store_chunk(engine, chunk) == 3
-    assert stored_ids(engine) == ["r0", "r2", "r3"]
-    [letter] = list_letters(engine, job_id)
-    assert (letter.record_id, letter.error_type, letter.text) == ("bad1", "StorageRejected", f"{SECRET} 1")
-    assert letter.message == "the database refused to store the record: IntegrityError: refused by trigger"
-    stats = job_stats(engine, job_id)
-    assert (stats.state, stats.stored, stats.dead) == ("done", 3, 1)
-    assert stats.stored + stats.skipped + stats.dead == stats.records_read
-    assert store_chunk(engine, chunk) == 3  # a redelivery: same rows, no second letter
-    assert len(list_letters(engine, job_id)) == 1
-
-
-def test_postgres_unstorable_ids_become_letters_and_the_rest_is_stored(pg_url):
-    """On PostgreSQL an over-long id and a NUL in an id (validation bypassed) each become one
-    StorageRejected letter, written sanitised, with the record's NUL-holding text; the rest is stored,
-    the job finishes and adds up."""
-    engine = get_engine(pg_url)
-    ids = ["r0", "x" * 600, "r2", "nul\x00id", "r4"]
-    texts = ["t0", "t1", "t2", f"{SECRET}\x00with NUL", "t4"]
-    job_id, chunk = one_chunk_job(engine, ids, texts)
-    assert store_chunk(engine, chunk) == 3
-    assert stored_ids(engine) == ["r0", "r2", "r4"]
-    letters = {letter.position: letter for letter in list_letters(engine, job_id)}
-    assert sorted(letters) == [1, 3]
-    assert {letter.error_type for letter in letters.values()} == {"StorageRejected"}
-    assert letters[1].record_id.endswith("...[600 chars]") and len(letters[1].record_id) == 512
-    assert "StringDataRightTruncation: value too long for type character varying(512)" in letters[1].message
-    assert "[record id altered to fit storage: shortened, it has 600 characters]" in letters[1].message
-    assert (letters[3].record_id, letters[3].text) == ("nul\\x00id", f"{SECRET}with NUL")
-    assert SECRET not in letters[3].message
-    stats = job_stats(engine, job_id)
-    assert (stats.state, stats.stored, stats.dead, stats.records_read) == ("done", 3, 2, 5)
+        assert embeddings_by_hash(conn, key, {"h2", "nope"}) == {"h2": blob(2)}
+        assert embeddings_by_hash(conn, key, set()) == {}
+    assert stored_state(engine, key, ["r1", "zz"]) == {"r1": ("h1", 1)}
+    move_positions(engine, key, [("r0", 9)])
+    assert next(iter_ordered(engine, key))[0][-1] == "r0"
+    assert [i for block in iter_ids(engine, key, block=2) for i in block] == ["r0", "r1", "r2", "r3", "r4"]
+    assert delete_ids(engine, key, ["r0", "r1"]) == 2 and count(engine, key) == 3

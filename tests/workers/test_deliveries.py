@@ -1,9 +1,16 @@
-"""Delivery counting: when a chunk has crashed its process too often."""
+"""Delivery counting and crash isolation: when a chunk has crashed its process too often, and
+how it is halved in the ledger down to the one record that kills its process."""
 
 from __future__ import annotations
 
+import msgpack
+
+from embedfleet.config.messages import ChunkTexts
 from embedfleet.config.settings import Settings
-from embedfleet.workers.deliveries import crashed_too_often
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.ledger import unstarted_halves
+from embedfleet.workers.deliveries import WORKER_CRASHED, crashed_too_often, halve, isolate_crash, split_chunk
+from tests.storage.helpers import live_job
 
 
 def test_crash_cap_arithmetic() -> None:
@@ -13,3 +20,37 @@ def test_crash_cap_arithmetic() -> None:
     assert not crashed_too_often(5, 0, 7, settings) and crashed_too_often(6, 0, 7, settings)
     assert not crashed_too_often(6, 2, 7, settings)
     assert not crashed_too_often(2, 0, -1, settings) and crashed_too_often(3, 0, -1, settings)
+
+
+def test_halve_keeps_order_and_aliases_ride_second() -> None:
+    """Halves hold the records in order; aliases go with the second half."""
+    chunk = ChunkTexts("j", 3, "v", "m", list("abcde"), [0, 1, 2, 3, 4], list("abcde"), list("hhhhh"),
+                       aliases=[["z", 9, "h", "a"]])
+    first, second = halve(chunk, -1, -2)
+    assert (first.seq, first.ids, first.positions, first.aliases) == (-1, ["a", "b"], [0, 1], [])
+    assert (second.seq, second.ids, second.positions, second.aliases) == (-2, ["c", "d", "e"], [2, 3, 4],
+                                                                           [["z", 9, "h", "a"]])
+
+
+def test_split_chunk_stores_the_halves_messages(db_url) -> None:
+    """The halves returned are the messages the ledger keeps (re-sent as they are if the splitter dies);
+    a chunk no longer open gives none."""
+    engine = get_engine(db_url)
+    job_id, texts = live_job(engine)
+    halves = split_chunk(engine, texts[0], holder="w")
+    assert [(h.seq, h.ids) for h in halves] == [(-1, texts[0].ids[:2]), (-2, texts[0].ids[2:])]
+    kept = [ChunkTexts.from_wire(msgpack.unpackb(p)) for p in unstarted_halves(engine, job_id, 0)]
+    assert sorted(kept, key=lambda h: -h.seq) == list(halves)
+    assert split_chunk(engine, texts[0], holder="w") == ()
+
+
+def test_isolate_crash_splits_a_chunk_and_letters_a_lone_record(sqlite_url) -> None:
+    """Several records: halves, no letters. One record left: one WorkerCrashed letter, no halves."""
+    engine = get_engine(sqlite_url)
+    _, texts = live_job(engine)
+    dead, halves = isolate_crash(engine, texts[0], deliveries=3, holder="w")
+    assert dead == [] and len(halves) == 2
+    lone = halve(halves[0], 0, 0)[1]  # one record of the first half
+    dead, halves = isolate_crash(engine, lone, deliveries=3, holder="w")
+    assert halves == () and [(d.record_id, d.error_type) for d in dead] == [(lone.ids[0], WORKER_CRASHED)]
+    assert "died in 2 deliveries" in dead[0].message

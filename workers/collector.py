@@ -1,0 +1,161 @@
+"""The collector's rules: what a chunk's vectors become in storage, in one transaction.
+
+- Every record ends stored or a dead letter: the encoder's failures are letters, a record
+  whose text repeats an earlier record's gets that record's vector (by content hash), or a
+  letter when there is none to copy.
+- One idempotent upsert: a redelivered chunk rewrites the same rows and finds its ledger
+  row done, so it writes no letter twice.
+- A row the database refuses (too long an id, a NUL) does not lose the chunk: the
+  transaction is written again, and the refused rows become StorageRejected letters.
+- A chunk whose job was cancelled while it was encoded is not stored.
+
+Storage gives the primitives, taking plain rows (storage/vectors.py, bulk.py, ledger.py,
+dead_letters.py); the wire messages are read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+
+import msgpack
+from sqlalchemy import Connection, Engine
+
+from ..config.messages import ChunkTexts, ChunkVectors
+from ..storage import codec
+from ..storage.bulk import ROW_ERRORS, Row, upsert_isolating, upsert_rows
+from ..storage.dead_letters import FailedRecord, RecordText, insert_letters, open_letter_hashes, resolve_stored
+from ..storage.dead_letters import dead_letter_chunk as dead_letter_payload
+from ..storage.errors import SourceNotStored
+from ..storage.ledger import ChunkCancelled, Collected, finish_if_complete, locked_payload, mark_collected
+from ..storage.safe_errors import safe_error
+from ..storage.vectors import bulk_write, check_version, embeddings_by_hash
+
+log = logging.getLogger(__name__)
+# The error type of a record the database refused to store (too long an id, a NUL, ...).
+STORAGE_REJECTED = "StorageRejected"
+REPEAT_OF_DEAD_LETTER = "RepeatOfDeadLetter"
+SOURCE_NOT_STORED = "SourceNotStored"
+
+
+def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) -> int | None:
+    """Upsert the chunk's vectors, write its dead letters and mark it done, in one transaction.
+    Returns rows written, or None when its job was cancelled while it was encoded.
+
+    The hot path of the collector, so every round trip to the database counts: only a chunk
+    with a row the database refuses (ROW_ERRORS) pays for a second, isolating write.
+    """
+    blobs = codec.rows(chunk.vectors, chunk.dim) if chunk.ids else []
+    if len(blobs) != len(chunk.ids):
+        raise ValueError(f"chunk {chunk.seq}: {len(blobs)} vectors for {len(chunk.ids)} records")
+    now = time.time()
+    rows: list[Row] = [
+        (chunk.version_key, record_id, position, content_hash, chunk.model, blob, now)
+        for record_id, position, content_hash, blob in zip(chunk.ids, chunk.positions, chunk.hashes, blobs, strict=True)
+    ]
+    try:
+        try:
+            stored = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=False)
+        except ROW_ERRORS as exc:
+            # One row the database refuses aborts the whole transaction: write the chunk again,
+            # isolating the rows it refuses, as the encoder isolates poison records.
+            log.warning("job=%s chunk=%d: the database refused a row (%s); isolating the rows it refuses",
+                        chunk.job_id, chunk.seq, safe_error(exc))
+            stored = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=True)
+    except ChunkCancelled:
+        return None
+    finish_if_complete(engine, chunk.job_id)
+    return stored
+
+
+def _write_chunk(engine: Engine, chunk: ChunkVectors, encoded: list[Row], now: float, last_attempt: bool,
+                 isolate: bool) -> int:
+    """store_chunk's transaction. With isolate, the rows the database refuses become
+    StorageRejected dead letters (their texts from the ledger's copy of the message)."""
+    with bulk_write(engine) as conn:
+        check_version(conn, chunk.version_key, chunk.model, chunk.dim)
+        alias_rows, alias_dead = _resolve_aliases(conn, chunk, {row[3]: row[5] for row in encoded}, now, last_attempt)
+        rows = encoded + alias_rows
+        dead = [FailedRecord(**asdict(d)) for d in chunk.dead] + alias_dead
+        if isolate:
+            texts = _ledger_texts(conn, chunk)  # its FOR UPDATE takes the chunk's row lock first
+            rejected = upsert_isolating(conn, rows)
+            dead += [
+                FailedRecord(rows[i][1], rows[i][2], texts.get(rows[i][1], ""), rows[i][3], STORAGE_REJECTED,
+                             f"the database refused to store the record: {safe_error(exc)}")
+                for i, exc in rejected
+            ]
+            refused = {i for i, _ in rejected}
+            rows = [row for i, row in enumerate(rows) if i not in refused]
+        # Marking done first takes the chunk's row lock (see mark_collected). Raising
+        # ChunkCancelled rolls back whatever the isolating path already wrote.
+        deliveries = mark_collected(conn, chunk.job_id, chunk.seq, Collected(
+            stored=len(rows), dead=len(dead), splits=chunk.splits, encode_seconds=chunk.encode_seconds,
+            worker=chunk.worker), now)
+        if not isolate:
+            upsert_rows(conn, rows)
+        resolve_stored(conn, chunk.job_id, chunk.version_key, [row[1] for row in rows])
+        if deliveries is not None:  # None: a redelivery, rows rewritten, letters already there
+            insert_letters(conn, chunk.job_id, chunk.seq, chunk.version_key, dead, deliveries)
+    return len(rows)
+
+
+def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes], now: float,
+                     last_attempt: bool) -> tuple[list[Row], list[FailedRecord]]:
+    """Rows for records whose text repeats an earlier record's, copied by content hash: from
+    this chunk's own vectors first, then from what the version stores.
+
+    A repeat of a dead letter (in this chunk or before) is a dead letter too. A repeat of a
+    record not stored yet (its chunk is still in flight) raises SourceNotStored, which the
+    task retries; on the last attempt it becomes a dead letter instead, to redrive, so the
+    rest of the chunk is still stored."""
+    if not chunk.aliases:
+        return [], []
+    wanted = {content_hash for _, _, content_hash, _ in chunk.aliases} - own.keys()
+    found = {**own, **embeddings_by_hash(conn, chunk.version_key, wanted)}
+    missing = wanted - found.keys()
+    dead_hashes = {d.content_hash for d in chunk.dead} & missing
+    dead_hashes |= open_letter_hashes(conn, chunk.version_key, missing - dead_hashes)
+    waiting = missing - dead_hashes
+    if waiting and not last_attempt:
+        raise SourceNotStored(f"{len(waiting)} repeated texts of chunk {chunk.seq} wait for their first record")
+    rows, dead = [], []
+    for record_id, position, content_hash, text in chunk.aliases:
+        if content_hash in found:
+            rows.append((chunk.version_key, record_id, position, content_hash, chunk.model, found[content_hash], now))
+        elif content_hash in dead_hashes:
+            dead.append(FailedRecord(record_id, position, text, content_hash, REPEAT_OF_DEAD_LETTER,
+                                     "its text repeats a record that is a dead letter; redrive either"))
+        else:
+            dead.append(FailedRecord(record_id, position, text, content_hash, SOURCE_NOT_STORED,
+                                     "the record whose text it repeats was not stored in time; redrive it"))
+    return rows, dead
+
+
+def _ledger_texts(conn: Connection, chunk: ChunkVectors) -> dict[str, str]:
+    """record id -> text, from the ledger's copy of the chunk's message (the collector's
+    message carries no texts); empty if the chunk is already done."""
+    payload = locked_payload(conn, chunk.job_id, chunk.seq)
+    if payload is None:
+        return {}
+    try:
+        _, records = read_payload(payload)
+    except Exception:  # not a chunk message (a test's placeholder, say): letters without texts
+        return {}
+    return {record_id: text for record_id, _, text, _ in records}
+
+
+def read_payload(payload: bytes) -> tuple[str, list[RecordText]]:
+    """A chunk's message as the ledger keeps it: its version key and every record (the
+    encoded ones, then the repeats) as (id, position, text, content hash)."""
+    texts = ChunkTexts.from_wire(msgpack.unpackb(payload))
+    records = list(zip(texts.ids, texts.positions, texts.texts, texts.hashes, strict=True))
+    records += [(record_id, position, text, content_hash) for record_id, position, content_hash, text in texts.aliases]
+    return texts.version_key, records
+
+
+def dead_letter_chunk(engine: Engine, job_id: str, seq: int, error_type: str, message: str, giveup: bool) -> int:
+    """Every record of an open chunk becomes a dead letter; returns the letters written (0
+    when another delivery already finished it)."""
+    return dead_letter_payload(engine, job_id, seq, read_payload, error_type, message, giveup)
