@@ -11,6 +11,7 @@ COLLECT_TASK = "embed.collect_chunk"
 DEAD_LETTER_TASK = "embed.dead_letter"
 RECONCILE_TASK = "embed.reconcile"
 REINDEX_TASK = "embed.reindex"
+INDEX_TASK = "embed.build_index"
 
 QUEUES = (Queue(EMBED_QUEUE), Queue(COLLECT_QUEUE), Queue(DEAD_LETTER_QUEUE))
 
@@ -23,4 +24,7 @@ ROUTES = {
     RECONCILE_TASK: {"queue": COLLECT_QUEUE},
     # Reindexing reads the source and submits chunks: producer work, on the light queue.
     REINDEX_TASK: {"queue": COLLECT_QUEUE},
+    # A version's HNSW index, once its bulk load is done: minutes on a large version, so
+    # a task of its own (the collector that finished the job sends it), not in a collect.
+    INDEX_TASK: {"queue": COLLECT_QUEUE},
 }

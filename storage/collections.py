@@ -6,6 +6,7 @@ A migration fills a new version while the current one stays readable, then switc
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,7 +25,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from .errors import LedgerError, check_collection_name
+from .pgvector import AUTO, BYTEA, choose_kind
 from .schema import collections, jobs, vectors, versions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,9 @@ class Version:
     normalized: bool
     state: str
     created_at: float
+    # bytea, vector or halfvec (storage/pgvector.py), and its HNSW index's build seconds.
+    storage: str = BYTEA
+    index_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,14 +70,18 @@ def version_key(name: str, version: int) -> str:
 
 
 def _version(row: Any) -> Version:
-    return Version(**{f: getattr(row, f) for f in Version.__dataclass_fields__})
+    fields = {f: getattr(row, f) for f in Version.__dataclass_fields__}
+    return Version(**{**fields, "storage": fields["storage"] or BYTEA})
 
 
-def _insert_version(conn: Connection, name: str, number: int, model: str) -> Version:
+def _insert_version(conn: Connection, name: str, number: int, model: str, vector_type: str) -> Version:
+    """A new, empty version; its storage (bytea, vector, halfvec) chosen now and kept."""
     key = version_key(name, number)
+    kind, why = choose_kind(conn, vector_type)
     version = Version(key=key, collection=name, version=number, model=model, dim=None, normalized=True,
-                      state="building", created_at=time.time())
+                      state="building", created_at=time.time(), storage=kind)
     conn.execute(insert(versions).values(**asdict(version)))
+    log.info("collection %s version %d stores %s", name, number, why)
     return version
 
 
@@ -103,16 +114,16 @@ def _open_or_create(engine: Engine, name: str, model: str, source: dict[str, Any
         if row is None:
             conn.execute(insert(collections).values(name=name, current_key=version_key(name, 1), source=source,
                                                     options=options, created_at=time.time()))
-            return _insert_version(conn, name, 1, model)
+            return _insert_version(conn, name, 1, model, options.get("vector_type", AUTO))
         return _version(conn.execute(select(versions).where(versions.c.key == row.current_key)).one())
 
 
 def new_version(engine: Engine, name: str, model: str) -> Version:
     """The next version of a collection, empty, for a migration to fill."""
     with engine.begin() as conn:
-        get_collection_conn(conn, name)
+        collection = get_collection_conn(conn, name)
         number = conn.execute(select(func.max(versions.c.version)).where(versions.c.collection == name)).scalar_one()
-        return _insert_version(conn, name, int(number) + 1, model)
+        return _insert_version(conn, name, int(number) + 1, model, collection.options.get("vector_type", AUTO))
 
 
 def get_collection_conn(conn: Connection, name: str) -> Collection:

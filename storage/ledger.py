@@ -71,8 +71,8 @@ def close_submission(engine: Engine, job_id: str, chunks_total: int, truncated: 
     finish_if_complete(engine, job_id)
 
 
-def finish_if_complete(engine: Engine, job_id: str) -> None:
-    """Mark the job done if it is running and no chunk is open.
+def finish_if_complete(engine: Engine, job_id: str) -> bool:
+    """Mark the job done if it is running and no chunk is open; True when this call did.
 
     Called in its own transaction, after the caller's change is committed: two collectors
     committing the last two chunks at once each see the other's chunk as still open inside
@@ -85,7 +85,7 @@ def finish_if_complete(engine: Engine, job_id: str) -> None:
     # The usual answer (chunks still open) in one autocommit round trip, no transaction.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         if conn.execute(open_chunks.limit(1)).first() is not None:
-            return
+            return False
     with engine.begin() as conn:
         finished = conn.execute(
             update(jobs)
@@ -100,6 +100,7 @@ def finish_if_complete(engine: Engine, job_id: str) -> None:
             mark_ready(conn, job.version_key)
             if (job.options or {}).get("cutover"):
                 cutover_conn(conn, job.collection, job.version_key)
+    return bool(finished)
 
 
 def chunk_counts(engine: Engine, job_id: str) -> tuple[int, int]:

@@ -55,6 +55,11 @@ versions = Table(
     # ready once a job filled it completely; dropped versions lose their vectors.
     Column("state", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
+    # How its vectors are stored: bytea (float32 bytes), or pgvector's vector or halfvec
+    # (storage/pgvector.py). NULL in a database made before pgvector support: bytea.
+    Column("storage", String(16), nullable=True),
+    # Seconds its HNSW index took to build; NULL until built (or for bytea).
+    Column("index_seconds", Float, nullable=True),
 )
 
 jobs = Table(

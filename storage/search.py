@@ -1,23 +1,42 @@
-"""Brute-force cosine search over a version's stored vectors, in memory-bounded blocks.
+"""Cosine search over a version's stored vectors.
 
-Vectors are unit-normalised, so cosine is a dot product. pgvector's operators would serve
-PostgreSQL where the extension exists; without it (as on our machines) this path serves both.
+A version stored as pgvector's `vector` or `halfvec` is searched in SQL with `<=>`, through
+its HNSW index once built (storage/pgvector.py). A `bytea` version (SQLite, or PostgreSQL
+without the extension) is searched by brute force in memory-bounded blocks: vectors are
+unit-normalised, so cosine is a dot product, and the answer is exact.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
+from . import pgvector
+from .schema import versions
 from .vectors import iter_ordered
 
 BLOCK = 8192
+# HNSW's candidate list per query (pgvector's default is 40): wider lists find more of the
+# true nearest neighbours (recall) at some cost in time.
+EF_SEARCH = 100
 
 
-def top_k(engine: Engine, version_key: str, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+def top_k(engine: Engine, version_key: str, queries: np.ndarray, k: int,
+          ef_search: int = EF_SEARCH) -> list[list[tuple[str, float]]]:
     """For each query row, the k best (record id, cosine) pairs, best first."""
     if k < 1:
         raise ValueError("k must be at least 1")
+    with engine.connect() as conn:
+        kind = pgvector.version_kind(conn, version_key)
+        dim = conn.execute(select(versions.c.dim).where(versions.c.key == version_key)).scalar()
+    if kind != pgvector.BYTEA and dim is not None:
+        with engine.begin() as conn:
+            return [pgvector.nearest(conn, version_key, kind, dim, query, k, ef_search) for query in queries]
+    return brute_force(engine, version_key, queries, k)
+
+
+def brute_force(engine: Engine, version_key: str, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+    """Exact top k by scanning every stored vector, block by block."""
     n_queries = queries.shape[0]
     best_scores = np.full((n_queries, 0), -np.inf, dtype=np.float32)
     best_ids = np.empty((n_queries, 0), dtype=object)

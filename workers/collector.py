@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import msgpack
@@ -29,6 +30,7 @@ from ..storage.dead_letters import FailedRecord, RecordText, insert_letters, ope
 from ..storage.dead_letters import dead_letter_chunk as dead_letter_payload
 from ..storage.errors import SourceNotStored
 from ..storage.ledger import ChunkCancelled, Collected, finish_if_complete, locked_payload, mark_collected
+from ..storage.pgvector import BYTEA
 from ..storage.safe_errors import safe_error
 from ..storage.vectors import bulk_write, check_version, embeddings_by_hash
 
@@ -39,9 +41,12 @@ REPEAT_OF_DEAD_LETTER = "RepeatOfDeadLetter"
 SOURCE_NOT_STORED = "SourceNotStored"
 
 
-def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) -> int | None:
+def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True,
+                on_job_done: Callable[[str], None] | None = None) -> int | None:
     """Upsert the chunk's vectors, write its dead letters and mark it done, in one transaction.
     Returns rows written, or None when its job was cancelled while it was encoded.
+    `on_job_done(version_key)` is called when this chunk finished its job (the version's
+    bulk load is over: time for its search index).
 
     The hot path of the collector, so every round trip to the database counts: only a chunk
     with a row the database refuses (ROW_ERRORS) pays for a second, isolating write.
@@ -56,31 +61,33 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True) 
     ]
     try:
         try:
-            stored = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=False)
+            stored, kind = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=False)
         except ROW_ERRORS as exc:
             # One row the database refuses aborts the whole transaction: write the chunk again,
             # isolating the rows it refuses, as the encoder isolates poison records.
             log.warning("job=%s chunk=%d: the database refused a row (%s); isolating the rows it refuses",
                         chunk.job_id, chunk.seq, safe_error(exc))
-            stored = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=True)
+            stored, kind = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=True)
     except ChunkCancelled:
         return None
-    finish_if_complete(engine, chunk.job_id)
+    if finish_if_complete(engine, chunk.job_id) and on_job_done is not None and kind != BYTEA:
+        on_job_done(chunk.version_key)
     return stored
 
 
 def _write_chunk(engine: Engine, chunk: ChunkVectors, encoded: list[Row], now: float, last_attempt: bool,
-                 isolate: bool) -> int:
+                 isolate: bool) -> tuple[int, str]:
     """store_chunk's transaction. With isolate, the rows the database refuses become
     StorageRejected dead letters (their texts from the ledger's copy of the message)."""
     with bulk_write(engine) as conn:
-        check_version(conn, chunk.version_key, chunk.model, chunk.dim)
-        alias_rows, alias_dead = _resolve_aliases(conn, chunk, {row[3]: row[5] for row in encoded}, now, last_attempt)
+        kind = check_version(conn, chunk.version_key, chunk.model, chunk.dim)
+        alias_rows, alias_dead = _resolve_aliases(conn, chunk, {row[3]: row[5] for row in encoded}, now, last_attempt,
+                                                  kind)
         rows = encoded + alias_rows
         dead = [FailedRecord(**asdict(d)) for d in chunk.dead] + alias_dead
         if isolate:
             texts = _ledger_texts(conn, chunk)  # its FOR UPDATE takes the chunk's row lock first
-            rejected = upsert_isolating(conn, rows)
+            rejected = upsert_isolating(conn, rows, kind)
             dead += [
                 FailedRecord(rows[i][1], rows[i][2], texts.get(rows[i][1], ""), rows[i][3], STORAGE_REJECTED,
                              f"the database refused to store the record: {safe_error(exc)}")
@@ -94,15 +101,15 @@ def _write_chunk(engine: Engine, chunk: ChunkVectors, encoded: list[Row], now: f
             stored=len(rows), dead=len(dead), splits=chunk.splits, encode_seconds=chunk.encode_seconds,
             worker=chunk.worker), now)
         if not isolate:
-            upsert_rows(conn, rows)
+            upsert_rows(conn, rows, kind=kind)
         resolve_stored(conn, chunk.job_id, chunk.version_key, [row[1] for row in rows])
         if deliveries is not None:  # None: a redelivery, rows rewritten, letters already there
             insert_letters(conn, chunk.job_id, chunk.seq, chunk.version_key, dead, deliveries)
-    return len(rows)
+    return len(rows), kind
 
 
 def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes], now: float,
-                     last_attempt: bool) -> tuple[list[Row], list[FailedRecord]]:
+                     last_attempt: bool, kind: str) -> tuple[list[Row], list[FailedRecord]]:
     """Rows for records whose text repeats an earlier record's, copied by content hash: from
     this chunk's own vectors first, then from what the version stores.
 
@@ -113,7 +120,7 @@ def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes
     if not chunk.aliases:
         return [], []
     wanted = {content_hash for _, _, content_hash, _ in chunk.aliases} - own.keys()
-    found = {**own, **embeddings_by_hash(conn, chunk.version_key, wanted)}
+    found = {**own, **embeddings_by_hash(conn, chunk.version_key, wanted, kind)}
     missing = wanted - found.keys()
     dead_hashes = {d.content_hash for d in chunk.dead} & missing
     dead_hashes |= open_letter_hashes(conn, chunk.version_key, missing - dead_hashes)

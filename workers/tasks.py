@@ -14,10 +14,10 @@ from sqlalchemy.exc import OperationalError
 
 from ..config.celery_app import app
 from ..config.messages import ChunkTexts, ChunkVectors, DeadRecord
-from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK
+from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK, INDEX_TASK
 from ..config.sending import celery_sender, payload_sender
 from ..config.settings import get_settings
-from ..storage import codec
+from ..storage import codec, pgvector
 from ..storage.engine import get_engine
 from ..storage.ledger import count_retry, start_collect, start_delivery, unstarted_halves
 from ..storage.safe_errors import error_type, redacted, safe_error
@@ -213,7 +213,8 @@ def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
     # Repeated texts wait (by retrying) for their first record; on the last try they are
     # dead-lettered instead, so the rest of the chunk is stored either way.
     try:
-        stored = store_chunk(_engine(), vectors, last_attempt=self.request.retries >= (self.max_retries or 0))
+        stored = store_chunk(_engine(), vectors, last_attempt=self.request.retries >= (self.max_retries or 0),
+                             on_job_done=send_index_build)
     except Exception as exc:  # what Flower and the worker's log show: no record text, no SQL parameters
         raise redacted(exc, keep=self.autoretry_for) from None
     if stored is None:
@@ -225,6 +226,16 @@ def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
     if dead:
         notify_dead_letters(vectors.job_id, vectors.seq, dead, ",".join(sorted({d.error_type for d in vectors.dead})))
     return stored
+
+
+def send_index_build(version_key: str) -> None:
+    app.send_task(INDEX_TASK, kwargs={"version_key": version_key}, kwargsrepr=f"index {version_key}")
+
+
+@app.task(name=INDEX_TASK, bind=True, autoretry_for=(OperationalError,), max_retries=5, retry_backoff=True)
+def build_index(self: Task, version_key: str) -> float | None:
+    """The version's HNSW index (storage/pgvector.py): seconds it took, None if nothing to do."""
+    return pgvector.build_index(_engine(), version_key)
 
 
 @app.task(name=DEAD_LETTER_TASK, max_retries=0)
