@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-
 # Flower's kwargs column is narrow and cuts long text: what tells rows apart comes first.
 SHORT_JOB_ID = 8
 
@@ -70,7 +69,8 @@ class ChunkTexts:
 
     def label(self, total: int | None = None) -> str:
         """What Flower shows instead of the texts: `chunk 3/58 docs job 1a2b3c4d, 64 records`."""
-        return f"{chunk_label(self.seq, self.version_key, self.job_id, total)}, {len(self.ids) + len(self.aliases)} records"
+        records = len(self.ids) + len(self.aliases)
+        return f"{chunk_label(self.seq, self.version_key, self.job_id, total)}, {records} records"
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,8 @@ def _send_vectors(vectors: ChunkVectors) -> None:
 
 
 @app.task(name=ENCODE_TASK, bind=True, base=ChunkTask)
-def encode_chunk(self: Task, chunk: dict[str, Any]) -> str | None:
+def encode_chunk(self: Task, chunk: dict[str, Any]) -> str:
+    """Encodes the chunk and sends its vectors; returns what Flower's Result column shows."""
     texts = ChunkTexts.from_wire(chunk)
     settings = get_settings()
     deliveries = start_delivery(_engine(), texts.job_id, texts.seq, holder=heartbeat.INCARNATION)
@@ -134,7 +135,7 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> str | None:
             payload_sender(celery_sender(app))(payload)
         log.info("skipping job=%s chunk=%d: not open (done, split or cancelled)%s", texts.job_id, texts.seq,
                  f"; re-sent {len(unsent)} unstarted halves" if unsent else "")
-        return
+        return "skipped: chunk not open"
     try:
         encoder = get_encoder(texts.model)
     except Exception as exc:
@@ -150,7 +151,7 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> str | None:
         log.error("dead-lettered job=%s chunk=%d (%d records): %s", texts.job_id, texts.seq, lettered, problem)
         if lettered:
             notify_dead_letters(texts.job_id, texts.seq, lettered, MODEL_UNAVAILABLE)
-        return
+        return f"encoded 0, dead {lettered}"
     base = dict(job_id=texts.job_id, seq=texts.seq, version_key=texts.version_key, model=encoder.model_name,
                 dim=encoder.dimension, worker=str(self.request.hostname or ""), aliases=texts.aliases)
     if crashed_too_often(deliveries, self.request.retries, texts.seq, settings):
@@ -162,7 +163,7 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> str | None:
                     deliveries - 1, f"split into {[h.seq for h in halves]}" if halves else f"{len(dead)} dead")
         if dead:
             _send_vectors(ChunkVectors(**base, ids=[], positions=[], hashes=[], vectors=b"", dead=dead))
-        return
+        return f"split into {[h.seq for h in halves]}" if halves else f"encoded 0, dead {len(dead)}"
 
     started = time.perf_counter()
     outcome = encode_isolating(

@@ -92,7 +92,7 @@ def test_the_dead_letter_notice_logs_and_fails_as_expected(caplog: pytest.LogCap
     """The dead_letter task is a notice for Flower: it logs the job, chunk, count and error types, and
     ends with DeadLetters (an expected error, never retried) so Flower shows the row as FAILURE."""
     with caplog.at_level(logging.WARNING, logger=tasks.__name__), \
-            pytest.raises(tasks.DeadLetters, match="2 records of chunk 3 are dead letters .ValueError.: "
+            pytest.raises(tasks.DeadLetters, match=r"2 records of chunk 3 are dead letters .ValueError.: "
                                                    "embedfleet dlq list --job j1"):
         tasks.dead_letter(job_id="j1", seq=3, count=2, error_types="ValueError")
     assert "job=j1 chunk=3 count=2 errors=ValueError" in caplog.text
