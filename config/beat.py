@@ -28,5 +28,6 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     }
     for name in filter(None, (c.strip() for c in settings.reindex_collections.split(","))):
         schedule[f"reindex-{name}"] = {"task": REINDEX_TASK, "schedule": parse_crontab(settings.reindex_cron),
-                                       "args": (name,)}
+                                       # Named: Flower's kwargs column shows it (args are hidden).
+                                       "kwargs": {"collection": name}}
     return schedule

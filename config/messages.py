@@ -9,6 +9,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+# Flower's kwargs column is narrow and cuts long text: what tells rows apart comes first.
+SHORT_JOB_ID = 8
+
+
+def short_job_id(job_id: str) -> str:
+    """The job id as progress lines print it (and `status` accepts as a prefix)."""
+    return job_id[:SHORT_JOB_ID]
+
+
+def chunk_label(seq: int, version_key: str, job_id: str, total: int | None = None) -> str:
+    """`chunk 3/58 docs job 1a2b3c4d`: the chunk, the collection version it writes, the job.
+
+    `seq` is the ledger's number (the one logs, `status` and `dlq` print), so a row in Flower
+    leads to the same chunk everywhere; halves of a crash split have negative seqs. `total`
+    only when the sender knows it: a producer streams its corpus and learns the job's chunk
+    count when the last chunk is sent, so the first send of a chunk has none."""
+    of = f"/{total}" if total else ""
+    return f"chunk {seq}{of} {version_key} job {short_job_id(job_id)}"
+
 
 @dataclass(frozen=True)
 class DeadRecord:
@@ -48,9 +67,10 @@ class ChunkTexts:
     def from_wire(cls, data: dict[str, Any]) -> ChunkTexts:
         return cls(**data)
 
-    def label(self) -> str:
-        """What Flower shows instead of the texts."""
-        return f"job={self.job_id} chunk={self.seq} records={len(self.ids)} version={self.version_key}"
+    def label(self, total: int | None = None) -> str:
+        """What Flower shows instead of the texts: `chunk 3/58 docs job 1a2b3c4d, 64 records`."""
+        records = len(self.ids) + len(self.aliases)
+        return f"{chunk_label(self.seq, self.version_key, self.job_id, total)}, {records} records"
 
 
 @dataclass(frozen=True)
@@ -84,5 +104,6 @@ class ChunkVectors:
         dead = [DeadRecord(**d) for d in data.get("dead", [])]
         return cls(**{**data, "dead": dead})
 
-    def label(self) -> str:
-        return f"job={self.job_id} chunk={self.seq} records={len(self.ids)} dead={len(self.dead)} dim={self.dim}"
+    def label(self, total: int | None = None) -> str:
+        return (f"{chunk_label(self.seq, self.version_key, self.job_id, total)}, {len(self.ids)} vectors, "
+                f"{len(self.dead)} dead")

@@ -28,9 +28,11 @@ def reconcile() -> dict[str, int]:
 
 
 @app.task(name=REINDEX_TASK, max_retries=0)
-def reindex(collection: str) -> str | None:
+def reindex(*, collection: str) -> str | None:
     """Beat runs this nightly per collection: re-run its registered source, embedding only
-    what changed. The claim makes a second beat, or a restart across the hour, a no-op."""
+    what changed. The claim makes a second beat, or a restart across the hour, a no-op.
+    Keyword-only: Flower's kwargs column shows `{'collection': 'docs'}`, where a positional
+    argument would leave it `{}`."""
     settings = get_settings()
     engine = get_engine(get_settings().database_url)
     if not claim_reindex(engine, collection, settings.reindex_min_gap_seconds):

@@ -195,18 +195,48 @@ def test_flower_takes_credentials_from_the_environment(compose) -> None:
     assert env["EMBEDFLEET_FLOWER_USER"].startswith("${FLOWER_USER")
     assert env["EMBEDFLEET_FLOWER_PASSWORD"].startswith("${FLOWER_PASSWORD")
     assert "--no-auth" not in _argv(flower)
-    assert "5555:5555" in flower["ports"]
 
 
-def test_the_dockerfile_pins_torch_before_installing_the_project() -> None:
-    """torch==2.13.0 goes in first, from an index the builder passes (no host written in the file)."""
+def test_flower_is_published_on_loopback_unless_asked(compose) -> None:
+    """By default the host's 127.0.0.1:5555 only; FLOWER_BIND / FLOWER_PORT publish it elsewhere."""
+    [port] = compose["services"]["flower"]["ports"]
+    assert interpolate(port) == "127.0.0.1:5555:5555"
+    assert interpolate(port, {"FLOWER_BIND": "0.0.0.0", "FLOWER_PORT": "8555"}) == "0.0.0.0:8555:5555"
+    # No other service of ours is published beyond loopback either.
+    for name, service in compose["services"].items():
+        for published in service.get("ports", []):
+            assert interpolate(str(published)).startswith("127.0.0.1:"), (name, published)
+
+
+def test_models_are_mounted_where_migrate_names_them(compose) -> None:
+    """Encode workers and the producer (which runs `migrate`) see the host's ./models at /models,
+    read-only, and the file says how to put a model there and name it."""
+    for name in ("worker-cpu", "worker-gpu", "producer"):
+        mounts = [interpolate(v) for v in compose["services"][name].get("volumes", [])]
+        assert "./models:/models:ro" in mounts, (name, mounts)
+        assert interpolate(compose["services"][name]["volumes"][-1 if name == "producer" else 0],
+                           {"MODELS_DIR": "/srv/models"}) == "/srv/models:/models:ro"
+    text = COMPOSE.read_text()
+    assert "migrate --collection docs --model /models/" in text
+    assert "--local-dir ./models/" in text
+    assert re.search(r"install -d /models", DOCKERFILE.read_text())
+
+
+def test_the_dockerfile_pins_torch_before_installing_the_project(compose) -> None:
+    """torch==2.13.0 goes in first; the CPU image takes it from PyTorch's CPU index unless
+    TORCH_INDEX_URL names another, so `docker compose build` needs no argument."""
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
     assert re.search(r"^ARG TORCH_VARIANT=cpu$", text, re.M)
-    assert re.search(r"^ARG TORCH_INDEX_URL=$", text, re.M), "TORCH_INDEX_URL must have no default"
+    assert re.search(r"^ARG TORCH_INDEX_URL=$", text, re.M), "an empty TORCH_INDEX_URL means the variant's default"
+    assert re.search(r"^ARG TORCH_CPU_INDEX_URL=https://download\.pytorch\.org/whl/cpu$", text, re.M)
+    assert 'cpu) index="${index:-$TORCH_CPU_INDEX_URL}"' in text
+    assert interpolate(compose["services"]["worker-cpu"]["build"]["args"]["TORCH_INDEX_URL"]) == ""
+    assert "TORCH_INDEX_URL" not in compose["services"]["worker-gpu"]["build"]["args"]
     instructions = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     torch_at = next(i for i, line in enumerate(instructions) if 'pip install "torch==2.13.0"' in line)
     project_at = next(i for i, line in enumerate(instructions) if re.search(r"pip install \.(\s|$)", line))
     assert torch_at < project_at
-    assert not re.search(r"https?://", "\n".join(instructions)), "no index host in the Dockerfile"
+    hosts = set(re.findall(r"https?://[^/\s]+", "\n".join(instructions)))
+    assert hosts == {"https://download.pytorch.org"}, hosts
     assert _entrypoint() == ["embedfleet"]

@@ -84,13 +84,14 @@ class SentenceTransformerEncoder:
         import torch
         from sentence_transformers import SentenceTransformer
 
+        from .cpus import available_cpus
         from .precision import pool_device, resolve_device, resolve_precision
 
         self._torch = torch
         self.device = pool_device(resolve_device(settings.device))
         self.precision = resolve_precision(settings.precision, self.device.split(":")[0])
         if self.device == "cpu":
-            torch.set_num_threads(settings.torch_threads or (os.cpu_count() or 1))
+            torch.set_num_threads(settings.torch_threads or available_cpus())
         # Half-precision weights are the fast path on GPUs and on CPUs with AMX or
         # AVX512-BF16: 1.8x to 3.4x fp32 here, cosine >= 0.9998 to fp32 once the output is
         # renormalised in fp32 (normalise below). bf16 autocast kept fp32 weights and was

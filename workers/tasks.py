@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy.exc import OperationalError
 
 from ..config.celery_app import app
-from ..config.messages import ChunkTexts, ChunkVectors, DeadRecord
+from ..config.messages import ChunkTexts, ChunkVectors, DeadRecord, short_job_id
 from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK, INDEX_TASK
 from ..config.sending import celery_sender, payload_sender
 from ..config.settings import get_settings
@@ -112,6 +112,7 @@ def notify_dead_letters(job_id: str, seq: int, count: int, error_types: str) -> 
     app.send_task(
         DEAD_LETTER_TASK,
         kwargs={"job_id": job_id, "seq": seq, "count": count, "error_types": error_types},
+        kwargsrepr=f"chunk {seq} job {short_job_id(job_id)}, {count} dead ({error_types or 'unknown'})",
     )
 
 
@@ -120,7 +121,8 @@ def _send_vectors(vectors: ChunkVectors) -> None:
 
 
 @app.task(name=ENCODE_TASK, bind=True, base=ChunkTask)
-def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
+def encode_chunk(self: Task, chunk: dict[str, Any]) -> str:
+    """Encodes the chunk and sends its vectors; returns what Flower's Result column shows."""
     texts = ChunkTexts.from_wire(chunk)
     settings = get_settings()
     deliveries = start_delivery(_engine(), texts.job_id, texts.seq, holder=heartbeat.INCARNATION)
@@ -132,7 +134,7 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
             payload_sender(celery_sender(app))(payload)
         log.info("skipping job=%s chunk=%d: not open (done, split or cancelled)%s", texts.job_id, texts.seq,
                  f"; re-sent {len(unsent)} unstarted halves" if unsent else "")
-        return
+        return "skipped: chunk not open"
     try:
         encoder = get_encoder(texts.model)
     except Exception as exc:
@@ -148,7 +150,7 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
         log.error("dead-lettered job=%s chunk=%d (%d records): %s", texts.job_id, texts.seq, lettered, problem)
         if lettered:
             notify_dead_letters(texts.job_id, texts.seq, lettered, MODEL_UNAVAILABLE)
-        return
+        return f"encoded 0, dead {lettered}"
     base = dict(job_id=texts.job_id, seq=texts.seq, version_key=texts.version_key, model=encoder.model_name,
                 dim=encoder.dimension, worker=str(self.request.hostname or ""), aliases=texts.aliases)
     if crashed_too_often(deliveries, self.request.retries, texts.seq, settings):
@@ -160,7 +162,7 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
                     deliveries - 1, f"split into {[h.seq for h in halves]}" if halves else f"{len(dead)} dead")
         if dead:
             _send_vectors(ChunkVectors(**base, ids=[], positions=[], hashes=[], vectors=b"", dead=dead))
-        return
+        return f"split into {[h.seq for h in halves]}" if halves else f"encoded 0, dead {len(dead)}"
 
     started = time.perf_counter()
     outcome = encode_isolating(
@@ -189,17 +191,20 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> None:
         "encoded job=%s chunk=%d records=%d dead=%d splits=%d seconds=%.3f device=%s delivery=%d",
         texts.job_id, texts.seq, len(ok), len(dead), outcome.splits, seconds, encoder.device, deliveries,
     )
+    # Flower's Result column: a chunk with poison records is not a clean success.
+    return f"encoded {len(ok)}, dead {len(dead)}"
 
 
 @app.task(name=COLLECT_TASK, bind=True, base=ChunkTask)
-def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
+def collect_chunk(self: Task, chunk: dict[str, Any]) -> str:
+    """Stores the chunk's vectors; returns what Flower's Result column shows ("stored N, dead M")."""
     vectors = ChunkVectors.from_wire(chunk)
     settings = get_settings()
     collects = start_collect(_engine(), vectors.job_id, vectors.seq)
     if collects is None:
         log.info("skipping the vectors of job=%s chunk=%d: not open (done, split or cancelled)",
                  vectors.job_id, vectors.seq)
-        return 0
+        return "not stored: chunk not open"
     if collects - 1 - self.request.retries >= settings.max_deliveries:
         # Its collect killed the process each time (OOM in the upsert, a driver crash) and
         # Celery re-queued it: a cap, not a loop. Its records become dead letters to redrive.
@@ -209,7 +214,7 @@ def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
         log.error("dead-lettered job=%s chunk=%d (%d records): %s", vectors.job_id, vectors.seq, dead, message)
         if dead:
             notify_dead_letters(vectors.job_id, vectors.seq, dead, COLLECTOR_CRASHED)
-        return 0
+        return f"stored 0, dead {dead}"
     # Repeated texts wait (by retrying) for their first record; on the last try they are
     # dead-lettered instead, so the rest of the chunk is stored either way.
     try:
@@ -219,13 +224,13 @@ def collect_chunk(self: Task, chunk: dict[str, Any]) -> int:
         raise redacted(exc, keep=self.autoretry_for) from None
     if stored is None:
         log.info("job=%s chunk=%d not stored: its job was cancelled", vectors.job_id, vectors.seq)
-        return 0
+        return "not stored: job cancelled"
     # Every record of the chunk ends stored or dead-lettered (by the worker or, for repeats,
     # here), so the rest of the chunk is what the notice counts.
     dead = len(vectors.ids) + len(vectors.aliases) + len(vectors.dead) - stored
     if dead:
         notify_dead_letters(vectors.job_id, vectors.seq, dead, ",".join(sorted({d.error_type for d in vectors.dead})))
-    return stored
+    return f"stored {stored}, dead {dead}"
 
 
 def send_index_build(version_key: str) -> None:
@@ -238,7 +243,22 @@ def build_index(self: Task, version_key: str) -> float | None:
     return pgvector.build_index(_engine(), version_key)
 
 
-@app.task(name=DEAD_LETTER_TASK, max_retries=0)
-def dead_letter(job_id: str, seq: int, count: int, error_types: str) -> None:
+class DeadLetters(Exception):
+    """What the dead_letter notice ends with, so Flower shows the chunk's dead letters as a
+    FAILURE row (red, with this message in its Exception column) on the dead_letter queue."""
+
+
+# Why a failing notice rather than a custom state or a failing chunk task: Flower's State
+# column follows task events, and a task's last event is task-succeeded or task-failed (a
+# custom state set with update_state never reaches Flower without a result backend). The
+# encode and collect tasks must succeed: the chunk is done in the ledger, its records are
+# dead letters, and a failure there would retry or dead-letter the whole chunk. So those
+# two say "dead M" in the Result column, and the notice, which changes nothing in the
+# ledger and is never retried (max_retries=0, no autoretry), fails. `throws` makes it an
+# expected error: the worker logs one line, no traceback.
+@app.task(name=DEAD_LETTER_TASK, max_retries=0, throws=(DeadLetters,))
+def dead_letter(*, job_id: str, seq: int, count: int, error_types: str) -> None:
     """A notice Flower shows on the dead_letter queue; `embedfleet dlq` reads the records."""
     log.warning("dead letters job=%s chunk=%d count=%d errors=%s", job_id, seq, count, error_types)
+    raise DeadLetters(f"{count} records of chunk {seq} are dead letters ({error_types or 'unknown'}): "
+                      f"embedfleet dlq list --job {job_id}")

@@ -22,6 +22,7 @@ from .main import cli
 def worker(queues: str, concurrency: int | None, device: str | None, batch_size: int | None, loglevel: str,
            celery_args: tuple[str, ...]) -> None:
     """A fleet worker on EMBEDFLEET_BROKER_URL (extra arguments go to `celery worker`)."""
+    from ..workers.cpus import available_cpus
     from ..workers.precision import gpu_count
 
     if device:
@@ -33,8 +34,10 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
     # Measured on 2 cores: two processes of one torch thread beat one of two threads by
     # 7-10% (docs/benchmarks.md), so a CPU worker runs a process per core; a GPU worker
     # runs a process per GPU, each pinned to its own.
-    concurrency = concurrency or gpus or os.cpu_count() or 1
-    os.environ.setdefault("EMBEDFLEET_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
+    # Cores as the container's CPU quota and the affinity mask allow, not the host's count.
+    cores = available_cpus()
+    concurrency = concurrency or gpus or cores
+    os.environ.setdefault("EMBEDFLEET_TORCH_THREADS", str(max(1, cores // concurrency)))
     set_settings(None)
     if "embed" in queues.split(","):
         # Fail here, with the reason in one line, rather than in every task: a worker that

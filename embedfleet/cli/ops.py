@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import signal
 import threading
+from collections.abc import Mapping
 
 import click
 
@@ -36,6 +38,22 @@ def flower_auth_argument(user: str, password: str) -> str:
     return f"--basic-auth={user}:{password}"
 
 
+# Flower's tasks page hides kwargs and result by default, and they are what tell our rows
+# apart: kwargs holds the label (`chunk 3 docs job 1a2b3c4d, 64 records`), result what a
+# chunk came to (`stored 63, dead 1`). The rest is Flower's default, in its order.
+TASKS_COLUMNS = "name,uuid,state,kwargs,result,received,runtime,worker"
+
+
+def flower_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What `embedfleet flower` adds to the environment before starting Flower.
+
+    Our columns go in as FLOWER_TASKS_COLUMNS, the lowest-precedence way Flower reads an
+    option (its environment < flowerconfig.py < the command line), so a user's own
+    FLOWER_TASKS_COLUMNS, `tasks_columns` in a config file or `--tasks_columns=...` on the
+    command line still wins. A command-line default would override the first two."""
+    return {} if "FLOWER_TASKS_COLUMNS" in environ else {"FLOWER_TASKS_COLUMNS": TASKS_COLUMNS}
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", type=int, default=5555, show_default=True, help="HTTP port of the UI, API and /metrics.")
 @click.option("--no-auth", is_flag=True, help="Run without authentication (the UI is open to anyone on the port).")
@@ -43,9 +61,12 @@ def flower_auth_argument(user: str, password: str) -> str:
 def flower(port: int, no_auth: bool, flower_args: tuple[str, ...]) -> None:
     """Flower on EMBEDFLEET_BROKER_URL, with basic auth from EMBEDFLEET_FLOWER_USER/_PASSWORD.
 
-    Extra arguments go to Flower (`--address=127.0.0.1`, `--read_only=True`, ...).
+    Extra arguments go to Flower (`--address=127.0.0.1`, `--read_only=True`, ...). The tasks
+    page shows the kwargs (job and chunk) and result columns unless `--tasks_columns=...`
+    or FLOWER_TASKS_COLUMNS says otherwise.
     """
     settings = apply_settings()
+    os.environ.update(flower_environment(os.environ))
     argv = ["flower", f"--port={port}", *flower_args]
     if no_auth:
         # Flower's /api answers 401 to everyone when no auth is configured, unless the

@@ -65,3 +65,17 @@ def test_the_exporter_serves_the_jobs_figures(finished_job: str, sqlite_url: str
 def test_operations_commands_import_no_torch() -> None:
     """`flower`, `jobs` and `metrics` run on a monitoring host without the model."""
     assert_imports_no_model("embedfleet.cli.ops", "embedfleet.storage.metrics", "flower.command", "prometheus_client")
+
+
+def test_flower_shows_kwargs_and_result_unless_the_user_chose_columns() -> None:
+    """`embedfleet flower` sets FLOWER_TASKS_COLUMNS (with kwargs and result) only when the user has not:
+    Flower reads its environment below flowerconfig.py and the command line, so a user's
+    `--tasks_columns=...` wins over it too (checked against a real Flower in tests/fleet/test_flower.py)."""
+    from embedfleet.cli.ops import TASKS_COLUMNS, flower_environment
+
+    added = flower_environment({})
+    assert added == {"FLOWER_TASKS_COLUMNS": TASKS_COLUMNS}
+    columns = TASKS_COLUMNS.split(",")
+    assert {"kwargs", "result", "name", "state"} <= set(columns)
+    assert columns.index("kwargs") < columns.index("received")
+    assert flower_environment({"FLOWER_TASKS_COLUMNS": "name,state"}) == {}

@@ -37,5 +37,5 @@ def test_each_listed_collection_gets_its_own_reindex_entry() -> None:
     schedule = beat_schedule(Settings(reindex_collections=" docs, tickets,,", reindex_cron="15 3 * * *"))
     assert set(schedule) == {"reconcile-stalled-jobs", "reindex-docs", "reindex-tickets"}
     entry = schedule["reindex-tickets"]
-    assert entry["task"] == REINDEX_TASK and entry["args"] == ("tickets",)
+    assert entry["task"] == REINDEX_TASK and entry["kwargs"] == {"collection": "tickets"} and "args" not in entry
     assert entry["schedule"].minute == {15} and entry["schedule"].hour == {3}

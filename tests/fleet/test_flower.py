@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import subprocess
 import time
@@ -58,24 +59,28 @@ def poll(fleet, name: str, check, timeout: float, what: str):  # type: ignore[no
     raise AssertionError(f"{what} after {timeout}s (last: {last!r})\n{fleet.log(name)[-3000:]}")
 
 
-def start_flower(fleet, port: int, auth: tuple[str, str]) -> str:  # type: ignore[no-untyped-def]
+def start_flower(fleet, port: int, auth: tuple[str, str], *args: str, name: str = "flower",  # type: ignore[no-untyped-def]
+                 worker: str = "w1") -> str:
     """`embedfleet flower` with credentials from the environment, once it follows the event stream."""
     base = f"http://127.0.0.1:{port}"
-    fleet.start("flower", "flower", "--port", str(port), "--address=127.0.0.1",
+    fleet.start(name, "flower", "--port", str(port), "--address=127.0.0.1", *args,
                 EMBEDFLEET_FLOWER_USER=auth[0], EMBEDFLEET_FLOWER_PASSWORD=auth[1])
-    fleet.wait_ready(["w1"])
+    if not worker:
+        poll(fleet, name, lambda: http_get(f"{base}/healthcheck")[0] == 200, 60, "Flower never answered")
+        return base
+    fleet.wait_ready([worker])
     # Flower follows the event stream once the worker's heartbeats reach its metrics: from
     # then on it sees every task event of the job.
-    poll(fleet, "flower", lambda: 'flower_worker_online{worker="w1@' in http_get(f"{base}/metrics")[1],
-         60, "Flower never saw worker w1")
+    poll(fleet, name, lambda: f'flower_worker_online{{worker="{worker}@' in http_get(f"{base}/metrics")[1],
+         60, f"Flower never saw worker {worker}")
     return base
 
 
 def job_tasks(base: str, auth: tuple[str, str], job_id: str) -> dict[str, dict]:
-    """Flower's tasks whose shown kwargs name the job."""
+    """Flower's tasks whose shown kwargs name the job (by its short id, as the label does)."""
     status, body = http_get(f"{base}/api/tasks", auth)
     assert status == 200, (status, body)
-    return {k: t for k, t in json.loads(body).items() if f"job={job_id}" in (t.get("kwargs") or "")}
+    return {k: t for k, t in json.loads(body).items() if f" job {job_id[:8]}" in (t.get("kwargs") or "")}
 
 
 def small_corpus16(tmp_path: Path) -> Path:
@@ -120,10 +125,14 @@ def test_flower_lists_the_jobs_chunk_tasks_as_succeeded(sqlite_url: str, make_fl
     print(f"\nFlower /api/tasks for job {job_id}: {json.dumps(dict(sorted(by_state.items())))}")
     assert by_state == {f"{ENCODE} SUCCESS": 4, f"{COLLECT} SUCCESS": 4}
 
-    # What Flower shows of a task is its label: job and chunk, never the texts.
+    # What Flower shows of a task is its label: chunk, collection and job first, never the texts.
+    label = re.compile(rf"chunk (\d+) flowerjob job {job_id[:8]}, ")
     for name in (ENCODE, COLLECT):
-        chunks = sorted(int(t["kwargs"].split("chunk=")[1].split()[0]) for t in tasks.values() if t["name"] == name)
+        chunks = sorted(int(label.match(t["kwargs"])[1]) for t in tasks.values() if t["name"] == name)
         assert chunks == [0, 1, 2, 3], (name, chunks)
+    # The result column says what each chunk came to.
+    assert {t["result"] for t in tasks.values() if t["name"] == COLLECT} == {"'stored 4, dead 0'"}
+    assert {t["result"] for t in tasks.values() if t["name"] == ENCODE} == {"'encoded 4, dead 0'"}
     assert_no_texts(tasks, records)
     assert all(t["args"] == "()" for t in tasks.values())
     assert {t["worker"].split("@")[0] for t in tasks.values()} == {"w1"}
@@ -166,9 +175,94 @@ def test_retried_chunk_tasks_still_show_only_their_label(sqlite_url: str, make_f
     retried = [t for t in tasks.values() if t["retries"]]
     print(f"\nretried tasks as Flower shows them: {[(t['name'], t['retries'], t['kwargs'][:120]) for t in retried]}")
     assert retried, "FlakyEncoder should have caused retries"
-    assert all(t["kwargs"].startswith(f"job={job_id} chunk=") for t in tasks.values()), \
+    assert all(re.match(rf"chunk \d+ flaky job {job_id[:8]}, ", t["kwargs"]) for t in tasks.values()), \
         [t["kwargs"][:200] for t in tasks.values()]
     assert_no_texts(tasks, read_records(corpus))
+
+
+def test_poison_records_show_as_a_failed_dead_letter_notice(sqlite_url: str, make_fleet, tmp_path: Path) -> None:
+    """A chunk whose records end as dead letters is not a clean success in Flower: its collect result
+    says `dead 1`, and its dead_letter notice is a FAILURE row labelled by chunk and job. The chunk
+    itself is done and nothing is retried. The tasks page shows the kwargs and result columns."""
+    from tests.fleet.checks import FAULTS
+    from tests.workers.fault_encoders import POISON_MARKER
+
+    lines = SAMPLE.read_text().splitlines(keepends=True)[:8]
+    record = json.loads(lines[5])
+    record["title"] = f"{POISON_MARKER} {record['title']}"
+    lines[5] = json.dumps(record) + "\n"
+    corpus = tmp_path / "poison.jsonl"
+    corpus.write_text("".join(lines))
+    auth = ("ops", f"pw-{uuid.uuid4().hex[:12]}")
+    fleet = make_fleet(sqlite_url, EMBEDFLEET_TORCH_THREADS="1")
+    fleet.start_worker("w1", EMBEDFLEET_ENCODER=f"{FAULTS}:PoisonEncoder")
+    base = start_flower(fleet, free_port(), auth)
+
+    result = fleet.cli("submit", str(corpus), "--collection", "poisoned", "--fields", ",".join(COMMIT_FIELDS),
+                       "--chunk-size", "4", "--wait", check=False)
+    job_id = result.stdout.split()[0]
+    assert "stored 7, skipped 0, dead 1" in result.stdout, result.stdout
+
+    def settled() -> dict | None:
+        tasks = job_tasks(base, auth, job_id)
+        states = Counter(f"{t['name']} {t['state']}" for t in tasks.values())
+        return tasks if states[f"{COLLECT} SUCCESS"] == 2 and states["embed.dead_letter FAILURE"] == 1 else None
+
+    tasks = poll(fleet, "flower", settled, 60, "the poisoned chunk's notice never showed as FAILURE")
+    print(f"\nFlower rows of job {job_id}: {[(t['name'], t['state'], t['kwargs'], t['result']) for t in tasks.values()]}")
+    [notice] = [t for t in tasks.values() if t["name"] == "embed.dead_letter"]
+    seq = int(re.match(rf"chunk (\d+) job {job_id[:8]}, 1 dead \(ValueError\)$", notice["kwargs"])[1])
+    assert "1 records of chunk" in notice["exception"] and job_id in notice["exception"]
+    assert notice["retries"] == 0
+    collected = {int(re.match(r"chunk (-?\d+) ", t["kwargs"])[1]): t["result"] for t in tasks.values()
+                 if t["name"] == COLLECT}
+    assert collected[seq] == "'stored 3, dead 1'", collected
+    assert sorted(collected.values()) == ["'stored 3, dead 1'", "'stored 4, dead 0'"]
+    assert all(t["state"] == "SUCCESS" for t in tasks.values() if t["name"] in (ENCODE, COLLECT))
+    # Expected, not a crash: one line in the worker's log, no traceback.
+    assert "Traceback" not in fleet.log("w1")
+
+    status, page = http_get(f"{base}/tasks", auth)
+    assert status == 200
+    headers = re.findall(r'<th data-column="(\w+)">', page)
+    assert headers[:5] == ["name", "uuid", "state", "kwargs", "result"], headers
+
+
+def test_reindex_shows_its_collection_and_a_users_columns_are_kept(sqlite_url: str, make_fleet,
+                                                                   tmp_path: Path) -> None:
+    """Beat's reindex entry sends the collection by name, so Flower's kwargs column shows it (not `{}`);
+    a second Flower started with `--tasks_columns=name,state` shows just those columns."""
+    from celery import Celery
+
+    from embedfleet.config.beat import beat_schedule
+    from embedfleet.config.celeryconfig import celery_config
+    from embedfleet.config.settings import Settings
+
+    corpus = small_corpus16(tmp_path)
+    auth = ("ops", f"pw-{uuid.uuid4().hex[:12]}")
+    fleet = make_fleet(sqlite_url, EMBEDFLEET_TORCH_THREADS="1")
+    fleet.start_worker("w1")
+    base = start_flower(fleet, free_port(), auth)
+    fleet.cli("submit", str(corpus), "--collection", "nightly", "--fields", ",".join(COMMIT_FIELDS), "--wait")
+
+    entry = beat_schedule(Settings(reindex_collections="nightly"))["reindex-nightly"]
+    assert "args" not in entry
+    app = Celery("beat-under-test")
+    app.conf.update(celery_config(Settings(broker_url=fleet.broker_url)))
+    sent = app.send_task(entry["task"], kwargs=entry["kwargs"])
+
+    def shown() -> dict | None:
+        status, body = http_get(f"{base}/api/task/info/{sent.id}", auth)
+        task = json.loads(body) if status == 200 else {}
+        return task if task.get("state") == "SUCCESS" else None
+
+    task = poll(fleet, "flower", shown, 60, "the reindex task never showed as SUCCESS")
+    assert task["kwargs"] == "{'collection': 'nightly'}" and task["args"] == "()"
+
+    other = start_flower(fleet, free_port(), auth, "--tasks_columns=name,state", name="flower2", worker="")
+    status, page = http_get(f"{other}/tasks", auth)
+    assert status == 200
+    assert re.findall(r'<th data-column="(\w+)">', page) == ["name", "state"]
 
 
 @pytest.mark.parametrize("env", [{}, {"EMBEDFLEET_FLOWER_USER": "ops"}, {"EMBEDFLEET_FLOWER_PASSWORD": "pw"}],

@@ -118,8 +118,8 @@ def test_scheduled_reindex_runs_once_and_embeds_only_changes(pg_url, make_fleet,
 
     app = Celery("beat-under-test")
     app.conf.update(celery_config(Settings(broker_url=fleet.broker_url)))
-    first = app.send_task("embed.reindex", args=["docs"], queue="collect")
-    second = app.send_task("embed.reindex", args=["docs"], queue="collect")
+    first = app.send_task("embed.reindex", kwargs={"collection": "docs"}, queue="collect")
+    second = app.send_task("embed.reindex", kwargs={"collection": "docs"}, queue="collect")
     assert first.id != second.id
     engine = get_engine(pg_url)
     from sqlalchemy import select

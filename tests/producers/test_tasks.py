@@ -47,5 +47,5 @@ def test_reindex_already_claimed_within_the_gap_is_skipped(ledger: str, sent: di
     engine = get_engine(ledger)
     open_collection(engine, "docs", "m", {}, {})
     assert claim_reindex(engine, "docs", 3600)
-    assert ptasks.reindex("docs") is None
+    assert ptasks.reindex(collection="docs") is None
     assert sent["chunks"] == []

@@ -54,7 +54,7 @@ def test_encode_then_collect_stores_the_chunk_and_finishes_the_job(ledger: str, 
     tasks.encode_chunk(chunk=_texts(engine, job_id).to_wire())
     [vectors] = sent["vectors"]
     assert (vectors.ids, vectors.positions, vectors.dim, vectors.dead) == (["a", "b", "c"], [0, 1, 2], 8, [])
-    assert tasks.collect_chunk(chunk=vectors.to_wire()) == 3
+    assert tasks.collect_chunk(chunk=vectors.to_wire()) == "stored 3, dead 0"
     stats = job_stats(engine, job_id)
     assert (stats.state, stats.stored, stats.dead) == ("done", 3, 0)
     [(ids, matrix)] = list(iter_ordered(engine, vectors.version_key))
@@ -82,14 +82,19 @@ def test_collecting_a_chunk_with_dead_records_sends_one_notice(ledger: str, sent
     good = ChunkVectors(job_id=job_id, seq=0, version_key=vectors.version_key, model="m", dim=vectors.dim,
                         ids=["a"], positions=[0], hashes=["h0"], vectors=first_row,
                         dead=[DeadRecord("b", 1, "t", "h1", "InvalidVector", "NaN")])
-    assert tasks.collect_chunk(chunk=good.to_wire()) == 1
+    assert tasks.collect_chunk(chunk=good.to_wire()) == "stored 1, dead 1"
     assert sent["notices"] == [(job_id, 0, 1, "InvalidVector")]
     stats = job_stats(engine, job_id)
     assert (stats.state, stats.stored, stats.dead) == ("done", 1, 1)
 
 
-def test_the_dead_letter_notice_only_logs(caplog: pytest.LogCaptureFixture) -> None:
-    """The dead_letter task is a notice for Flower: it logs the job, chunk, count and error types."""
-    with caplog.at_level(logging.WARNING, logger=tasks.__name__):
+def test_the_dead_letter_notice_logs_and_fails_as_expected(caplog: pytest.LogCaptureFixture) -> None:
+    """The dead_letter task is a notice for Flower: it logs the job, chunk, count and error types, and
+    ends with DeadLetters (an expected error, never retried) so Flower shows the row as FAILURE."""
+    with caplog.at_level(logging.WARNING, logger=tasks.__name__), \
+            pytest.raises(tasks.DeadLetters, match=r"2 records of chunk 3 are dead letters .ValueError.: "
+                                                   "embedfleet dlq list --job j1"):
         tasks.dead_letter(job_id="j1", seq=3, count=2, error_types="ValueError")
     assert "job=j1 chunk=3 count=2 errors=ValueError" in caplog.text
+    assert tasks.DeadLetters in tasks.dead_letter.throws and tasks.dead_letter.max_retries == 0
+    assert not getattr(tasks.dead_letter, "autoretry_for", ())
