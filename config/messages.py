@@ -54,10 +54,16 @@ class ChunkTexts:
     positions: list[int]
     texts: list[str]
     hashes: list[str]
-    # [record_id, position, content_hash, text] of records whose text repeats an earlier
-    # record's in the job: not encoded again; the collector copies the vector by content
-    # hash. The text rides along only so a failure can still dead-letter it.
+    # [record_id, position, content_hash, text(, metadata)] of records whose text repeats an
+    # earlier record's in the job: not encoded again; the collector copies the vector by
+    # content hash. The text rides along so a failure can still dead-letter it (and so it
+    # can be stored, with the metadata, when the collection keeps them).
     aliases: list[list[Any]] = field(default_factory=list)
+    # The collection keeps each record's text beside its vector (--store-text).
+    store_text: bool = False
+    # Each record's metadata (a JSON object), in `ids` order, when the collection keeps it
+    # (--metadata-fields); None otherwise.
+    metadata: list[Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         # Shallow: asdict() would deep-copy every list of every chunk.
@@ -93,6 +99,11 @@ class ChunkVectors:
     # Times the chunk was halved after running out of memory.
     splits: int = 0
     aliases: list[list[Any]] = field(default_factory=list)
+    # What the collection keeps beside each vector, in `ids` order: the texts when it
+    # stores text (store_text), the metadata when it stores metadata; None otherwise.
+    store_text: bool = False
+    texts: list[str] | None = None
+    metadata: list[Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire = {f.name: getattr(self, f.name) for f in fields(self)}

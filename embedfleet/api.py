@@ -35,10 +35,13 @@ _scope = threading.RLock()
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: a record id and its cosine similarity to the query."""
+    """One search result: a record id and its cosine similarity to the query, with its text
+    and metadata when the collection keeps them (--store-text, --metadata-fields)."""
 
     id: str
     score: float
+    text: str | None = None
+    metadata: Any = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ def search(collection: str, query: str | Sequence[str], *, k: int = 10,
     this process once and kept, so later searches cost the search alone."""
     from .storage.collections import get_collection
     from .storage.search import top_k
+    from .storage.vectors import stored_extras
     from .workers.resident import get_encoder  # imports torch, on first use
 
     with _using(settings) as current:
@@ -212,5 +216,6 @@ def search(collection: str, query: str | Sequence[str], *, k: int = 10,
         if not queries:
             return []
         rows = top_k(engine, version.key, get_encoder(version.model).encode_batch(queries), k)
-    hits = [[Hit(record_id, score) for record_id, score in row] for row in rows]
+        extras = stored_extras(engine, version.key, {record_id for row in rows for record_id, _ in row})
+    hits = [[Hit(record_id, score, *extras.get(record_id, (None, None))) for record_id, score in row] for row in rows]
     return hits[0] if isinstance(query, str) else hits

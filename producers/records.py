@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ class FieldSpec:
 
     id_field: str = "id"
     text_fields: tuple[str, ...] = ("text",)
+    # Fields kept beside the vector as a JSON object (--metadata-fields), not embedded.
+    metadata_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class Record:
     alias: bool = False
     # NUL characters were removed from its text (see build_record).
     nul_removed: bool = False
+    # Its metadata fields as a JSON object, when the job keeps metadata.
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,32 @@ def id_problem(record_id: str) -> str | None:
     return None
 
 
-def content_hash(text: str) -> str:
-    """The hash of exactly the text that is embedded: change detection keys on it."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+def content_hash(text: str, metadata: dict[str, Any] | None = None) -> str:
+    """The hash of exactly the text that is embedded: change detection keys on it. With
+    metadata kept, of the metadata too, so a record whose metadata changed is stored again."""
+    data = text.encode("utf-8")
+    if metadata is not None:
+        data += b"\x1e" + json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _json_value(value: Any) -> Any:
+    """A field's value as JSON can hold it: dates and decimals (from SQL sources) as strings,
+    NUL removed from strings (PostgreSQL's jsonb cannot hold it)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k).replace("\x00", ""): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return str(value)
+
+
+def record_metadata(data: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The record's metadata fields (a missing field is null)."""
+    return {name: _json_value(data.get(name)) for name in fields}
 
 
 def _has_bad_utf8(value: str) -> bool:
@@ -146,4 +174,14 @@ def build_record(raw: RawRecord, position: int, spec: FieldSpec) -> Record | Inv
         return Invalid(raw.line, record_id, f"empty text (fields {fields})")
     if _has_bad_utf8(text):
         return Invalid(raw.line, record_id, "invalid UTF-8 in the text")
-    return Record(record_id, position, text, content_hash(text), raw.line, nul_removed=nul_removed)
+    if not spec.metadata_fields:
+        return Record(record_id, position, text, content_hash(text), raw.line, nul_removed=nul_removed)
+    metadata = record_metadata(data, spec.metadata_fields)
+    try:
+        encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:  # a float NaN or infinity: JSON has no such number
+        return Invalid(raw.line, record_id, f"metadata not JSON: {exc}")
+    if _has_bad_utf8(encoded):
+        return Invalid(raw.line, record_id, "invalid UTF-8 in the metadata")
+    return Record(record_id, position, text, content_hash(text, metadata), raw.line, nul_removed=nul_removed,
+                  metadata=metadata)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from sqlalchemy import Engine
 
 from ..config.sending import Sender
-from ..storage.collections import get_version
+from ..storage.collections import get_collection, get_version
 from ..storage.dead_letters import Letter, id_altered
 from ..storage.ledger import close_submission, create_job
 from .chunking import chunk_records
@@ -41,8 +41,12 @@ def redrive(engine: Engine, send: Sender, letters: Sequence[Letter], chunk_size:
                             records_read=len(latest), skipped_invalid=0)
         records = [Record(letter.record_id, letter.position, letter.text, letter.content_hash, 0)
                    for letter in sorted(latest.values(), key=lambda letter: letter.position)]
+        # Letters keep the text, not the metadata: a redriven record's metadata stays empty
+        # until the next reindex reads its source again.
+        store_text = bool(get_collection(engine, version.collection).options.get("store_text"))
         chunks, truncated = send_chunks(engine, send, job_id, version,
-                                        chunk_records(records, chunk_size, token_budget, window), window)
+                                        chunk_records(records, chunk_size, token_budget, window), window,
+                                        store_text=store_text)
         close_submission(engine, job_id, chunks_total=chunks, truncated=truncated, changes={"updated": len(records)})
         log.info("redrive job %s: %d records of %s", job_id, len(records), version_key)
         job_ids.append(job_id)

@@ -21,7 +21,8 @@ def registered_request(engine: Engine, name: str, settings: Settings, model: str
         corpus=source_from_spec(info.source),
         collection=name,
         model=model or info.current.model,
-        spec=FieldSpec(options.get("id_field", "id"), tuple(options.get("text_fields", ["text"]))),
+        spec=FieldSpec(options.get("id_field", "id"), tuple(options.get("text_fields", ["text"])),
+                       tuple(options.get("metadata_fields", []))),
         chunk_size=options.get("chunk_size", settings.chunk_size),
         token_budget=options.get("token_budget", settings.chunk_token_budget),
         window=settings.max_tokens_per_record,
@@ -30,4 +31,6 @@ def registered_request(engine: Engine, name: str, settings: Settings, model: str
         version_key=version_key,
         cutover=cutover,
         sort_window=settings.sort_window,
+        store_text=options.get("store_text", False),
+        vector_type=options.get("vector_type", "auto"),
     )

@@ -72,6 +72,11 @@ class JobRequest:
     cutover: bool = False
     # Records sorted by length within windows of this many before chunking (1: corpus order).
     sort_window: int = 4096
+    # Keep each record's text beside its vector (spec.metadata_fields keep metadata).
+    store_text: bool = False
+    # How a new version stores its vectors: auto (pgvector's vector where the server has
+    # the extension, else bytea), vector, halfvec or bytea.
+    vector_type: str = "auto"
 
     def options(self) -> dict[str, Any]:
         """What a later reindex needs to read this source the same way."""
@@ -82,6 +87,9 @@ class JobRequest:
             "token_budget": self.token_budget,
             "skip_invalid": self.skip_invalid,
             "sync": self.sync,
+            "store_text": self.store_text,
+            "metadata_fields": list(self.spec.metadata_fields),
+            "vector_type": self.vector_type,
         }
 
 
@@ -108,11 +116,14 @@ def send_chunks(
     chunks: Iterable[list[Record]],
     window: int,
     wait_for_room: RoomWaiter | None = None,
+    store_text: bool = False,
 ) -> tuple[int, int]:
-    """Per chunk: its ledger row (with the message), then the message. Returns (chunks, truncated)."""
+    """Per chunk: its ledger row (with the message), then the message. Returns (chunks, truncated).
+    The texts are stored beside the vectors when `store_text`; metadata when the records have it."""
     seq = truncated = 0
     for chunk in chunks:
         encoded = [r for r in chunk if not r.alias]
+        keep_metadata = any(r.metadata is not None for r in chunk)
         truncated += sum(is_truncated(r.text, window) for r in encoded)
         message = ChunkTexts(
             job_id=job_id,
@@ -123,7 +134,10 @@ def send_chunks(
             positions=[r.position for r in encoded],
             texts=[r.text for r in encoded],
             hashes=[r.content_hash for r in encoded],
-            aliases=[[r.record_id, r.position, r.content_hash, r.text] for r in chunk if r.alias],
+            aliases=[[r.record_id, r.position, r.content_hash, r.text, *([r.metadata] if keep_metadata else [])]
+                     for r in chunk if r.alias],
+            store_text=store_text,
+            metadata=[r.metadata for r in encoded] if keep_metadata else None,
         )
         if wait_for_room is not None:
             wait_for_room(job_id)
@@ -184,7 +198,8 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
     chunks = chunk_records(sort_windows(changed, request.sort_window), request.chunk_size, request.token_budget,
                            request.window)
     try:
-        seq, truncated = send_chunks(engine, send, job_id, version, chunks, request.window, wait_for_room)
+        seq, truncated = send_chunks(engine, send, job_id, version, chunks, request.window, wait_for_room,
+                                     store_text=request.store_text)
     except SendFailed as failed:
         # Without this the job would stay `submitting` until the reconciler notices (if beat
         # runs at all). The chunks already sent still complete.

@@ -7,6 +7,7 @@ parameters; these hand the rows to the driver as they are.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,9 +17,11 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from .errors import LedgerError
 from .pgvector import BYTEA, COLUMN, HALFVEC, KINDS, VECTOR, send_format
 
-COLUMNS = ("version_key", "record_id", "position", "content_hash", "model", "embedding", "updated_at")
+COLUMNS = ("version_key", "record_id", "position", "content_hash", "model", "embedding", "updated_at", "text",
+           "metadata")
 UPDATE = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[2:])
-Row = tuple[str, str, int, str, str, bytes, float]
+# The text and the metadata (any JSON value) are None unless the collection keeps them.
+Row = tuple[str, str, int, str, str, bytes, float, str | None, Any]
 # Errors that one row can cause (a value the column cannot hold, a constraint it breaks):
 # the chunk's other rows can still be stored. Anything else (a lost connection, a missing
 # table) fails the whole write.
@@ -44,9 +47,9 @@ def upsert_rows(conn: Connection, rows: Sequence[Row], fresh_staging: bool = Fal
 
 def _sqlite(conn: Connection, rows: Sequence[Row]) -> None:
     conn.exec_driver_sql(
-        f"INSERT INTO vectors ({', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        f"INSERT INTO vectors ({', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
         f"ON CONFLICT (version_key, record_id) DO UPDATE SET {UPDATE}",
-        list(rows),
+        [row if row[8] is None else (*row[:8], json.dumps(row[8], ensure_ascii=False)) for row in rows],
     )
 
 
@@ -112,7 +115,8 @@ def _postgres(conn: Connection, rows: Sequence[Row], fresh_staging: bool, kind: 
             if fresh_staging:  # rows of an earlier call in this transaction are still there
                 cursor.execute(f"DELETE FROM {staging}")
             with cursor.copy(f"COPY {staging} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["varchar", "varchar", "int8", "varchar", "varchar", _COPY_TYPE[kind], "float8"])
+                copy.set_types(["varchar", "varchar", "int8", "varchar", "varchar", _COPY_TYPE[kind], "float8", "text",
+                                "jsonb"])
                 for row in rows:
                     copy.write_row(row)
             statement = f"INSERT INTO vectors ... SELECT ... FROM {staging}"
@@ -152,4 +156,4 @@ def _as_pgvector(raw: Any, rows: Sequence[Row], kind: str) -> list[Row]:
 
         raw.adapters.register_dumper(type(f"_{kind}_bytes", (), {}), PassThrough)
     width = len(rows[0][5]) // 4 if rows else 0
-    return [(*row[:5], send_format(row[5], kind, width), row[6]) for row in rows]
+    return [(*row[:5], send_format(row[5], kind, width), *row[6:]) for row in rows]

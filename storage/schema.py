@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 
@@ -143,6 +144,10 @@ vectors = Table(
     # float32, little-endian, row-major: what crossed the broker, stored as is.
     Column("embedding", LargeBinary, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Kept beside the vector when the collection asks (--store-text, --metadata-fields), so
+    # search results and exports can be read by a person; NULL otherwise.
+    Column("text", Text, nullable=True),
+    Column("metadata", JSON().with_variant(JSONB(), "postgresql"), nullable=True),
     Index("ix_vectors_version_position", "version_key", "position"),
     # Identical texts are embedded once: later records copy the vector by content hash.
     Index("ix_vectors_version_hash", "version_key", "content_hash"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, select, update
@@ -63,6 +64,20 @@ def embeddings_by_hash(conn: Connection, version_key: str, hashes: Collection[st
         select(vectors.c.content_hash, embedding_column(kind))
         .where(and_(vectors.c.version_key == version_key, vectors.c.content_hash.in_(list(hashes))))
     ).all()}
+
+
+def stored_extras(engine: Engine, version_key: str, record_ids: Iterable[str]) -> dict[str, tuple[str | None, Any]]:
+    """record id -> (text, metadata) kept beside the vector (None where the collection keeps
+    neither), for the ids asked about: what search results show a person."""
+    ids = list(record_ids)
+    if not ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(vectors.c.record_id, vectors.c.text, vectors.c.metadata)
+            .where(and_(vectors.c.version_key == version_key, vectors.c.record_id.in_(ids)))
+        ).all()
+    return {r.record_id: (r.text, r.metadata) for r in rows}
 
 
 def stored_state(engine: Engine, version_key: str, record_ids: Iterable[str]) -> dict[str, tuple[str, int]]:

@@ -55,9 +55,13 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True,
     if len(blobs) != len(chunk.ids):
         raise ValueError(f"chunk {chunk.seq}: {len(blobs)} vectors for {len(chunk.ids)} records")
     now = time.time()
+    n = len(chunk.ids)
+    texts = chunk.texts if chunk.texts is not None else [None] * n
+    metadata = chunk.metadata if chunk.metadata is not None else [None] * n
     rows: list[Row] = [
-        (chunk.version_key, record_id, position, content_hash, chunk.model, blob, now)
-        for record_id, position, content_hash, blob in zip(chunk.ids, chunk.positions, chunk.hashes, blobs, strict=True)
+        (chunk.version_key, record_id, position, content_hash, chunk.model, blob, now, text, meta)
+        for record_id, position, content_hash, blob, text, meta
+        in zip(chunk.ids, chunk.positions, chunk.hashes, blobs, texts, metadata, strict=True)
     ]
     try:
         try:
@@ -119,7 +123,7 @@ def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes
     rest of the chunk is still stored."""
     if not chunk.aliases:
         return [], []
-    wanted = {content_hash for _, _, content_hash, _ in chunk.aliases} - own.keys()
+    wanted = {alias[2] for alias in chunk.aliases} - own.keys()
     found = {**own, **embeddings_by_hash(conn, chunk.version_key, wanted, kind)}
     missing = wanted - found.keys()
     dead_hashes = {d.content_hash for d in chunk.dead} & missing
@@ -128,9 +132,11 @@ def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes
     if waiting and not last_attempt:
         raise SourceNotStored(f"{len(waiting)} repeated texts of chunk {chunk.seq} wait for their first record")
     rows, dead = [], []
-    for record_id, position, content_hash, text in chunk.aliases:
+    for alias in chunk.aliases:
+        record_id, position, content_hash, text = alias[:4]
         if content_hash in found:
-            rows.append((chunk.version_key, record_id, position, content_hash, chunk.model, found[content_hash], now))
+            rows.append((chunk.version_key, record_id, position, content_hash, chunk.model, found[content_hash], now,
+                         text if chunk.store_text else None, alias[4] if len(alias) > 4 else None))
         elif content_hash in dead_hashes:
             dead.append(FailedRecord(record_id, position, text, content_hash, REPEAT_OF_DEAD_LETTER,
                                      "its text repeats a record that is a dead letter; redrive either"))
@@ -158,7 +164,7 @@ def read_payload(payload: bytes) -> tuple[str, list[RecordText]]:
     encoded ones, then the repeats) as (id, position, text, content hash)."""
     texts = ChunkTexts.from_wire(msgpack.unpackb(payload))
     records = list(zip(texts.ids, texts.positions, texts.texts, texts.hashes, strict=True))
-    records += [(record_id, position, text, content_hash) for record_id, position, content_hash, text in texts.aliases]
+    records += [(alias[0], alias[1], alias[3], alias[2]) for alias in texts.aliases]
     return texts.version_key, records
 
 

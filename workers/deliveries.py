@@ -53,7 +53,8 @@ def halve(texts: ChunkTexts, first_seq: int, second_seq: int) -> tuple[ChunkText
 
     def part(seq: int, lo: int, hi: int | None, aliases: list[list[Any]]) -> ChunkTexts:
         return dataclasses.replace(texts, seq=seq, ids=texts.ids[lo:hi], positions=texts.positions[lo:hi],
-                                   texts=texts.texts[lo:hi], hashes=texts.hashes[lo:hi], aliases=aliases)
+                                   texts=texts.texts[lo:hi], hashes=texts.hashes[lo:hi], aliases=aliases,
+                                   metadata=None if texts.metadata is None else texts.metadata[lo:hi])
 
     return part(first_seq, 0, half, []), part(second_seq, half, None, list(texts.aliases))
 

@@ -152,7 +152,8 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> str:
             notify_dead_letters(texts.job_id, texts.seq, lettered, MODEL_UNAVAILABLE)
         return f"encoded 0, dead {lettered}"
     base = dict(job_id=texts.job_id, seq=texts.seq, version_key=texts.version_key, model=encoder.model_name,
-                dim=encoder.dimension, worker=str(self.request.hostname or ""), aliases=texts.aliases)
+                dim=encoder.dimension, worker=str(self.request.hostname or ""), aliases=texts.aliases,
+                store_text=texts.store_text)
     if crashed_too_often(deliveries, self.request.retries, texts.seq, settings):
         # Its process died in each earlier delivery: halve it (or dead-letter its last record).
         dead, halves = isolate_crash(_engine(), texts, deliveries, heartbeat.INCARNATION)
@@ -185,6 +186,8 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> str:
         encode_seconds=seconds,
         dead=dead,
         splits=outcome.splits,
+        texts=[texts.texts[i] for i in ok] if texts.store_text else None,
+        metadata=None if texts.metadata is None else [texts.metadata[i] for i in ok],
     ))
     # One structured line per chunk: what the operator greps for.
     log.info(

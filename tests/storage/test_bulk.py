@@ -19,7 +19,7 @@ def test_upsert_isolating_stores_good_rows_and_returns_each_refused_row(sqlite_u
     engine = get_engine(sqlite_url)
     refuse_ids_starting_bad(engine)
     ids = ["a", "bad1", "b", "c", "d", "bad2", "e", "f", "g"]
-    rows = [("c1", i, n, "h", "m", b"\0" * 4, 0.0) for n, i in enumerate(ids)]
+    rows = [("c1", i, n, "h", "m", b"\0" * 4, 0.0, None, None) for n, i in enumerate(ids)]
     with engine.begin() as conn:
         with pytest.raises(sa_exc.IntegrityError), conn.begin_nested():
             upsert_rows(conn, rows)
@@ -33,7 +33,7 @@ def test_postgres_failed_transaction_does_not_lose_the_staging_table(pg_url):
     connection stores everything (it used to fail with UndefinedTable: vectors_in)."""
     engine = get_engine(pg_url)
     with pytest.raises(RuntimeError), engine.begin() as conn:  # noqa: PT012  (the rollback is the point)
-        upsert_rows(conn, [("c0", "a", 0, "h", "m", b"\0" * 16, 0.0)])
+        upsert_rows(conn, [("c0", "a", 0, "h", "m", b"\0" * 16, 0.0, None, None)])
         raise RuntimeError("the collector's transaction fails after the upsert")
     job_id, chunk = one_chunk_job(engine, [f"r{i}" for i in range(195)])
     assert store_chunk(engine, chunk) == 195
@@ -47,9 +47,10 @@ def test_upserting_a_record_again_replaces_its_row(db_url: str) -> None:
     """Rows are keyed by (version, record id): a second write of a record updates it in place, on both dialects."""
     engine = get_engine(db_url)
     with engine.begin() as conn:
-        upsert_rows(conn, [("c1", "a", 0, "h1", "m", b"\1" * 16, 1.0), ("c1", "b", 1, "h1", "m", b"\1" * 16, 1.0)])
+        upsert_rows(conn, [("c1", "a", 0, "h1", "m", b"\1" * 16, 1.0, None, None),
+                           ("c1", "b", 1, "h1", "m", b"\1" * 16, 1.0, None, None)])
     with engine.begin() as conn:
-        upsert_rows(conn, [("c1", "a", 5, "h2", "m", b"\2" * 16, 2.0)])
+        upsert_rows(conn, [("c1", "a", 5, "h2", "m", b"\2" * 16, 2.0, None, None)])
     with engine.connect() as conn:
         rows = conn.execute(select(vectors.c.record_id, vectors.c.position, vectors.c.content_hash)
                             .order_by(vectors.c.record_id)).all()

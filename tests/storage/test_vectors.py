@@ -54,7 +54,7 @@ def test_rows_read_back_in_corpus_order_and_by_hash(version) -> None:
     engine, key = version
     with bulk_write(engine) as conn:
         check_version(conn, key, "m", 3)
-        upsert_rows(conn, [(key, f"r{p}", p, f"h{p}", "m", blob(p), 0.0) for p in (4, 0, 3, 1, 2)])
+        upsert_rows(conn, [(key, f"r{p}", p, f"h{p}", "m", blob(p), 0.0, None, None) for p in (4, 0, 3, 1, 2)])
     ids = [i for block, _ in iter_ordered(engine, key, block=2) for i in block]
     assert ids == ["r0", "r1", "r2", "r3", "r4"]
     matrix = next(iter_ordered(engine, key, block=5))[1]
