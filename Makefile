@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench docs clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ CORPUS ?= samples/celery_commits_500.jsonl
 FIELDS ?= title,description,files_touched
 bench: install
 	$(VENV)/bin/embedfleet bench $(CORPUS) --fields $(FIELDS)
+
+# docs/settings.md is generated from the Settings fields' descriptions (config/settings.py).
+docs: install
+	$(PY) -m embedfleet.config.settings_doc --out docs/settings.md
 
 clean:
 	rm -rf $(VENV) embedfleet.db* demo-vectors.* .pytest_cache .mypy_cache .ruff_cache
