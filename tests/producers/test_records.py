@@ -205,3 +205,28 @@ def test_text_of_only_nul_is_empty():
     """A text that is nothing but NUL is an empty text."""
     invalid = _build({"id": "r", "text": "\x00\x00 "})
     assert isinstance(invalid, Invalid) and invalid.reason.startswith("empty text")
+
+
+def test_metadata_fields_become_a_json_object_and_enter_the_hash():
+    """Metadata fields are kept as JSON (a missing one is null, dates as strings, NUL removed), are not
+    embedded, and change the content hash, so a record whose metadata changed is stored again."""
+    import datetime as dt
+
+    spec = FieldSpec(metadata_fields=("title", "when", "tags", "absent"))
+    data = {"id": "a", "text": "hello", "title": "T\x00itle", "when": dt.date(2026, 1, 2), "tags": ["x", 1]}
+    record = build_record(RawRecord(1, data), 0, spec)
+    assert isinstance(record, Record)
+    assert record.text == "hello"
+    assert record.metadata == {"title": "Title", "when": "2026-01-02", "tags": ["x", 1], "absent": None}
+    assert record.content_hash != content_hash("hello")
+    changed = build_record(RawRecord(1, {**data, "title": "Other"}), 0, spec)
+    assert isinstance(changed, Record) and changed.content_hash != record.content_hash
+    plain = build_record(RawRecord(1, data), 0, FieldSpec())
+    assert isinstance(plain, Record) and plain.metadata is None and plain.content_hash == content_hash("hello")
+
+
+def test_metadata_that_json_cannot_hold_is_invalid_naming_the_reason():
+    """A NaN or infinite number in a metadata field is refused with the record, not stored as bad JSON."""
+    result = build_record(RawRecord(4, {"id": "a", "text": "t", "score": float("nan")}), 0,
+                          FieldSpec(metadata_fields=("score",)))
+    assert isinstance(result, Invalid) and result.line == 4 and "metadata not JSON" in result.reason

@@ -159,3 +159,24 @@ def test_read_payload_lists_encoded_records_then_repeats() -> None:
                          aliases=[["c", 1, "ha", "ta"]])
     assert read_payload(msgpack.packb(message.to_wire())) == (
         "v1", [("a", 0, "ta", "ha"), ("b", 2, "tb", "hb"), ("c", 1, "ta", "ha")])
+
+
+@pytest.mark.parametrize("server", ["sqlite", "pgvector"])
+def test_text_and_metadata_are_kept_beside_the_vector_and_repeats_keep_their_own(server, request) -> None:
+    """With store_text and metadata, each row keeps its text and metadata (a repeat its own, not its first
+    record's); without, both stay NULL. On SQLite and on PostgreSQL with pgvector (jsonb, vector column)."""
+    from embedfleet.storage.vectors import stored_extras
+
+    url = request.getfixturevalue("sqlite_url" if server == "sqlite" else "pgvector_url")
+    engine = get_engine(url)
+    job_id = job_with_chunks(engine, {0: [0, 1, 2]})
+    chunk = dataclasses.replace(
+        chunk_vectors(job_id, 0, [0, 1]), store_text=True, texts=["zero", "one é\u2028"],
+        metadata=[{"k": 0, "t": ["a"]}, None],
+        aliases=[["r2", 2, "h", "one é\u2028", {"k": 2}]])
+    assert store_chunk(engine, chunk) == 3
+    assert stored_extras(engine, "c1", ["r0", "r1", "r2", "nope"]) == {
+        "r0": ("zero", {"k": 0, "t": ["a"]}), "r1": ("one é\u2028", None), "r2": ("one é\u2028", {"k": 2})}
+    plain_job = job_with_chunks(engine, {0: [3]})
+    store_chunk(engine, chunk_vectors(plain_job, 0, [3]))
+    assert stored_extras(engine, "c1", ["r3"]) == {"r3": (None, None)}
