@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from ..config.celery_app import app
 from ..config.messages import ChunkTexts, ChunkVectors, DeadRecord, short_job_id
-from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK, INDEX_TASK
+from ..config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK, INDEX_TASK, QUERY_TASK
 from ..config.sending import celery_sender, payload_sender
 from ..config.settings import get_settings
 from ..storage import codec, pgvector
@@ -244,6 +244,15 @@ def send_index_build(version_key: str) -> None:
 def build_index(self: Task, version_key: str) -> float | None:
     """The version's HNSW index (storage/pgvector.py): seconds it took, None if nothing to do."""
     return pgvector.build_index(_engine(), version_key)
+
+
+# A query answer is wanted now or never: no retry, no late ack (a lost query is asked
+# again by its caller), and it expires from the queue if no worker takes it in time.
+@app.task(name=QUERY_TASK, ignore_result=False, acks_late=False, max_retries=0)
+def encode_query(*, texts: list[str], model: str) -> dict[str, Any]:
+    """The queries' vectors from this worker's resident model: float32 bytes and their dim."""
+    encoder = get_encoder(model)
+    return {"dim": encoder.dimension, "vectors": codec.pack(encoder.encode_batch(texts))}
 
 
 class DeadLetters(Exception):
