@@ -211,6 +211,6 @@ def search(collection: str, query: str | Sequence[str], *, k: int = 10,
         queries = [query] if isinstance(query, str) else list(query)
         if not queries:
             return []
-        rows = top_k(engine, version.key, get_encoder(version.model).encode_batch(queries), k)
+        rows = top_k(engine, version.key, get_encoder(version.model, announce=True).encode_batch(queries), k)
     hits = [[Hit(record_id, score) for record_id, score in row] for row in rows]
     return hits[0] if isinstance(query, str) else hits

@@ -214,7 +214,7 @@ class JobProgress:
             # final line left on the screen.
             self._bar = Progress(
                 TextColumn("[bold]job {task.fields[short_id]}"),
-                BarColumn(),
+                BarColumn(bar_width=24),  # room for the figures on an 80-column terminal
                 _FiguresColumn(self),
                 console=self._console,
                 transient=True,
