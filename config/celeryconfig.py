@@ -7,7 +7,6 @@ from typing import Any
 from .queues import EMBED_QUEUE, QUEUES, ROUTES
 from .settings import Settings
 
-
 WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
 WORKER_TASK_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
 
