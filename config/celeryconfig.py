@@ -7,6 +7,9 @@ from typing import Any
 from .queues import EMBED_QUEUE, QUEUES, ROUTES
 from .settings import Settings
 
+WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
+WORKER_TASK_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
+
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
@@ -53,4 +56,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # The model is loaded per process after fork; a hijacked root logger would hide
         # our structured lines, so keep the application's logging.
         "worker_hijack_root_logger": False,
+        # Every worker and beat line carries its time, level and process, and our lines their
+        # logger (embedfleet.workers.tasks: encoded job=... chunk=...): a log an operator can
+        # line up with the ledger. Celery's defaults, plus the logger's name.
+        "worker_log_format": WORKER_LOG_FORMAT,
+        "worker_task_log_format": WORKER_TASK_LOG_FORMAT,
     }

@@ -215,7 +215,7 @@ def search(collection: str, query: str | Sequence[str], *, k: int = 10,
         queries = [query] if isinstance(query, str) else list(query)
         if not queries:
             return []
-        rows = top_k(engine, version.key, get_encoder(version.model).encode_batch(queries), k)
+        rows = top_k(engine, version.key, get_encoder(version.model, announce=True).encode_batch(queries), k)
         extras = stored_extras(engine, version.key, {record_id for row in rows for record_id, _ in row})
     hits = [[Hit(record_id, score, *extras.get(record_id, (None, None))) for record_id, score in row] for row in rows]
     return hits[0] if isinstance(query, str) else hits

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import celery.contrib.testing.tasks  # noqa: F401  registers celery.ping, used to wake the worker
 from celery.contrib.testing.worker import start_worker
@@ -33,18 +34,49 @@ from .workers.resident import get_encoder
 log = logging.getLogger(__name__)
 
 
+class BatchCounter:
+    """Texts the in-process encoder has encoded, counted after each forward pass (the worker
+    thread adds, the display reads an int: no lock needed under the GIL)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, texts: int) -> None:
+        self.count += texts
+
+    def read(self) -> int:
+        return self.count
+
+
+@contextmanager
+def counting_batches(encoder: Any) -> Iterator[BatchCounter | None]:
+    """Count the encoder's batches while the run lasts; None for an encoder that cannot say
+    (EMBEDFLEET_ENCODER backends without on_batch): its progress moves per chunk."""
+    if not hasattr(encoder, "on_batch"):
+        yield None
+        return
+    counter = BatchCounter()
+    encoder.on_batch = counter
+    try:
+        yield counter
+    finally:
+        encoder.on_batch = None
+
+
 class _Pacer:
     """Keeps at most `window` chunks ahead of the in-process worker (memory stays flat)
     and drives the progress display while the producer waits."""
 
-    def __init__(self, engine: Engine, window: int) -> None:
+    def __init__(self, engine: Engine, window: int, batches: BatchCounter | None = None) -> None:
         self.engine = engine
         self.window = window
+        self.batches = batches
         self.progress: JobProgress | None = None
 
     def _progress(self, job_id: str) -> JobProgress:
         if self.progress is None:
-            self.progress = JobProgress(self.engine, job_id).__enter__()
+            encoded = self.batches.read if self.batches is not None else None
+            self.progress = JobProgress(self.engine, job_id, encoded=encoded).__enter__()
         return self.progress
 
     def __call__(self, job_id: str) -> None:
@@ -113,10 +145,12 @@ def in_process_worker() -> Iterator[None]:
 def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple[Submission, JobStats]:
     settings = get_settings()
     engine = get_engine(settings.database_url)
-    encoder = get_encoder(request.model)  # load before the clock starts; the worker thread reuses it
+    # Load before the clock starts (the worker thread reuses it), saying so: torch and the
+    # weights take seconds that would otherwise be a blank screen.
+    encoder = get_encoder(request.model, announce=True)
     request = dataclasses.replace(request, window=encoder.max_tokens)
-    pacer = _Pacer(engine, settings.embedded_window)
-    with in_process_worker():
+    with counting_batches(encoder) as batches, in_process_worker():
+        pacer = _Pacer(engine, settings.embedded_window, batches)
         try:
             submission = submit(engine, request, celery_sender(app), wait_for_room=pacer)
         except BaseException:

@@ -39,5 +39,5 @@ def reindex(*, collection: str) -> str | None:
         log.info("reindex of %s already started within %ss: skipped", collection, settings.reindex_min_gap_seconds)
         return None
     submission = submit(engine, registered_request(engine, collection, settings), celery_sender(app))
-    log.warning("reindex of %s: job %s, %d chunks", collection, submission.job_id, submission.chunks)
+    log.info("reindex of %s: job %s, %d chunks", collection, submission.job_id, submission.chunks)
     return submission.job_id

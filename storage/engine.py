@@ -132,6 +132,6 @@ def _add_missing_columns(conn) -> None:  # type: ignore[no-untyped-def]
         for column in missing:
             kind = column.type.compile(dialect=conn.dialect)
             conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-            log.warning("added column %s.%s to a database made by an older version", table.name, column.name)
+            log.info("added column %s.%s to a database made by an older version", table.name, column.name)
         for index in table.indexes if missing else ():
             index.create(conn, checkfirst=True)

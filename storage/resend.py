@@ -56,5 +56,7 @@ def reconcile(engine: Engine, send_payload: PayloadSender, lease_seconds: float,
     resent = {}
     for job_id in stalled_jobs(engine, lease_seconds):
         resent[job_id] = resend_open_chunks(engine, send_payload, job_id)
-        log.warning("re-sent %d open chunks of job %s: nothing moved for %.0f s", resent[job_id], job_id, lease_seconds)
+        # A stalled job with no open chunk left is not a problem (the next poll finishes it).
+        log.log(logging.WARNING if resent[job_id] else logging.INFO, "re-sent %d open chunks of job %s: nothing "
+                "moved for %.0f s", resent[job_id], job_id, lease_seconds)
     return resent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -28,12 +29,19 @@ def _run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_run_stores_every_record_in_corpus_order(small_corpus: Path, tmp_path: Path, reference_model) -> None:
-    """run embeds every record once, export gives corpus order, vectors match SentenceTransformer."""
+    """run embeds every record once, export gives corpus order, vectors match SentenceTransformer;
+    on stderr it says it loads the model, leaks no third-party bar, and prints the summary once."""
     db = f"sqlite:///{tmp_path / 'e.db'}"
     run = _run("run", str(small_corpus), "--collection", "commits", "--fields", "title,description,files_touched",
                "--chunk-size", "16", "--db", db, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "read 150, stored 150, skipped 0, dead 0" in run.stdout
+    job_id = run.stdout.split()[1]
+    assert run.stderr.startswith("loading model sentence-transformers/all-MiniLM-L6-v2...\nmodel loaded in "), run.stderr
+    assert "Loading weights" not in run.stderr and "it/s]" not in run.stderr and "%|" not in run.stderr
+    # Off a terminal: plain lines naming the job (first poll, then every 10 s), no redrawn bar.
+    assert f"job {job_id[:8]} running: " in run.stderr and "\r" not in run.stderr
+    assert len(re.findall(r"job [0-9a-f]+ done", run.stdout + run.stderr)) == 1
 
     out = tmp_path / "v.npy"
     export = _run("export", "--collection", "commits", "--out", str(out), "--db", db, cwd=tmp_path)

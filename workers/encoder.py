@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,10 @@ from ..config.tokens import estimate_tokens
 
 # Weights come from disk (the packaged model or a directory), never from a hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No third-party progress bars: transformers' "Loading weights" tqdm bar would leak onto the
+# user's terminal (and into a worker's log as a WARNING from celery.redirected). Read by
+# huggingface_hub at import; load_silently() also switches transformers' own flag off.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +82,27 @@ def token_batches(lengths: Sequence[int], max_count: int, max_tokens: int) -> li
     return batches
 
 
+def silence_progress_bars() -> None:
+    """transformers' and huggingface_hub's tqdm bars off, the supported way (the environment
+    variable above is read only when huggingface_hub is first imported, maybe before us)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 class SentenceTransformerEncoder:
     """A resident sentence-transformers model, in the fastest precision the device does well."""
 
+    # Called with the number of texts after each forward pass: the embedded run's progress
+    # display moves within a long chunk instead of once per chunk.
+    on_batch: Callable[[int], None] | None = None
+
     def __init__(self, settings: Settings) -> None:
+        started = time.perf_counter()
         import torch
         from sentence_transformers import SentenceTransformer
+
+        silence_progress_bars()
 
         from .cpus import available_cpus
         from .precision import pool_device, resolve_device, resolve_precision
@@ -112,9 +132,10 @@ class SentenceTransformerEncoder:
         self.batch_size = settings.batch_size
         self.batch_tokens = settings.batch_tokens or (65536 if self.device.startswith("cuda") else 4096)
         log.info(
-            "loaded %s on %s in %s (dim %d, window %d tokens, %d threads, batches of <= %d texts / %d tokens)",
-            self.model_name, self.device, self.precision, self.dimension, self.max_tokens, torch.get_num_threads(),
-            self.batch_size, self.batch_tokens,
+            "loaded %s on %s in %s in %.1f s (dim %d, window %d tokens, %d threads, "
+            "batches of <= %d texts / %d tokens)",
+            self.model_name, self.device, self.precision, time.perf_counter() - started, self.dimension,
+            self.max_tokens, torch.get_num_threads(), self.batch_size, self.batch_tokens,
         )
 
     def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
@@ -132,6 +153,8 @@ class SentenceTransformerEncoder:
                         normalize_embeddings=False,
                         show_progress_bar=False,
                     ).astype(np.float32)
+                    if self.on_batch is not None:
+                        self.on_batch(len(batch))
         except self._torch.OutOfMemoryError:
             if self.device.startswith("cuda"):
                 self._torch.cuda.empty_cache()  # give the halves the memory back

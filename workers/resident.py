@@ -6,6 +6,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
+import time
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -29,8 +31,12 @@ def model_load_failed() -> bool:
     return bool(_load_failed.value)
 
 
-def get_encoder(model: str | None = None) -> Any:
-    """The resident encoder of `model` (default: the configured one), loaded on first use."""
+def get_encoder(model: str | None = None, announce: bool = False) -> Any:
+    """The resident encoder of `model` (default: the configured one), loaded on first use.
+
+    announce: a command a person waits on (run, search) says on stderr that the model is
+    loading and how long it took, instead of a blank screen for the seconds torch and the
+    weights take. Workers log the load instead (encoder.py)."""
     settings = get_settings()
     name = model or settings.model
     if name not in _encoders:
@@ -38,7 +44,15 @@ def get_encoder(model: str | None = None) -> Any:
             load_encoder,  # torch is imported here, in the child, not before fork
         )
 
+        if announce:
+            what = f"encoder {settings.encoder} ({name})" if settings.encoder else f"model {name}"
+            sys.stderr.write(f"loading {what}...\n")
+            sys.stderr.flush()
+        started = time.perf_counter()
         _encoders[name] = load_encoder(settings.model_copy(update={"model": name}))
+        if announce:
+            sys.stderr.write(f"model loaded in {time.perf_counter() - started:.1f} s\n")
+            sys.stderr.flush()
     return _encoders[name]
 
 

@@ -37,9 +37,10 @@ def fp32_model():  # type: ignore[no-untyped-def]
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from ..workers.encoder import model_path
+    from ..workers.encoder import model_path, silence_progress_bars
 
     torch.set_num_threads(os.cpu_count() or 1)
+    silence_progress_bars()  # no "Loading weights" bar in the bench's report
     return SentenceTransformer(model_path(Settings().model), device="cpu")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -9,6 +10,15 @@ import click
 
 from ..config.settings import get_settings, set_settings
 from .main import cli
+
+
+def celery_sets_up_logging() -> None:
+    """Drop the handler the group installed (no timestamps): Celery keeps a root logger that
+    already has one, so without this its worker_log_format (config/celeryconfig.py) is never
+    used and the worker's lines carry no time."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -56,6 +66,7 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
 
     app.conf.broker_url = get_settings().broker_url
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, *celery_args]
+    celery_sets_up_logging()
     app.worker_main(argv)
     from ..workers.resident import model_load_failed
 
@@ -71,4 +82,5 @@ def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
     from ..config.celery_app import app
 
     app.conf.broker_url = get_settings().broker_url
+    celery_sets_up_logging()
     app.start(["beat", "-l", loglevel, *celery_args])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -68,6 +69,16 @@ def test_two_workers_store_every_record_once(db_url: str, make_fleet, small_corp
     assert_matches_reference(reference_model, [commit_text(r) for r in records], np.load(out))
     # Both processes took chunks: the work was shared, not done by one.
     assert "encoded job=" in fleet.log("w1") and "encoded job=" in fleet.log("w2")
+    # What a person reads: progress lines naming the job, the summary once, a worker log with
+    # the time on every line, routine events at INFO and no third-party bar.
+    assert f"job {job_id[:8]} running: " in result.stderr
+    assert len(re.findall(r"job [0-9a-f]+ done", result.stdout + result.stderr)) == 1
+    log = fleet.log("w1")
+    assert re.search(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}: INFO/ForkPoolWorker-\d+\] "
+                     r"embedfleet\.workers\.tasks: encoded job=", log, re.MULTILINE), log
+    assert re.search(r"INFO/ForkPoolWorker-\d+\] embedfleet\.workers\.encoder: loaded .* in [\d.]+ s", log), log
+    assert "Loading weights" not in log and "it/s]" not in log
+    assert not re.search(r"(WARNING|ERROR|CRITICAL)/", log), log
 
 
 def test_redelivered_chunks_leave_one_row_per_record(sqlite_url: str, make_fleet, small_corpus: Path) -> None:

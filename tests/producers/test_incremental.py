@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -116,3 +117,16 @@ def test_reindex_of_stdin_collection_is_refused(tmp_path: Path) -> None:
                    env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **HASH})
     refused = embedfleet("reindex", "--collection", "piped", "--local", "--db", db, cwd=tmp_path, check=False, **HASH)
     assert refused.returncode == 2 and "stdin" in refused.stderr
+
+
+def test_reindex_wait_prints_its_final_line_once(tmp_path: Path, redis_url: str) -> None:
+    """`reindex --wait` of an unchanged source: the job is done before the first poll, and its
+    done line is the summary, printed once (the progress display printed it twice)."""
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    corpus = _write(tmp_path / "c.jsonl", [{"id": f"r{i}", "text": f"record number {i}"} for i in range(20)])
+    embedfleet("run", str(corpus), "--collection", "waited", "--db", db, cwd=tmp_path, **HASH)
+    again = embedfleet("reindex", "--collection", "waited", "--wait", "--db", db, cwd=tmp_path,
+                       EMBEDFLEET_BROKER_URL=redis_url, **HASH)
+    job_id = again.stdout.split()[0]
+    assert len(re.findall(r"job [0-9a-f]+ done", again.stdout + again.stderr)) == 1, again
+    assert f"job {job_id} done: read 20, stored 0, skipped 20" in again.stdout

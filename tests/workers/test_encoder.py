@@ -71,3 +71,14 @@ def test_bad_encoder_setting_is_explained() -> None:
         load_encoder(Settings(encoder="tests.workers.fake_encoders"))
     with pytest.raises(EncoderConfigError, match="cannot be imported"):
         load_encoder(Settings(encoder="tests.workers.no_such_module:X"))
+
+
+def test_each_forward_pass_is_reported(fp32_encoder, texts) -> None:
+    """on_batch hears every batch as it is encoded (the embedded run's progress moves within a chunk)."""
+    heard: list[int] = []
+    fp32_encoder.on_batch = heard.append
+    try:
+        fp32_encoder.encode_batch(texts, batch_size=16)
+    finally:
+        fp32_encoder.on_batch = None
+    assert len(heard) >= 4 and sum(heard) == len(texts)
