@@ -26,6 +26,7 @@ __all__ = [
     "JobEnded",
     "JobStats",
     "LedgerError",
+    "QueryUnanswered",
     "Settings",
     "cancel",
     "export",
@@ -47,11 +48,13 @@ _HOME = {
     "LedgerError": ".storage.errors",
     "CorpusError": ".producers.readers",
     "BrokerUnavailable": ".producers.sending",
+    "QueryUnanswered": ".producers.queries",
 }
 
 if TYPE_CHECKING:
     from .api import Exported, Hit, cancel, export, run, search, status, submit, wait
     from .config.settings import Settings
+    from .producers.queries import QueryUnanswered
     from .producers.readers import CorpusError
     from .producers.sending import BrokerUnavailable
     from .producers.validation import InvalidInput

@@ -191,19 +191,23 @@ def export(collection: str, path: str | Path, *, version: int | None = None,
 
 @overload
 def search(collection: str, query: str, *, k: int = 10,  # type: ignore[overload-overlap]  # str first
-           settings: Settings | None = None) -> list[Hit]: ...
+           fleet: bool = False, timeout: float = 10.0, settings: Settings | None = None) -> list[Hit]: ...
 
 
 @overload
-def search(collection: str, query: Sequence[str], *, k: int = 10,
+def search(collection: str, query: Sequence[str], *, k: int = 10, fleet: bool = False, timeout: float = 10.0,
            settings: Settings | None = None) -> list[list[Hit]]: ...
 
 
-def search(collection: str, query: str | Sequence[str], *, k: int = 10,
-           settings: Settings | None = None) -> list[Hit] | list[list[Hit]]:
+def search(collection: str, query: str | Sequence[str], *, k: int = 10, fleet: bool = False,
+           timeout: float = 10.0, settings: Settings | None = None) -> list[Hit] | list[list[Hit]]:
     """The k records most like `query` in the collection's current version, best first. A
-    sequence of queries gives one list of hits per query, in order. The model is loaded in
-    this process once and kept, so later searches cost the search alone."""
+    sequence of queries gives one list of hits per query, in order.
+
+    The queries are encoded by a model resident in this process (loaded once, on the first
+    search, and kept), or with `fleet=True` by a fleet worker that already holds it, so even
+    a one-off search from a fresh process costs milliseconds; `timeout` bounds the wait for
+    a worker's answer (QueryUnanswered)."""
     from .storage.collections import get_collection
     from .storage.search import top_k
     from .storage.vectors import stored_extras
@@ -215,7 +219,13 @@ def search(collection: str, query: str | Sequence[str], *, k: int = 10,
         queries = [query] if isinstance(query, str) else list(query)
         if not queries:
             return []
-        rows = top_k(engine, version.key, get_encoder(version.model, announce=True).encode_batch(queries), k)
+        if fleet:
+            from .producers.queries import encode_on_fleet
+
+            vectors = encode_on_fleet(current, version.model, queries, timeout)
+        else:
+            vectors = get_encoder(version.model, announce=True).encode_batch(queries)
+        rows = top_k(engine, version.key, vectors, k)
         extras = stored_extras(engine, version.key, {record_id for row in rows for record_id, _ in row})
     hits = [[Hit(record_id, score, *extras.get(record_id, (None, None))) for record_id, score in row] for row in rows]
     return hits[0] if isinstance(query, str) else hits

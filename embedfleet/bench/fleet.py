@@ -93,8 +93,9 @@ def scratch_postgres(pg_url: str) -> Iterator[str]:
     admin = pg_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, query = admin.partition("?")  # a unix-socket server: ...?host=/dir
     try:
-        yield f"{admin.rsplit('/', 1)[0]}/{name}"
+        yield f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
     finally:
         from ..storage.engine import _engines
 
