@@ -78,8 +78,8 @@ def test_ambiguous_and_unknown_job_prefixes_are_refused(db_url: str, tmp_path: P
     env = {"EMBEDFLEET_DATABASE_URL": db_url, "EMBEDFLEET_BROKER_URL": "redis://127.0.0.1:1/0"}
     ambiguous = embedfleet(*[a.format(job="abcd") for a in command], cwd=tmp_path, check=False, **env)
     assert ambiguous.returncode == 2, ambiguous.stderr
-    assert ambiguous.stderr.strip() == f"error: job id 'abcd' is ambiguous: it starts {IDS[0]}, {IDS[1]}; " \
-                                       "give more characters"
+    expected = f"error: job id 'abcd' is ambiguous: it starts {IDS[0]}, {IDS[1]}; give more characters"
+    assert ambiguous.stderr.strip() == expected
     unknown = embedfleet(*[a.format(job="abcd9") for a in command], cwd=tmp_path, check=False, **env)
     assert (unknown.returncode, unknown.stderr.strip()) == (2, "error: no job 'abcd9'")
 
