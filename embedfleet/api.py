@@ -20,9 +20,10 @@ from .config.settings import Settings, get_settings, set_settings
 from .producers.readers import Corpus, Records
 from .producers.records import FieldSpec
 from .producers.submit import JobRequest
-from .storage.engine import get_engine
+from .storage.collections import CollectionSummary, Deleted
+from .storage.engine import existing_engine, get_engine
 from .storage.errors import LedgerError
-from .storage.jobs import JobStats, job_stats
+from .storage.jobs import JobStats, job_stats, resolve_job_id
 from .storage.ledger import cancel_job
 
 RecordsLike = str | Path | Iterable[Mapping[str, Any]]
@@ -73,6 +74,19 @@ def _resolved(settings: Settings | None) -> Settings:
 
 def _engine(settings: Settings) -> Engine:
     return get_engine(settings.database_url)
+
+
+def _reader(settings: Settings) -> Engine:
+    """The engine of a call that reads or changes what exists: a SQLite file that is not
+    there raises storage.engine.NoDatabase (a LedgerError) instead of being created empty."""
+    return existing_engine(settings.database_url)
+
+
+def resolve_job(job_id: str, *, settings: Settings | None = None) -> str:
+    """The full id of the one job whose id starts with `job_id` (any unique prefix, such as
+    the 8 characters progress lines print). LedgerError when no job or several match (the
+    latter, storage.jobs.AmbiguousJob, lists the candidates)."""
+    return resolve_job_id(_reader(_resolved(settings)), job_id)
 
 
 def _source(records: RecordsLike, fmt: Literal["auto", "jsonl", "csv"]) -> Corpus | Records:
@@ -147,19 +161,23 @@ def wait(job_id: str, *, settings: Settings | None = None, timeout: float | None
     from .producers.progress import follow
 
     current = _resolved(settings)
-    return follow(_engine(current), job_id, current, timeout=timeout)
+    engine = _reader(current)
+    return follow(engine, resolve_job_id(engine, job_id), current, timeout=timeout)
 
 
 def status(job_id: str, *, settings: Settings | None = None) -> JobStats:
-    """The job's state and counts now (stalled is set when nothing moved for lease_seconds)."""
+    """The job's state and counts now (stalled is set when nothing moved for lease_seconds).
+    `job_id` may be any unique prefix of the id, here and in wait and cancel."""
     current = _resolved(settings)
-    return job_stats(_engine(current), job_id, lease_seconds=current.lease_seconds)
+    engine = _reader(current)
+    return job_stats(engine, resolve_job_id(engine, job_id), lease_seconds=current.lease_seconds)
 
 
 def cancel_counted(job_id: str, *, settings: Settings | None = None) -> tuple[int, JobStats]:
     """cancel, with the number of open chunks it cancelled (what the CLI prints)."""
     current = _resolved(settings)
-    engine = _engine(current)
+    engine = _reader(current)
+    job_id = resolve_job_id(engine, job_id)
     count = cancel_job(engine, job_id)
     return count, job_stats(engine, job_id)
 
@@ -178,7 +196,7 @@ def export(collection: str, path: str | Path, *, version: int | None = None,
     from .storage.export import export_npy, ids_path_for
 
     current = _resolved(settings)
-    engine = _engine(current)
+    engine = _reader(current)
     info = get_collection(engine, collection)
     key = info.current_key if version is None else next(
         (v.key for v in info.versions if v.version == version), None)
@@ -187,6 +205,22 @@ def export(collection: str, path: str | Path, *, version: int | None = None,
     out = Path(path)
     rows, dim = export_npy(engine, key, out)
     return Exported(out, ids_path_for(out), rows, dim)
+
+
+def collections(*, settings: Settings | None = None) -> list[CollectionSummary]:
+    """Every collection with its versions and their row counts (`.as_dict()` is what
+    `embedfleet collections --json` prints)."""
+    from .storage.collections import list_collections
+
+    return list_collections(_reader(_resolved(settings)))
+
+
+def delete_collection(name: str, *, settings: Settings | None = None) -> Deleted:
+    """Delete a collection: its versions' vectors, its versions and its jobs' history.
+    Refused (LedgerError) while one of its jobs has not ended."""
+    from .storage.collections import delete_collection as delete
+
+    return delete(_reader(_resolved(settings)), name)
 
 
 @overload
@@ -214,7 +248,7 @@ def search(collection: str, query: str | Sequence[str], *, k: int = 10, fleet: b
     from .workers.resident import get_encoder  # imports torch, on first use
 
     with _using(settings) as current:
-        engine = _engine(current)
+        engine = _reader(current)
         version = get_collection(engine, collection).current
         queries = [query] if isinstance(query, str) else list(query)
         if not queries:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .errors import LedgerError, check_collection_name
 from .pgvector import AUTO, BYTEA, choose_kind
-from .schema import collections, jobs, vectors, versions
+from .schema import chunks, collections, dead_letters, jobs, vectors, versions
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,73 @@ def version_rows(engine: Engine, key: str) -> int:
     with engine.connect() as conn:
         count = select(func.count()).select_from(vectors).where(vectors.c.version_key == key)
         return int(conn.execute(count).scalar_one())
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    """A collection as `embedfleet collections` lists it: its versions with their row counts."""
+
+    collection: Collection
+    rows: dict[str, int]  # version key -> vectors stored
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.collection
+        current = c.current
+        return {
+            "name": c.name,
+            "current_version": current.version,
+            "model": current.model,
+            "dim": current.dim,
+            "rows": self.rows.get(c.current_key, 0),
+            "versions": [
+                {"version": v.version, "key": v.key, "state": v.state, "model": v.model, "dim": v.dim,
+                 "rows": self.rows.get(v.key, 0),
+                 "role": "current" if v.key == c.current_key else "previous" if v.key == c.previous_key else ""}
+                for v in c.versions
+            ],
+        }
+
+
+def list_collections(engine: Engine) -> list[CollectionSummary]:
+    """Every collection, by name, with each version's stored vectors counted (one grouped query)."""
+    with engine.connect() as conn:
+        names = conn.execute(select(collections.c.name).order_by(collections.c.name)).scalars().all()
+        found = [get_collection_conn(conn, name) for name in names]
+        rows = {key: int(n) for key, n in conn.execute(
+            select(vectors.c.version_key, func.count()).group_by(vectors.c.version_key))}
+    return [CollectionSummary(c, {v.key: rows.get(v.key, 0) for v in c.versions}) for c in found]
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What delete_collection removed."""
+
+    name: str
+    versions: int
+    vectors: int
+    jobs: int
+
+
+def delete_collection(engine: Engine, name: str) -> Deleted:
+    """Delete a collection: every version's vectors, its versions, and its jobs' history (their
+    chunks and dead letters, which point at the jobs). Refused while one of its jobs has not
+    ended: a worker would write into a collection that no longer exists. One transaction."""
+    with engine.begin() as conn:
+        collection = get_collection_conn(conn, name)
+        running = conn.execute(select(jobs.c.id).where(and_(jobs.c.collection == name,
+                                                            jobs.c.state.notin_(ENDED_JOB_STATES)))).first()
+        if running is not None:
+            raise LedgerError(f"job {running.id} on collection {name!r} has not ended: "
+                              f"`embedfleet cancel {running.id[:8]}` first, or wait for it")
+        keys = [v.key for v in collection.versions]
+        job_ids = select(jobs.c.id).where(jobs.c.collection == name)
+        conn.execute(delete(dead_letters).where(dead_letters.c.job_id.in_(job_ids)))
+        conn.execute(delete(chunks).where(chunks.c.job_id.in_(job_ids)))
+        deleted_jobs = conn.execute(delete(jobs).where(jobs.c.collection == name)).rowcount
+        deleted_vectors = conn.execute(delete(vectors).where(vectors.c.version_key.in_(keys))).rowcount
+        conn.execute(delete(versions).where(versions.c.collection == name))
+        conn.execute(delete(collections).where(collections.c.name == name))
+    return Deleted(name, len(keys), int(deleted_vectors or 0), int(deleted_jobs or 0))
 
 
 def mark_ready(conn: Connection, key: str) -> None:

@@ -6,12 +6,14 @@ import logging
 import os
 import sqlite3
 import time
+from pathlib import Path
 from threading import Lock
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 from .bulk import forget_staging
+from .errors import LedgerError
 from .schema import metadata
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,28 @@ def _switch_to_wal(cursor, timeout: float = 30.0) -> None:  # type: ignore[no-un
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+class NoDatabase(LedgerError):
+    """A reading command pointed at a SQLite file that does not exist: opening it would
+    create an empty database (and hide a typo in --db), so nothing is opened."""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file a SQLite URL names; None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def existing_engine(url: str) -> Engine:
+    """get_engine for commands that only read (or change what exists): a SQLite file that is
+    not there is an error, never created. A server database is opened as usual."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise NoDatabase(f"no database at {path.absolute()} (run a job first or pass --db)")
+    return get_engine(url)
 
 
 def get_engine(url: str) -> Engine:

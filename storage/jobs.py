@@ -104,6 +104,40 @@ class JobStats:
         }
 
 
+class AmbiguousJob(LedgerError):
+    """A job id prefix that more than one job starts with."""
+
+    def __init__(self, prefix: str, candidates: list[str], more: bool) -> None:
+        self.prefix = prefix
+        self.candidates = candidates
+        listed = ", ".join(candidates) + (", ..." if more else "")
+        super().__init__(f"job id {prefix!r} is ambiguous: it starts {listed}; give more characters")
+
+
+# How many candidates an ambiguous prefix lists: enough to pick from, never the whole ledger.
+CANDIDATES_SHOWN = 10
+
+
+def resolve_job_id(engine: Engine, prefix: str) -> str:
+    """The full id of the one job whose id starts with `prefix` (progress lines print 8
+    characters; a full id matches itself). Unknown or ambiguous prefixes are LedgerErrors,
+    the ambiguous one listing the candidates."""
+    wanted = prefix.strip().lower()
+    if not wanted:
+        raise LedgerError("give a job id (or the start of one)")
+    with engine.connect() as conn:
+        # autoescape: a '%' or '_' typed by the user is a character, not a LIKE wildcard.
+        rows = conn.execute(select(jobs.c.id).where(jobs.c.id.startswith(wanted, autoescape=True))
+                            .order_by(jobs.c.id).limit(CANDIDATES_SHOWN + 1)).scalars().all()
+    if not rows:
+        raise LedgerError(f"no job {prefix!r}")
+    if wanted in rows:  # a full id that is also the start of a longer one (never, with uuid4 hex)
+        return wanted
+    if len(rows) > 1:
+        raise AmbiguousJob(prefix, list(rows[:CANDIDATES_SHOWN]), more=len(rows) > CANDIDATES_SHOWN)
+    return str(rows[0])
+
+
 def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None) -> JobStats:
     with engine.connect() as conn:
         job = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()

@@ -196,3 +196,29 @@ def test_the_docs_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("done 4\nT-1 ")
     assert "record 2 (id 'T-6'): empty text" in result.stdout
+
+
+def test_job_ids_may_be_prefixes_and_reads_create_no_database(db_url: str, tmp_path: Path) -> None:
+    """status, cancel and resolve_job take any unique prefix (on SQLite and PostgreSQL); an ambiguous one raises
+    AmbiguousJob with the candidates; a missing SQLite file raises NoDatabase and stays missing."""
+    from embedfleet import api
+    from embedfleet.storage.engine import NoDatabase, get_engine
+    from embedfleet.storage.jobs import AmbiguousJob
+    from tests.storage.test_jobs import IDS, jobs_with_ids
+
+    settings = Settings(database_url=db_url)
+    jobs_with_ids(get_engine(db_url), IDS)
+    assert api.resolve_job("ef01", settings=settings) == IDS[2]
+    assert status("abcd1", settings=settings).job_id == IDS[1]
+    assert cancel("ef01", settings=settings).state == "cancelled"
+    with pytest.raises(AmbiguousJob) as caught:
+        status("abcd", settings=settings)
+    assert caught.value.candidates == IDS[:2]
+    with pytest.raises(LedgerError, match="no job 'ffff'"):
+        wait("ffff", settings=settings)
+    missing = tmp_path / "none.db"
+    for call in (lambda s: status("abcd", settings=s), lambda s: api.collections(settings=s),
+                 lambda s: export("c", tmp_path / "x.npy", settings=s)):
+        with pytest.raises(NoDatabase, match=f"no database at {missing}"):
+            call(Settings(database_url=f"sqlite:///{missing}"))
+    assert not missing.exists()

@@ -97,7 +97,8 @@ def bench_pgvector(report: BenchReport, work: Path, pgvector_url: str | None, to
                            load, total)
                 with engine.connect() as conn:
                     size = pgvector.storage_bytes(conn, version.key, kind)
-                report.add("pgvector", f"{kind}: bytes per vector in its column", bytes_per_vector=round(size / total, 1))
+                report.add("pgvector", f"{kind}: bytes per vector in its column",
+                           bytes_per_vector=round(size / total, 1))
                 if kind != pgvector.BYTEA:
                     seconds = pgvector.build_index(engine, version.key)
                     report.add("pgvector", f"{kind}: HNSW index build (cosine, m=16, ef_construction=64)", seconds)
@@ -110,7 +111,8 @@ def bench_pgvector(report: BenchReport, work: Path, pgvector_url: str | None, to
                     found.append({int(record_id[1:]) for record_id, _ in hits})
                 recall = float(np.mean([len(f & set(e.tolist())) / 10 for f, e in zip(found, exact, strict=True)]))
                 how = "SQL <=> through the HNSW index (ef_search 100)" if kind != pgvector.BYTEA else "brute force"
-                report.add("pgvector", f"{kind}: top 10 of one query, {how}", p50_ms=round(percentile(latencies, 50) * 1e3, 2),
+                report.add("pgvector", f"{kind}: top 10 of one query, {how}",
+                           p50_ms=round(percentile(latencies, 50) * 1e3, 2),
                            p95_ms=round(percentile(latencies, 95) * 1e3, 2), recall_at_10=round(recall, 4))
             if queries_text:
                 _warm_search(report, url, f"bench_{pgvector.VECTOR}", queries_text)

@@ -1,4 +1,5 @@
-"""Collection commands: versions and migration, the registered-source reindex, and search."""
+"""Collection commands: list and delete, versions and migration, the registered-source
+reindex, and search."""
 
 from __future__ import annotations
 
@@ -22,10 +23,22 @@ from ..storage.collections import (
     rollback,
     version_rows,
 )
-from ..storage.engine import get_engine
-from .jobs import submit_to_fleet
+from ..storage.engine import existing_engine
+from .errors import InputError
+from .jobs import print_finished, submit_to_fleet
 from .main import cli
-from .options import DB_OPTION, apply_settings, report_invalid, summary
+from .options import (
+    BROKER_OPTION,
+    DB_OPTION,
+    JSON_OPTION,
+    STRICT_OPTION,
+    apply_settings,
+    collection_version_option,
+    exit_for,
+    print_json,
+    report_invalid,
+    submission_json,
+)
 
 
 def collection_status(engine: Engine, name: str, as_json: bool) -> None:
@@ -36,7 +49,7 @@ def collection_status(engine: Engine, name: str, as_json: bool) -> None:
         for v in info.versions
     ]
     if as_json:
-        click.echo(json.dumps({"collection": name, "versions": rows}, indent=2))
+        print_json({"collection": name, "versions": rows})
         return
     click.echo(f"collection {name}")
     for row in rows:
@@ -44,40 +57,127 @@ def collection_status(engine: Engine, name: str, as_json: bool) -> None:
                    f"dim {row['dim']}  {row['model']}  {row['role']}")
 
 
-def _run_request(request: Any, local: bool, wait: bool, settings: Any) -> None:
+@dataclasses.dataclass(frozen=True)
+class Following:
+    """How a reindex or migration job is run and reported: --local, --wait, --json, --strict."""
+
+    local: bool
+    wait: bool
+    as_json: bool
+    strict: bool
+
+    def check(self) -> None:
+        if self.strict and not (self.wait or self.local):
+            raise click.UsageError("--strict needs --wait (or --local)")
+
+
+def _run_request(request: Any, how: Following, settings: Any) -> None:
     """The job on the fleet (or in-process with --local), followed when asked."""
-    if local:
+    if how.local:
         from ..embedded import run_embedded
 
         submission, stats = run_embedded(request)
-        click.echo(summary(stats))
+        print_finished(stats, how.as_json, submission)
         report_invalid(submission)
+        exit_for(stats, how.strict)
         return
-    engine = get_engine(settings.database_url)
-    submission = submit_to_fleet(engine, request, settings)
+    engine = existing_engine(settings.database_url)
+    submission = submit_to_fleet(engine, request, settings, how.as_json)
     report_invalid(submission)
-    if wait:
-        click.echo(summary(api.wait(submission.job_id, settings=settings)))
+    if not how.wait:
+        if how.as_json:
+            print_json(submission_json(submission))
+        return
+    stats = api.wait(submission.job_id, settings=settings)
+    print_finished(stats, how.as_json, submission)
+    exit_for(stats, how.strict)
 
 
-LOCAL = click.option("--local", is_flag=True,
-                     help="Run on the embedded default (in-process worker) instead of the fleet.")
-WAIT = click.option("--wait", is_flag=True, help="Follow the job until it ends.")
+def following(func: Any) -> Any:
+    """--wait, --local, --json, --strict and the broker: how reindex and migrate run their job."""
+    options = [
+        click.option("--wait", is_flag=True, help="Follow the job until it ends."),
+        click.option("--local", is_flag=True,
+                     help="Run on the embedded default (in-process worker) instead of the fleet."),
+        JSON_OPTION,
+        STRICT_OPTION,
+        DB_OPTION,
+        BROKER_OPTION,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _following(opts: dict[str, Any]) -> Following:
+    how = Following(opts.pop("local"), opts.pop("wait"), opts.pop("as_json"), opts.pop("strict"))
+    how.check()
+    return how
+
+
+@cli.command("collections")
+@JSON_OPTION
+@DB_OPTION
+def collections_command(as_json: bool, db: str | None) -> None:
+    """Every collection: its current version, model, dimension and rows, and all its versions."""
+    found = api.collections(settings=apply_settings(database_url=db))
+    if as_json:
+        print_json([c.as_dict() for c in found])
+        return
+    if not found:
+        click.echo("no collections", err=True)
+        return
+    click.echo(f"{'COLLECTION':<24} {'VERSION':>7} {'ROWS':>10} {'DIM':>5}  MODEL")
+    for item in found:
+        c = item.as_dict()
+        click.echo(f"{c['name']:<24} {c['current_version']:>7} {c['rows']:>10} {c['dim'] or '-':>5}  {c['model']}")
+        for v in c["versions"]:
+            if v["role"] != "current":
+                click.echo(f"{'':<24} {v['version']:>7} {v['rows']:>10} {v['dim'] or '-':>5}  {v['model']}  "
+                           f"({v['state']}{', ' + v['role'] if v['role'] else ''})")
+
+
+@cli.command("delete-collection")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@JSON_OPTION
+@DB_OPTION
+def delete_collection_command(name: str, yes: bool, as_json: bool, db: str | None) -> None:
+    """Delete collection NAME: every version's vectors, its versions and its jobs' history.
+    Refused while one of its jobs is running. Asks first unless --yes."""
+    settings = apply_settings(database_url=db)
+    engine = existing_engine(settings.database_url)
+    info = get_collection(engine, name)  # an unknown name fails before the question
+    if not yes:
+        rows = sum(version_rows(engine, v.key) for v in info.versions)
+        # On stderr: stdout stays the command's result (one JSON document under --json).
+        try:
+            confirmed = click.confirm(f"delete collection {name!r}: {len(info.versions)} versions, {rows} vectors?",
+                                      err=True)
+        except click.Abort:  # stdin closed (a script without --yes): no answer is no
+            confirmed = False
+        if not confirmed:
+            raise click.ClickException("not confirmed: nothing was deleted (--yes to skip the question)")
+    deleted = api.delete_collection(name, settings=settings)
+    if as_json:
+        print_json(dataclasses.asdict(deleted))
+        return
+    click.echo(f"deleted collection {name}: {deleted.versions} versions, {deleted.vectors} vectors, "
+               f"{deleted.jobs} jobs")
 
 
 @cli.command()
 @click.option("--collection", required=True)
 @click.option("--sync", type=click.Choice(["none", "full"]), default=None, help="Override the registered sync mode.")
-@WAIT
-@LOCAL
-@DB_OPTION
-def reindex(collection: str, sync: str | None, wait: bool, local: bool, db: str | None) -> None:
+@following
+def reindex(collection: str, sync: str | None, db: str | None, broker_url: str | None, **opts: Any) -> None:
     """Re-run the collection's registered source: only new and changed records are embedded."""
     from ..producers.reindex import registered_request
 
-    settings = apply_settings(database_url=db)
-    request = registered_request(get_engine(settings.database_url), collection, settings, sync=sync)
-    _run_request(request, local, wait, settings)
+    how = _following(opts)
+    settings = apply_settings(database_url=db, broker_url=broker_url)
+    request = registered_request(existing_engine(settings.database_url), collection, settings, sync=sync)
+    _run_request(request, how, settings)
 
 
 @cli.command()
@@ -86,15 +186,14 @@ def reindex(collection: str, sync: str | None, wait: bool, local: bool, db: str 
 @click.option("--no-cutover", is_flag=True, help="Leave the switch to `embedfleet cutover`.")
 @click.option("--no-model-check", is_flag=True,
               help="Skip checking that the model's files are here (when only the workers have it).")
-@WAIT
-@LOCAL
-@DB_OPTION
-def migrate(collection: str, model: str, no_cutover: bool, no_model_check: bool, wait: bool, local: bool,
-            db: str | None) -> None:
+@following
+def migrate(collection: str, model: str, no_cutover: bool, no_model_check: bool, db: str | None,
+            broker_url: str | None, **opts: Any) -> None:
     """Re-embed the collection with another model into a new version; reads stay on the current
     one until the new version is complete, then switch in one transaction."""
     from ..producers.reindex import registered_request
 
+    how = _following(opts)
     if not no_model_check:
         # Its files, not a load: this host may be a producer without torch. A worker that
         # cannot load it anyway dead-letters its chunks (ModelUnavailable) after the cap.
@@ -102,51 +201,63 @@ def migrate(collection: str, model: str, no_cutover: bool, no_model_check: bool,
 
         problem = model_problem(model)
         if problem:
-            raise click.ClickException(f"cannot load model {model!r}: {problem}; no version was created "
-                                       "(--no-model-check if only the workers have it)")
-    settings = apply_settings(database_url=db)
-    engine = get_engine(settings.database_url)
+            raise InputError(f"cannot load model {model!r}: {problem}; no version was created "
+                             "(--no-model-check if only the workers have it)")
+    settings = apply_settings(database_url=db, broker_url=broker_url)
+    engine = existing_engine(settings.database_url)
     request = registered_request(engine, collection, settings)  # fails early if the source is gone
     version = new_version(engine, collection, model)
     click.echo(f"filling version {version.version} ({version.key}) with {model}", err=True)
     request = dataclasses.replace(request, model=model, version_key=version.key, cutover=not no_cutover, sync="none")
     try:
-        _run_request(request, local, wait, settings)
+        _run_request(request, how, settings)
     except (InvalidInput, CorpusError, BrokerUnavailable):
         # Nothing was sent: leave no empty version behind.
         drop_version(engine, collection, version.version)
         raise
 
 
+def _now_reads(collection: str, version: Any, as_json: bool) -> None:
+    if as_json:
+        print_json({"collection": collection, "current_version": version.version, "key": version.key,
+                    "model": version.model})
+        return
+    click.echo(f"{collection} now reads version {version.version} ({version.model})")
+
+
 @cli.command("cutover")
 @click.option("--collection", required=True)
-@click.option("--version", "number", type=int, default=None, help="Default: the newest complete version.")
+@collection_version_option("Default: the newest complete version.")
+@JSON_OPTION
 @DB_OPTION
-def cutover_command(collection: str, number: int | None, db: str | None) -> None:
+def cutover_command(collection: str, number: int | None, as_json: bool, db: str | None) -> None:
     """Switch reads to a complete version (the current one becomes the rollback target)."""
     settings = apply_settings(database_url=db)
-    version = cutover(get_engine(settings.database_url), collection, number)
-    click.echo(f"{collection} now reads version {version.version} ({version.model})")
+    _now_reads(collection, cutover(existing_engine(settings.database_url), collection, number), as_json)
 
 
 @cli.command("rollback")
 @click.option("--collection", required=True)
+@JSON_OPTION
 @DB_OPTION
-def rollback_command(collection: str, db: str | None) -> None:
+def rollback_command(collection: str, as_json: bool, db: str | None) -> None:
     """Switch reads back to the previous version, until it is dropped."""
     settings = apply_settings(database_url=db)
-    version = rollback(get_engine(settings.database_url), collection)
-    click.echo(f"{collection} now reads version {version.version} ({version.model})")
+    _now_reads(collection, rollback(existing_engine(settings.database_url), collection), as_json)
 
 
 @cli.command("drop-version")
 @click.option("--collection", required=True)
-@click.option("--version", "number", type=int, required=True)
+@collection_version_option("The version to drop.", required=True)
+@JSON_OPTION
 @DB_OPTION
-def drop_version_command(collection: str, number: int, db: str | None) -> None:
+def drop_version_command(collection: str, number: int, as_json: bool, db: str | None) -> None:
     """Delete a version that is not current (and with it, the rollback to it)."""
     settings = apply_settings(database_url=db)
-    rows = drop_version(get_engine(settings.database_url), collection, number)
+    rows = drop_version(existing_engine(settings.database_url), collection, number)
+    if as_json:
+        print_json({"collection": collection, "dropped_version": number, "vectors_deleted": rows})
+        return
     click.echo(f"dropped version {number} of {collection}: {rows} vectors deleted")
 
 
@@ -156,9 +267,12 @@ def drop_version_command(collection: str, number: int, db: str | None) -> None:
 @click.option("-k", "k", type=int, default=10, show_default=True)
 @click.option("--batch-query", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="One query a line; prints JSONL, one line per query, in order.")
+@JSON_OPTION
 @DB_OPTION
-def search(query: str | None, collection: str, k: int, batch_query: Path | None, db: str | None) -> None:
-    """Top-k record ids by cosine similarity, from the collection's current version."""
+def search(query: str | None, collection: str, k: int, batch_query: Path | None, as_json: bool,
+           db: str | None) -> None:
+    """Top-k record ids by cosine similarity, from the collection's current version.
+    --batch-query prints JSONL already (one document a query); --json makes it one array."""
     if bool(query) == bool(batch_query):
         raise click.UsageError("give either a QUERY or --batch-query FILE")
     settings = apply_settings(database_url=db)
@@ -168,6 +282,11 @@ def search(query: str | None, collection: str, k: int, batch_query: Path | None,
         assert batch_query is not None  # one of the two, checked above
         queries = [line.strip() for line in batch_query.read_text().splitlines() if line.strip()]
     results = api.search(collection, queries, k=k, settings=settings)
+    if as_json:
+        answers = [{"query": text, "results": [{"id": h.id, "score": round(h.score, 6)} for h in hits]}
+                   for text, hits in zip(queries, results, strict=True)]
+        print_json(answers if batch_query else answers[0])
+        return
     if batch_query:
         for text, hits in zip(queries, results, strict=True):
             click.echo(json.dumps({"query": text, "results": [{"id": h.id, "score": round(h.score, 6)} for h in hits]},

@@ -1,12 +1,16 @@
 """What a command prints for each error a user can cause or meet, and its exit code.
 
-Exit codes: 0 ok; 1 a failure (a service unreachable, a job cancelled or abandoned);
-2 usage or invalid input (click's own usage errors exit 2 as well)."""
+Exit codes (EXIT_CODES, printed at the end of `embedfleet --help`):
+0 ok; 1 a failure (a service unreachable, a job cancelled or abandoned); 2 usage or invalid
+input (click's own usage errors, a bad corpus, an unknown or ambiguous job id, a missing
+SQLite file); 3 the job finished with dead letters, under --strict."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+import click
 
 from ..config.settings import get_settings
 from ..producers.readers import CorpusError
@@ -16,8 +20,28 @@ from ..storage.engine import redact
 from ..storage.errors import JobEnded, LedgerError
 from ..storage.safe_errors import reason
 
+EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INPUT = 2
+EXIT_DEAD_LETTERS = 3
+
+EXIT_CODES = {
+    EXIT_OK: "ok",
+    EXIT_FAILURE: "failure: a service unreachable, a job cancelled or abandoned",
+    EXIT_INPUT: "usage or invalid input: a bad option or corpus, an unknown or ambiguous job id, no database",
+    EXIT_DEAD_LETTERS: "with --strict: the job finished with dead letters",
+}
+
+
+def exit_codes_epilog() -> str:
+    r"""The exit codes as `--help` shows them (\b keeps click from rewrapping the lines)."""
+    return "\b\nExit codes:\n" + "\n".join(f"  {code}  {what}" for code, what in EXIT_CODES.items())
+
+
+class InputError(click.ClickException):
+    """A command's own refusal of what it was given: one line, exit 2 (a ClickException is 1)."""
+
+    exit_code = EXIT_INPUT
 
 
 def _reason(exc: BaseException) -> str:

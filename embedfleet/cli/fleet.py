@@ -10,6 +10,15 @@ import click
 
 from ..config.settings import get_settings, set_settings
 from .main import cli
+from .options import BATCH_SIZE_OPTION, BROKER_OPTION, DB_OPTION
+
+
+def _export(name: str, value: str | None) -> None:
+    """A flag becomes the environment variable it stands for: Celery's pool processes (and
+    beat's tasks) read the settings from the environment, not from this process's flags."""
+    if value is not None:
+        os.environ[name] = value
+    set_settings(None)
 
 
 def celery_sets_up_logging() -> None:
@@ -25,21 +34,23 @@ def celery_sets_up_logging() -> None:
 @click.option("--queues", "-Q", default="embed,collect,dead_letter", show_default=True, help="Queues to consume.")
 @click.option("--concurrency", "-c", type=int, default=None,
               help="Worker processes [one per core on a CPU, one per GPU with --device cuda].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[EMBEDFLEET_DEVICE]")
-@click.option("--batch-size", type=int, default=None, help="Most texts per forward pass [32].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, envvar="EMBEDFLEET_DEVICE",
+              show_envvar=True, help="Where to encode [default: auto].")
+@BATCH_SIZE_OPTION
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
+@BROKER_OPTION
+@DB_OPTION
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(queues: str, concurrency: int | None, device: str | None, batch_size: int | None, loglevel: str,
-           celery_args: tuple[str, ...]) -> None:
-    """A fleet worker on EMBEDFLEET_BROKER_URL (extra arguments go to `celery worker`)."""
+           broker_url: str | None, db: str | None, celery_args: tuple[str, ...]) -> None:
+    """A fleet worker (extra arguments go to `celery worker`)."""
     from ..workers.cpus import available_cpus
     from ..workers.precision import gpu_count
 
-    if device:
-        os.environ["EMBEDFLEET_DEVICE"] = device
-    if batch_size:
-        os.environ["EMBEDFLEET_BATCH_SIZE"] = str(batch_size)
-    set_settings(None)
+    _export("EMBEDFLEET_DEVICE", device)
+    _export("EMBEDFLEET_BATCH_SIZE", None if batch_size is None else str(batch_size))
+    _export("EMBEDFLEET_BROKER_URL", broker_url)
+    _export("EMBEDFLEET_DATABASE_URL", db)
     gpus = gpu_count() if get_settings().device in ("auto", "cuda") else 0
     # Measured on 2 cores: two processes of one torch thread beat one of two threads by
     # 7-10% (docs/benchmarks.md), so a CPU worker runs a process per core; a GPU worker
@@ -76,11 +87,15 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
+@BROKER_OPTION
+@DB_OPTION
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
+def beat(loglevel: str, broker_url: str | None, db: str | None, celery_args: tuple[str, ...]) -> None:
     """The scheduler: the nightly reindex and the stalled-job reconciler (extra arguments go to `celery beat`)."""
     from ..config.celery_app import app
 
+    _export("EMBEDFLEET_BROKER_URL", broker_url)
+    _export("EMBEDFLEET_DATABASE_URL", db)
     app.conf.broker_url = get_settings().broker_url
     celery_sets_up_logging()
     app.start(["beat", "-l", loglevel, *celery_args])

@@ -13,121 +13,180 @@ from .. import api
 from ..config.settings import Settings
 from ..producers.sending import fleet_sender
 from ..producers.submit import JobRequest, Submission
-from ..storage.engine import get_engine, redact
+from ..storage.engine import existing_engine, get_engine, redact
+from ..storage.jobs import JobStats, resolve_job_id
 from .main import cli
 from .options import (
+    BATCH_SIZE_OPTION,
+    BROKER_OPTION,
+    COLLECTION_VERSION_OPTION,
     DB_OPTION,
+    JSON_OPTION,
+    STRICT_OPTION,
     apply_settings,
     condition,
     corpus_options,
+    exit_for,
     job_request,
     print_json,
     report_invalid,
     stats_json,
+    submission_json,
     summary,
 )
 
 
-def announce(job_id: str) -> None:
-    """The job id on stdout as soon as the job exists, before its first chunk is sent."""
+def announce(job_id: str, as_json: bool = False) -> None:
+    """The job id as soon as the job exists, before its first chunk is sent: on stdout, or on
+    stderr under --json (stdout then holds the one JSON document, printed at the end)."""
+    if as_json:
+        click.echo(f"job {job_id} submitting", err=True)
+        return
     click.echo(job_id)
     sys.stdout.flush()
 
 
-def submit_to_fleet(engine: Engine, request: JobRequest, settings: Settings) -> Submission:
+def submit_to_fleet(engine: Engine, request: JobRequest, settings: Settings, as_json: bool = False) -> Submission:
     from ..producers.submit import submit as submit_job
 
-    return submit_job(engine, request, fleet_sender(settings), on_job=announce,
+    return submit_job(engine, request, fleet_sender(settings), on_job=lambda job_id: announce(job_id, as_json),
                       broker=f"the broker at {redact(settings.broker_url)}")
 
 
+def print_finished(stats: JobStats, as_json: bool, submission: Submission | None = None) -> None:
+    """A finished job's summary (run, submit --wait, reindex and migrate --wait)."""
+    if as_json:
+        print_json({**(submission_json(submission) if submission else {}), **stats.as_dict()})
+    else:
+        click.echo(summary(stats))
+
+
 @cli.command()
 @corpus_options
-@click.option("--batch-size", type=int, default=None, help="Most texts per forward pass [32].")
+@BATCH_SIZE_OPTION
 def run(batch_size: int | None, **opts: Any) -> None:
     """Embed CORPUS on the embedded default: in-process worker, SQLite file, no servers."""
-    settings = apply_settings(database_url=opts["db"], chunk_size=opts["chunk_size"], batch_size=batch_size)
+    settings = apply_settings(database_url=opts["db"], chunk_size=opts["chunk_size"], batch_size=batch_size,
+                              model=opts["model"])
+    request = job_request(settings, opts)
     from ..embedded import run_embedded
 
-    submission, stats = run_embedded(job_request(settings, opts))
-    click.echo(summary(stats))
+    submission, stats = run_embedded(request)
+    print_finished(stats, opts["as_json"], submission)
     report_invalid(submission)
+    exit_for(stats, opts["strict"])
 
 
 @cli.command()
 @corpus_options
+@BROKER_OPTION
 @click.option("--wait", is_flag=True, help="Follow the job until it ends.")
-def submit(wait: bool, **opts: Any) -> None:
-    """Enqueue CORPUS on the fleet (EMBEDFLEET_BROKER_URL) and print the job id."""
-    settings = apply_settings(database_url=opts["db"], chunk_size=opts["chunk_size"])
+def submit(wait: bool, broker_url: str | None, **opts: Any) -> None:
+    """Enqueue CORPUS on the fleet and print the job id (with --wait, follow it to the end)."""
+    if opts["strict"] and not wait:
+        raise click.UsageError("--strict needs --wait (without it, submit ends before any record is embedded)")
+    settings = apply_settings(database_url=opts["db"], chunk_size=opts["chunk_size"], model=opts["model"],
+                              broker_url=broker_url)
     request = job_request(settings, opts)
     engine = get_engine(settings.database_url)
-    submission = submit_to_fleet(engine, request, settings)
+    submission = submit_to_fleet(engine, request, settings, opts["as_json"])
     report_invalid(submission)
-    if wait:
-        click.echo(summary(api.wait(submission.job_id, settings=settings)))
+    if not wait:
+        if opts["as_json"]:
+            print_json(submission_json(submission))
+        return
+    stats = api.wait(submission.job_id, settings=settings)
+    print_finished(stats, opts["as_json"], submission)
+    exit_for(stats, opts["strict"])
 
 
 @cli.command()
 @click.argument("job", required=False)
 @click.option("--collection", default=None, help="Show a collection and its versions instead of a job.")
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@JSON_OPTION
 @click.option("--watch", is_flag=True, help="Follow the job with a progress display until it is done.")
+@STRICT_OPTION
 @DB_OPTION
-def status(job: str | None, collection: str | None, as_json: bool, watch: bool, db: str | None) -> None:
-    """State, counts, rate and ETA of JOB (or the versions of --collection)."""
-    settings = apply_settings(database_url=db)
-    engine = get_engine(settings.database_url)
+@BROKER_OPTION
+def status(job: str | None, collection: str | None, as_json: bool, watch: bool, strict: bool, db: str | None,
+           broker_url: str | None) -> None:
+    """State, counts, rate and ETA of JOB, any unique start of its id (or the versions of
+    --collection). --watch re-sends chunks held by dead workers, hence --broker-url."""
+    if bool(job) == bool(collection):
+        raise click.UsageError("give a JOB id or --collection NAME")
+    if strict and not watch:
+        raise click.UsageError("--strict needs --watch")
+    settings = apply_settings(database_url=db, broker_url=broker_url)
+    engine = existing_engine(settings.database_url)
     if collection:
         from .collections import collection_status
 
         collection_status(engine, collection, as_json)
         return
-    if not job:
-        raise click.UsageError("give a JOB id or --collection NAME")
+    assert job is not None  # one of the two, checked above
     stats = api.wait(job, settings=settings) if watch else api.status(job, settings=settings)
     words = condition(stats, settings.lease_seconds)
     if as_json:
         print_json({**stats_json(engine, stats), "condition": words})
-        return
-    eta = "-" if stats.eta_seconds is None else f"{stats.eta_seconds:.0f} s"
-    click.echo(summary(stats))
-    click.echo(f"chunks {stats.chunks_done}/{stats.chunks_total}, retries {stats.retries}, splits {stats.splits}, "
-               f"ETA {eta}")
-    if words:
-        click.echo(f"job {stats.job_id} is {words}")
+    else:
+        eta = "-" if stats.eta_seconds is None else f"{stats.eta_seconds:.0f} s"
+        click.echo(summary(stats))
+        click.echo(f"chunks {stats.chunks_done}/{stats.chunks_total}, retries {stats.retries}, "
+                   f"splits {stats.splits}, ETA {eta}")
+        if words:
+            click.echo(f"job {stats.job_id} is {words}")
+    if watch:
+        exit_for(stats, strict)
 
 
 @cli.command()
 @click.argument("job")
+@JSON_OPTION
 @DB_OPTION
-def cancel(job: str, db: str | None) -> None:
-    """Cancel JOB: its open chunks are skipped when they arrive, chunks being encoded are not
-    stored, and the vectors already stored stay. Its version can then be dropped."""
+def cancel(job: str, as_json: bool, db: str | None) -> None:
+    """Cancel JOB (any unique start of its id): its open chunks are skipped when they arrive,
+    chunks being encoded are not stored, and the vectors already stored stay. Its version can
+    then be dropped."""
     count, stats = api.cancel_counted(job, settings=apply_settings(database_url=db))
-    click.echo(f"cancelled job {job}: {count} open chunks will not be stored")
+    if as_json:
+        print_json({**stats.as_dict(), "cancelled_chunks": count})
+        return
+    click.echo(f"cancelled job {stats.job_id}: {count} open chunks will not be stored")
     click.echo(summary(stats))
 
 
 @cli.command()
 @click.argument("job")
+@JSON_OPTION
 @DB_OPTION
-def resume(job: str, db: str | None) -> None:
-    """Send again every chunk of JOB that is not done (after the broker lost its queues)."""
+@BROKER_OPTION
+def resume(job: str, as_json: bool, db: str | None, broker_url: str | None) -> None:
+    """Send again every chunk of JOB (any unique start of its id) that is not done (after the
+    broker lost its queues)."""
     from ..config.sending import payload_sender
     from ..storage.resend import resend_open_chunks
 
-    settings = apply_settings(database_url=db)
-    count = resend_open_chunks(get_engine(settings.database_url), payload_sender(fleet_sender(settings)), job)
-    click.echo(f"re-sent {count} open chunks of job {job}")
+    settings = apply_settings(database_url=db, broker_url=broker_url)
+    engine = existing_engine(settings.database_url)
+    job_id = resolve_job_id(engine, job)
+    count = resend_open_chunks(engine, payload_sender(fleet_sender(settings)), job_id)
+    if as_json:
+        print_json({"job_id": job_id, "resent_chunks": count})
+        return
+    click.echo(f"re-sent {count} open chunks of job {job_id}")
 
 
 @cli.command()
 @click.option("--collection", required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PATH.npy")
-@click.option("--version", "number", type=int, default=None, help="A version other than the current one.")
+@COLLECTION_VERSION_OPTION
+@JSON_OPTION
 @DB_OPTION
-def export(collection: str, out: Path, number: int | None, db: str | None) -> None:
+def export(collection: str, out: Path, number: int | None, as_json: bool, db: str | None) -> None:
     """Write the collection's (N, d) float32 matrix in corpus order, and PATH.ids.jsonl beside it."""
     done = api.export(collection, out, version=number, settings=apply_settings(database_url=db))
+    if as_json:
+        print_json({"collection": collection, "path": str(done.path), "ids_path": str(done.ids_path),
+                    "rows": done.rows, "dim": done.dim})
+        return
     click.echo(f"wrote {done.rows} x {done.dim} to {done.path} and ids to {done.ids_path}")

@@ -10,13 +10,18 @@ import sys
 
 import click
 
-from .errors import error_map
+from .errors import error_map, exit_codes_epilog
 
 
-@click.group()
+@click.group(epilog=exit_codes_epilog(), context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="embedfleet", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def cli(verbose: bool) -> None:
-    """Turn large text corpora into vectors on a fleet of Celery workers."""
+    """Turn large text corpora into vectors on a fleet of Celery workers.
+
+    Every option that names a service or a common setting also reads an environment
+    variable (shown in each command's --help); a flag wins over the environment. Job ids
+    may be shortened to any unique prefix (progress lines print 8 characters)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
@@ -25,16 +30,19 @@ def main() -> None:
     """Every error a user can cause or meet (a service down) ends as one line on stderr and
     an exit code, never a traceback; `-v` logs the traceback too."""
     try:
-        cli(standalone_mode=False)
+        # Not standalone: errors come here to be mapped to one line and an exit code.
+        code = cli(standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except Exception as exc:
-        for types, message, code in error_map():
+        for types, message, exit_code in error_map():
             if isinstance(exc, types):
                 logging.getLogger(__name__).info("%s", type(exc).__name__, exc_info=True)  # -v: the traceback too
                 click.echo(f"error: {message(exc)}", err=True)
-                sys.exit(code)
+                sys.exit(exit_code)
         raise
+    # standalone_mode=False returns ctx.exit(N)'s code instead of exiting with it.
+    sys.exit(code if isinstance(code, int) else 0)

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 
 import click
 
-from ..storage.engine import get_engine, redact
+from ..storage.engine import existing_engine, redact
 from .main import cli
-from .options import apply_settings
+from .options import BROKER_OPTION, DB_OPTION, JSON_OPTION, apply_settings, print_json
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,16 @@ def flower_environment(environ: Mapping[str, str]) -> dict[str, str]:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", type=int, default=5555, show_default=True, help="HTTP port of the UI, API and /metrics.")
 @click.option("--no-auth", is_flag=True, help="Run without authentication (the UI is open to anyone on the port).")
+@BROKER_OPTION
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, no_auth: bool, flower_args: tuple[str, ...]) -> None:
-    """Flower on EMBEDFLEET_BROKER_URL, with basic auth from EMBEDFLEET_FLOWER_USER/_PASSWORD.
+def flower(port: int, no_auth: bool, broker_url: str | None, flower_args: tuple[str, ...]) -> None:
+    """Flower on the fleet's broker, with basic auth from EMBEDFLEET_FLOWER_USER/_PASSWORD.
 
     Extra arguments go to Flower (`--address=127.0.0.1`, `--read_only=True`, ...). The tasks
     page shows the kwargs (job and chunk) and result columns unless `--tasks_columns=...`
     or FLOWER_TASKS_COLUMNS says otherwise.
     """
-    settings = apply_settings()
+    settings = apply_settings(broker_url=broker_url)
     os.environ.update(flower_environment(os.environ))
     argv = ["flower", f"--port={port}", *flower_args]
     if no_auth:
@@ -87,16 +88,21 @@ def _when(timestamp: float) -> str:
 
 
 @cli.command()
-@click.option("--limit", type=int, default=20, show_default=True, help="Most jobs to list.")
-@click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
-def jobs(limit: int, db: str | None) -> None:
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Most jobs to list.")
+@JSON_OPTION
+@DB_OPTION
+def jobs(limit: int, as_json: bool, db: str | None) -> None:
     """Recent jobs, newest first, one line each (plus any older job still running)."""
     from ..storage.jobs import job_stats
     from ..storage.metrics import recent_job_ids
 
     settings = apply_settings(database_url=db)
-    engine = get_engine(settings.database_url)
+    engine = existing_engine(settings.database_url)
     ids = recent_job_ids(engine, limit)
+    if as_json:
+        found = [job_stats(engine, job_id) for job_id in ids]
+        print_json([{**s.as_dict(), "created_at": s.created_at, "finished_at": s.finished_at} for s in found])
+        return
     if not ids:
         click.echo("no jobs", err=True)
         return
@@ -111,9 +117,9 @@ def jobs(limit: int, db: str | None) -> None:
 @cli.command()
 @click.option("--port", type=int, default=9808, show_default=True, help="HTTP port of /metrics.")
 @click.option("--address", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--limit", type=int, default=20, show_default=True,
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="Export the newest N jobs (and every running one).")
-@click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
+@DB_OPTION
 def metrics(port: int, address: str, limit: int, db: str | None) -> None:
     """A Prometheus exporter of per-job figures read from the ledger on each scrape."""
     from prometheus_client import start_http_server
@@ -121,7 +127,7 @@ def metrics(port: int, address: str, limit: int, db: str | None) -> None:
     from ..storage.metrics import collect_registry
 
     settings = apply_settings(database_url=db)
-    engine = get_engine(settings.database_url)
+    engine = existing_engine(settings.database_url)
     server, thread = start_http_server(port, addr=address, registry=collect_registry(engine, limit))
     click.echo(f"serving job metrics of {redact(settings.database_url)} on http://{address}:{port}/metrics",
                err=True)

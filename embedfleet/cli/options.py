@@ -1,6 +1,13 @@
 """What the commands share, public so a command module of any size can use it: the common
 options, settings from flags, the job request from the corpus options, and how a job's
-figures are printed."""
+figures are printed.
+
+Conventions every command follows (tests/cli/test_conventions.py checks them on `--help`):
+a command that talks to the database takes DB_OPTION, one that talks to the broker takes
+BROKER_OPTION, both read from the environment through click's `envvar` (a flag wins over
+the environment, and apply_settings puts what was given over the rest of the Settings);
+a command that prints data takes JSON_OPTION and then prints one JSON document on stdout.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,48 @@ from ..producers.records import FieldSpec
 from ..producers.submit import JobRequest, Submission
 from ..storage.jobs import JobStats
 
-DB_OPTION = click.option("--db", default=None, help="SQLAlchemy database URL [EMBEDFLEET_DATABASE_URL].")
+DB_OPTION = click.option(
+    "--db", envvar="EMBEDFLEET_DATABASE_URL", show_envvar=True, default=None, metavar="URL",
+    help="SQLAlchemy database URL of the ledger and vectors [default: sqlite:///embedfleet.db].")
+BROKER_OPTION = click.option(
+    "--broker-url", envvar="EMBEDFLEET_BROKER_URL", show_envvar=True, default=None, metavar="URL",
+    help="The fleet's Celery broker [default: redis://127.0.0.1:6379/0].")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
+STRICT_OPTION = click.option(
+    "--strict", is_flag=True, help="Exit 3 when the job finished with dead letters (records not embedded).")
+CHUNK_SIZE_OPTION = click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+                                 envvar="EMBEDFLEET_CHUNK_SIZE", show_envvar=True,
+                                 help="Most records per chunk [default: 256].")
+BATCH_SIZE_OPTION = click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                                 envvar="EMBEDFLEET_BATCH_SIZE", show_envvar=True,
+                                 help="Most texts per forward pass [default: 32].")
+MODEL_OPTION = click.option("--model", default=None, envvar="EMBEDFLEET_MODEL", show_envvar=True,
+                            help="sentence-transformers model name or directory "
+                                 "[default: sentence-transformers/all-MiniLM-L6-v2].")
+
+
+def _old_version_flag(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.UsageError(f"--version is the program's version now (`embedfleet --version`); "
+                               f"use --collection-version {value}", ctx)
+
+
+# `--version` named a collection version on export, cutover and drop-version until it came to
+# mean the program's version: a script still passing it gets this one line, not a silent change.
+OLD_VERSION_FLAG = click.option("--version", "old_version", hidden=True, default=None, expose_value=False,
+                                callback=_old_version_flag, is_eager=True)
+
+
+def collection_version_option(help: str, required: bool = False) -> Any:
+    """--collection-version N (not `--version`: that is the program's, `embedfleet --version`)."""
+    def decorate(func: Any) -> Any:
+        option = click.option("--collection-version", "number", type=click.IntRange(min=1), default=None,
+                              required=required, metavar="N", help=help)
+        return OLD_VERSION_FLAG(option(func))
+    return decorate
+
+
+COLLECTION_VERSION_OPTION = collection_version_option("A version other than the current one.")
 
 
 def apply_settings(**overrides: Any) -> Settings:
@@ -41,11 +89,14 @@ def corpus_options(func: Any) -> Any:
         click.option("--text-field", default="text", show_default=True, help="The field holding the text."),
         click.option("--fields", default=None, help="Build the text from these comma-separated fields instead."),
         click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True),
-        click.option("--chunk-size", type=int, default=None, help="Most records per chunk [256]."),
+        CHUNK_SIZE_OPTION,
+        MODEL_OPTION,
         click.option("--skip-invalid", is_flag=True, help="Send the valid records and report the invalid ones."),
         click.option("--sync", type=click.Choice(["none", "full"]), default="none", show_default=True,
                      help="full: also delete stored vectors whose ids the source no longer holds."),
         DB_OPTION,
+        JSON_OPTION,
+        STRICT_OPTION,
     ]
     for option in reversed(options):
         func = option(func)
@@ -117,4 +168,21 @@ def stats_json(engine: Engine, stats: JobStats) -> dict[str, Any]:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
+    """One JSON document on stdout: what --json prints, whatever the command."""
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def submission_json(submission: Submission) -> dict[str, Any]:
+    return {"job_id": submission.job_id, "records_read": submission.records_read,
+            "skipped_invalid": submission.skipped_invalid, "truncated": submission.truncated,
+            "chunks": submission.chunks}
+
+
+def exit_for(stats: JobStats, strict: bool) -> None:
+    """--strict: a job that finished with dead letters is exit 3, after its summary is printed."""
+    from .errors import EXIT_DEAD_LETTERS
+
+    if strict and stats.dead:
+        click.echo(f"error: job {stats.job_id} finished with {stats.dead} dead letters "
+                   f"(`embedfleet dlq list --job {stats.job_id[:8]}`)", err=True)
+        raise SystemExit(EXIT_DEAD_LETTERS)

@@ -60,19 +60,29 @@ def test_an_unreachable_database_is_one_line_and_exit_1(redis_url: str, tmp_path
     _one_line_error(fleet.cli(*args, check=False), 1, "database unreachable", "postgresql://postgres:***@127.0.0.1:1/x")
 
 
+def _job_nobody_works_on(tmp_path: Path, url: str) -> str:
+    """A running job of 3 open chunks, its messages sent nowhere (a broker that lost them)."""
+    from embedfleet.producers.readers import Corpus
+    from embedfleet.producers.submit import JobRequest, submit
+
+    request = JobRequest(Corpus(str(_corpus(tmp_path, 6, "open.jsonl"))), "c", "m", chunk_size=2)
+    return submit(get_engine(url), request, lambda _chunk: None).job_id
+
+
 @pytest.mark.parametrize("command", [
     ["submit", "{corpus}", "--collection", "c"],
-    ["resume", "0123456789abcdef"],
-    ["dlq", "redrive", "--job", "0123456789abcdef"],
+    ["resume", "{job}"],
+    ["dlq", "redrive", "--job", "{job}"],
 ])
 def test_an_unreachable_broker_fails_fast_and_writes_nothing(sqlite_url: str, tmp_path: Path, command: list[str]) -> None:
-    """Commands that send, against a broker nobody listens on: one line, exit 1, no job row (none left submitting)."""
+    """Commands that send, against a broker nobody listens on: one line, exit 1, no job row added (none left submitting)."""
     fleet = Fleet(DEAD_BROKER, sqlite_url, tmp_path)
-    args = [a.format(corpus=_corpus(tmp_path, 3)) for a in command]
+    job = _job_nobody_works_on(tmp_path, sqlite_url)[:8]  # resume and redrive take a prefix too
+    args = [a.format(corpus=_corpus(tmp_path, 3), job=job) for a in command]
     started = time.monotonic()
     _one_line_error(fleet.cli(*args, check=False), 1, "broker unreachable", "redis://:***@127.0.0.1:1/0")
     assert time.monotonic() - started < 30
-    assert _counts(sqlite_url)["jobs"] == 0
+    assert _counts(sqlite_url)["jobs"] == 1
     # Commands that only read the database need no broker.
     assert fleet.cli("dlq", "list", check=False).returncode == 0
 

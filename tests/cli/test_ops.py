@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import time
 import urllib.request
 
+from embedfleet.storage.engine import get_engine
 from tests.cli.conftest import ENV, hash_cli
 from tests.conftest import BIN, assert_imports_no_model
 
@@ -26,9 +28,18 @@ def test_jobs_lists_one_line_per_job(finished_job: str, sqlite_url: str) -> None
 
 
 def test_jobs_on_an_empty_ledger_says_so(sqlite_url: str) -> None:
-    """No jobs: nothing on stdout, a note on stderr, exit 0."""
+    """No jobs: nothing on stdout, a note on stderr, exit 0; with --json, an empty list."""
+    get_engine(sqlite_url)  # a ledger with no job yet (jobs never creates one: tests/cli/test_main.py)
     result = hash_cli("jobs", "--db", sqlite_url)
     assert result.stdout == "" and "no jobs" in result.stderr
+    assert json.loads(hash_cli("jobs", "--json", "--db", sqlite_url).stdout) == []
+
+
+def test_jobs_json_is_one_document_of_every_job(finished_job: str, sqlite_url: str) -> None:
+    """--json: a list of the jobs' figures, the same keys as `status --json`'s job part."""
+    listed = json.loads(hash_cli("jobs", "--json", "--db", sqlite_url).stdout)
+    assert [(j["job_id"], j["collection"], j["state"], j["stored"]) for j in listed] == [(finished_job, "tiny", "done", 16)]
+    assert listed[0]["created_at"] <= listed[0]["finished_at"]
 
 
 def test_the_exporter_serves_the_jobs_figures(finished_job: str, sqlite_url: str) -> None:

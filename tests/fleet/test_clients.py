@@ -102,6 +102,6 @@ def test_cancel_a_migration_mid_job_then_drop_its_version(pg_url, make_fleet, tm
     watched = fleet.cli("status", job_id, "--watch", check=False)
     assert watched.returncode == 1 and "Traceback" not in watched.stderr
     assert watched.stderr.strip().splitlines()[-1].startswith(f"error: job {job_id} was cancelled")
-    dropped = fleet.cli("drop-version", "--collection", "faults", "--version", "2")
+    dropped = fleet.cli("drop-version", "--collection", "faults", "--collection-version", "2")
     assert f"{rows} vectors deleted" in dropped.stdout
     assert [v.state for v in get_collection(engine, "faults").versions] == ["ready", "dropped"]

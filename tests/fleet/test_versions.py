@@ -65,8 +65,8 @@ def test_migration_search_cutover_rollback(sqlite_url, make_fleet, tmp_path, sma
     assert "now reads version 1" in fleet.cli("rollback", "--collection", "docs").stdout
     fleet.cli("export", "--collection", "docs", "--out", str(out))
     assert np.load(out).shape == (60, 384)
-    assert "current" in fleet.cli("drop-version", "--collection", "docs", "--version", "1", check=False).stderr
-    fleet.cli("drop-version", "--collection", "docs", "--version", "2")
+    assert "current" in fleet.cli("drop-version", "--collection", "docs", "--collection-version", "1", check=False).stderr
+    fleet.cli("drop-version", "--collection", "docs", "--collection-version", "2")
     assert "no previous version" in fleet.cli("rollback", "--collection", "docs", check=False).stderr
 
 

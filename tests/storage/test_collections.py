@@ -139,3 +139,48 @@ def test_one_reindex_claim_per_gap(sqlite_url: str) -> None:
     assert not claim_reindex(engine, "docs", min_gap_seconds=3600)
     assert claim_reindex(engine, "docs", min_gap_seconds=-1)
     assert not claim_reindex(engine, "nope", min_gap_seconds=3600)
+
+
+def test_collections_are_listed_with_their_versions_and_rows(db_url: str) -> None:
+    """Every collection by name; each version with its stored rows; the current one's model, dim and rows on top."""
+    from embedfleet.storage.collections import list_collections
+
+    engine = get_engine(db_url)
+    assert list_collections(engine) == []
+    job_id = job_with_chunks(engine, {0: [0, 1, 2]})
+    store_chunk(engine, chunk_vectors(job_id, 0, [0, 1, 2]))
+    new_version(engine, "c1", "other-model")
+    open_collection(engine, "b0", "m", {}, {})
+    listed = [c.as_dict() for c in list_collections(engine)]
+    assert [c["name"] for c in listed] == ["b0", "c1"]
+    c1 = listed[1]
+    assert (c1["current_version"], c1["model"], c1["dim"], c1["rows"]) == (1, "m", 4, 3)
+    assert [(v["version"], v["rows"], v["model"], v["role"]) for v in c1["versions"]] == [
+        (1, 3, "m", "current"), (2, 0, "other-model", "")]
+    assert listed[0]["rows"] == 0 and listed[0]["dim"] is None
+
+
+def test_delete_collection_removes_its_rows_versions_and_jobs(db_url: str) -> None:
+    """Refused while a job runs; then one transaction deletes every version's vectors, the versions, the jobs'
+    chunks and dead letters, the jobs and the registry entry, and leaves other collections alone."""
+    from sqlalchemy import func
+
+    from embedfleet.storage.collections import delete_collection
+    from embedfleet.storage.schema import chunks, collections, vectors
+
+    engine = get_engine(db_url)
+    job_id = job_with_chunks(engine, {0: [0, 1], 1: [2]})
+    store_chunk(engine, chunk_vectors(job_id, 0, [0, 1]))  # chunk 1 still open: the job runs
+    new_version(engine, "c1", "m2")
+    open_collection(engine, "keep", "m", {}, {})
+    with pytest.raises(LedgerError, match=f"job {job_id} on collection 'c1' has not ended"):
+        delete_collection(engine, "c1")
+    cancel_job(engine, job_id)
+    deleted = delete_collection(engine, "c1")
+    assert (deleted.versions, deleted.vectors, deleted.jobs) == (2, 2, 1)
+    with engine.connect() as conn:
+        left = {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (collections, versions, jobs, chunks, vectors)}
+    assert left == {"collections": 1, "versions": 1, "jobs": 0, "chunks": 0, "vectors": 0}
+    with pytest.raises(LedgerError, match="no collection 'c1'"):
+        delete_collection(engine, "c1")
