@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from .errors import LedgerError, check_collection_name
-from .pgvector import AUTO, BYTEA, choose_kind
+from .pgvector import AUTO, BYTEA, choose_kind, drop_index
 from .schema import chunks, collections, dead_letters, jobs, vectors, versions
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,8 @@ def delete_collection(engine: Engine, name: str) -> Deleted:
         conn.execute(delete(chunks).where(chunks.c.job_id.in_(job_ids)))
         deleted_jobs = conn.execute(delete(jobs).where(jobs.c.collection == name)).rowcount
         deleted_vectors = conn.execute(delete(vectors).where(vectors.c.version_key.in_(keys))).rowcount
+        for key in keys:
+            drop_index(conn, key)
         conn.execute(delete(versions).where(versions.c.collection == name))
         conn.execute(delete(collections).where(collections.c.name == name))
     return Deleted(name, len(keys), int(deleted_vectors or 0), int(deleted_jobs or 0))
@@ -280,7 +282,8 @@ def drop_version(engine: Engine, name: str, number: int) -> int:
         if running is not None:
             raise LedgerError(f"job {running.id} is still writing version {number}")
         deleted = conn.execute(delete(vectors).where(vectors.c.version_key == target.key)).rowcount
-        conn.execute(update(versions).where(versions.c.key == target.key).values(state="dropped"))
+        drop_index(conn, target.key)
+        conn.execute(update(versions).where(versions.c.key == target.key).values(state="dropped", index_seconds=None))
         if collection.previous_key == target.key:
             conn.execute(update(collections).where(collections.c.name == name).values(previous_key=None))
         return int(deleted or 0)

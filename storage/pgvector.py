@@ -86,6 +86,19 @@ def _ensure_columns(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE vectors ALTER COLUMN embedding DROP NOT NULL"))
 
 
+def describe(conn: Connection, kind: str, index_seconds: float | None) -> str:
+    """How a version stores its vectors, in words, for `status --collection`: the kind, and
+    for bytea why (no pgvector where it is), for pgvector kinds whether the index is built."""
+    if kind == BYTEA:
+        if conn.dialect.name == "sqlite":
+            return "bytea (float32 bytes: SQLite has no pgvector)"
+        if not extension_available(conn):
+            return "bytea (float32 bytes: this PostgreSQL server has no pgvector extension)"
+        return "bytea (float32 bytes, as asked; pgvector is available)"
+    index = "HNSW index not built yet" if index_seconds is None else f"HNSW index built in {index_seconds:.1f} s"
+    return f"{kind} (pgvector, {index})"
+
+
 def version_kind(conn: Connection, version_key: str) -> str:
     kind = conn.execute(select(versions.c.storage).where(versions.c.key == version_key)).scalar()
     return kind or BYTEA  # a version made before pgvector support: bytea
@@ -169,6 +182,13 @@ def build_index(engine: Engine, version_key: str) -> float | None:
         conn.execute(update(versions).where(versions.c.key == version_key).values(index_seconds=seconds))
     log.info("version %s: HNSW index built in %.1f s", version_key, seconds)
     return seconds
+
+
+def drop_index(conn: Connection, version_key: str) -> None:
+    """A dropped or deleted version's HNSW index goes with its rows (a partial index on a
+    version key nobody writes would only cost space). A brief exclusive lock on the table."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f'DROP INDEX IF EXISTS "{index_name(version_key)}"'))
 
 
 def nearest(conn: Connection, version_key: str, kind: str, dim: int, query: np.ndarray, k: int,

@@ -13,7 +13,7 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from ..config.celery_app import app
-from ..config.queues import EMBED_QUEUE
+from ..config.queues import EMBED_QUEUE, QUERY_QUEUE
 from ..config.settings import get_settings
 from . import heartbeat
 
@@ -60,9 +60,9 @@ def get_encoder(model: str | None = None, announce: bool = False) -> Any:
 def _load_after_fork(**_: Any) -> None:
     # A prefork child loads its model before taking its first chunk, so the first chunk's
     # latency is encoding, not loading, and a broken model fails the worker at start.
-    # A collector-only worker (-Q collect) never needs the model.
+    # A collector-only worker (-Q collect) never needs the model; a query worker does.
     consumed = app.amqp.queues.consume_from or app.amqp.queues
-    if EMBED_QUEUE not in consumed:
+    if EMBED_QUEUE not in consumed and QUERY_QUEUE not in consumed:
         return
     try:
         get_encoder()

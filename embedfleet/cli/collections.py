@@ -42,12 +42,16 @@ from .options import (
 
 
 def collection_status(engine: Engine, name: str, as_json: bool) -> None:
+    from ..storage.pgvector import describe
+
     info = get_collection(engine, name)
-    rows = [
-        {**dataclasses.asdict(v), "rows": version_rows(engine, v.key),
-         "role": "current" if v.key == info.current_key else "previous" if v.key == info.previous_key else ""}
-        for v in info.versions
-    ]
+    with engine.connect() as conn:
+        rows = [
+            {**dataclasses.asdict(v), "rows": version_rows(engine, v.key),
+             "role": "current" if v.key == info.current_key else "previous" if v.key == info.previous_key else "",
+             "stored_as": describe(conn, v.storage, v.index_seconds)}
+            for v in info.versions
+        ]
     if as_json:
         print_json({"collection": name, "versions": rows})
         return
@@ -55,6 +59,7 @@ def collection_status(engine: Engine, name: str, as_json: bool) -> None:
     for row in rows:
         click.echo(f"  v{row['version']} {row['key']:<24} {row['state']:<9} {row['rows']:>9} rows  "
                    f"dim {row['dim']}  {row['model']}  {row['role']}")
+        click.echo(f"      stored as {row['stored_as']}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,30 +272,52 @@ def drop_version_command(collection: str, number: int, as_json: bool, db: str | 
 @click.option("-k", "k", type=int, default=10, show_default=True)
 @click.option("--batch-query", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="One query a line; prints JSONL, one line per query, in order.")
+@click.option("--fleet", is_flag=True,
+              help="Encode the query on a fleet worker that holds the model (milliseconds, no model load here).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="With --fleet: seconds to wait for a worker's answer.")
 @JSON_OPTION
 @DB_OPTION
-def search(query: str | None, collection: str, k: int, batch_query: Path | None, as_json: bool,
-           db: str | None) -> None:
-    """Top-k record ids by cosine similarity, from the collection's current version.
+@BROKER_OPTION
+def search(query: str | None, collection: str, k: int, batch_query: Path | None, fleet: bool, timeout: float,
+           as_json: bool, db: str | None, broker_url: str | None) -> None:
+    """Top-k records by cosine similarity, from the collection's current version: rank, score,
+    id, and the text when the collection keeps it. pgvector collections are searched in SQL
+    through their HNSW index; others by an exact scan.
     --batch-query prints JSONL already (one document a query); --json makes it one array."""
     if bool(query) == bool(batch_query):
         raise click.UsageError("give either a QUERY or --batch-query FILE")
-    settings = apply_settings(database_url=db)
+    settings = apply_settings(database_url=db, broker_url=broker_url)
     if query:
         queries = [query]
     else:
         assert batch_query is not None  # one of the two, checked above
         queries = [line.strip() for line in batch_query.read_text().splitlines() if line.strip()]
-    results = api.search(collection, queries, k=k, settings=settings)
+    results = api.search(collection, queries, k=k, fleet=fleet, timeout=timeout, settings=settings)
+    answers = [{"query": text, "results": [_hit_json(h) for h in hits]}
+               for text, hits in zip(queries, results, strict=True)]
     if as_json:
-        answers = [{"query": text, "results": [{"id": h.id, "score": round(h.score, 6)} for h in hits]}
-                   for text, hits in zip(queries, results, strict=True)]
         print_json(answers if batch_query else answers[0])
         return
     if batch_query:
-        for text, hits in zip(queries, results, strict=True):
-            click.echo(json.dumps({"query": text, "results": [{"id": h.id, "score": round(h.score, 6)} for h in hits]},
-                                  ensure_ascii=False))
+        for answer in answers:
+            click.echo(json.dumps(answer, ensure_ascii=False))
         return
     for rank, hit in enumerate(results[0], start=1):
-        click.echo(f"{rank}\t{hit.score:.4f}\t{hit.id}")
+        shown = "" if hit.text is None else "\t" + _one_line(hit.text)
+        click.echo(f"{rank}\t{hit.score:.4f}\t{hit.id}{shown}")
+
+
+def _hit_json(hit: api.Hit) -> dict[str, Any]:
+    found: dict[str, Any] = {"id": hit.id, "score": round(hit.score, 6)}
+    if hit.text is not None:
+        found["text"] = hit.text
+    if hit.metadata is not None:
+        found["metadata"] = hit.metadata
+    return found
+
+
+def _one_line(text: str, limit: int = 100) -> str:
+    """A text as one short line of a terminal listing (newlines and tabs as spaces)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

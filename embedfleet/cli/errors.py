@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..config.settings import get_settings
+from ..producers.queries import QueryUnanswered
 from ..producers.readers import CorpusError
 from ..producers.sending import BrokerUnavailable
 from ..producers.validation import InvalidInput
@@ -74,7 +75,7 @@ def error_map() -> list[tuple[tuple[type[BaseException], ...], Callable[[Any], s
         ((InvalidInput, CorpusError, LedgerError), plain, EXIT_INPUT),
         ((pydantic.ValidationError,), _settings_error, EXIT_INPUT),
         ((sqlalchemy.exc.ArgumentError,), lambda e: f"invalid database URL: {_reason(e)}", EXIT_INPUT),
-        ((BrokerUnavailable,), plain, EXIT_FAILURE),
+        ((BrokerUnavailable, QueryUnanswered), plain, EXIT_FAILURE),
         ((sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError), _database_error, EXIT_FAILURE),
         ((sqlalchemy.exc.DBAPIError,), lambda e: f"database error: {_reason(e)}", EXIT_FAILURE),
         ((kombu.exceptions.OperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),

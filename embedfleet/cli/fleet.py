@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from ..config.replies import use_answers
 from ..config.settings import get_settings, set_settings
 from .main import cli
 from .options import BATCH_SIZE_OPTION, BROKER_OPTION, DB_OPTION
@@ -31,7 +32,9 @@ def celery_sets_up_logging() -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
-@click.option("--queues", "-Q", default="embed,collect,dead_letter", show_default=True, help="Queues to consume.")
+@click.option("--queues", "-Q", default="embed,collect,dead_letter,query", show_default=True,
+              help="Queues to consume (query: search queries; a `-Q query -c 1` worker answers them even "
+                   "while bulk chunks keep the others busy).")
 @click.option("--concurrency", "-c", type=int, default=None,
               help="Worker processes [one per core on a CPU, one per GPU with --device cuda].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, envvar="EMBEDFLEET_DEVICE",
@@ -60,7 +63,7 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
     concurrency = concurrency or gpus or cores
     os.environ.setdefault("EMBEDFLEET_TORCH_THREADS", str(max(1, cores // concurrency)))
     set_settings(None)
-    if "embed" in queues.split(","):
+    if {"embed", "query"} & set(queues.split(",")):
         # Fail here, with the reason in one line, rather than in every task: a worker that
         # cannot load its encoder or find its model's files must not take chunks at all.
         from ..workers.availability import model_problem
@@ -76,6 +79,7 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
     from ..config.celery_app import app
 
     app.conf.broker_url = get_settings().broker_url
+    use_answers(app, app.conf.broker_url)  # a query's answer goes back on the broker (config/replies.py)
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, *celery_args]
     celery_sets_up_logging()
     app.worker_main(argv)

@@ -94,6 +94,14 @@ def corpus_options(func: Any) -> Any:
         click.option("--skip-invalid", is_flag=True, help="Send the valid records and report the invalid ones."),
         click.option("--sync", type=click.Choice(["none", "full"]), default="none", show_default=True,
                      help="full: also delete stored vectors whose ids the source no longer holds."),
+        click.option("--store-text", is_flag=True,
+                     help="Keep each record's text beside its vector (search results and exports show it)."),
+        click.option("--metadata-fields", default=None, metavar="A,B",
+                     help="Keep these comma-separated fields beside the vector as JSON (not embedded)."),
+        click.option("--vector-type", type=click.Choice(["auto", "vector", "halfvec", "bytea"]), default="auto",
+                     envvar="EMBEDFLEET_VECTOR_TYPE", show_envvar=True, show_default=True,
+                     help="How a new collection stores vectors: pgvector's vector or halfvec (half the space), "
+                          "or float32 bytes; auto takes vector where the server has pgvector."),
         DB_OPTION,
         JSON_OPTION,
         STRICT_OPTION,
@@ -118,17 +126,23 @@ def job_request(settings: Settings, opts: dict[str, Any]) -> JobRequest:
     """The job the corpus options describe."""
     fields = opts["fields"]
     text_fields = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields else (opts["text_field"],)
+    metadata = opts.get("metadata_fields")
+    metadata_fields = tuple(f.strip() for f in metadata.split(",") if f.strip()) if metadata else ()
+    if metadata is not None and not metadata_fields:
+        raise click.UsageError("--metadata-fields needs at least one field name")
     return JobRequest(
         corpus=_source(opts),
         collection=opts["collection"],
         model=settings.model,
-        spec=FieldSpec(id_field=opts["id_field"], text_fields=text_fields),
+        spec=FieldSpec(id_field=opts["id_field"], text_fields=text_fields, metadata_fields=metadata_fields),
         chunk_size=settings.chunk_size,
         token_budget=settings.chunk_token_budget,
         window=settings.max_tokens_per_record,
         skip_invalid=opts["skip_invalid"],
         sync=opts["sync"],
         sort_window=settings.sort_window,
+        store_text=bool(opts.get("store_text")),
+        vector_type=opts.get("vector_type") or "auto",
     )
 
 

@@ -149,3 +149,28 @@ def test_cutover_and_rollback_move_search_between_versions(pgvector_url) -> None
     assert best() == "r7"  # the query is row 7 of the new version
     rollback(engine, "mig")
     assert best() == before
+
+
+def test_dropping_a_version_or_deleting_the_collection_drops_its_index(pgvector_url) -> None:
+    """No orphan partial index is left for a version whose rows are gone."""
+    from embedfleet.storage.collections import delete_collection, drop_version
+
+    engine = get_engine(pgvector_url)
+    v1 = open_collection(engine, "gone", "m", {}, {})
+    load(engine, v1, unit_rows(50, seed=7))
+    v2 = new_version(engine, "gone", "m")
+    load(engine, v2, unit_rows(50, seed=8))
+    for version in (v1, v2):
+        pgvector.build_index(engine, version.key)
+
+    def indexes() -> set[str]:
+        with engine.connect() as conn:
+            return set(conn.execute(text("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'vectors_hnsw_%'"))
+                       .scalars())
+
+    assert indexes() == {pgvector.index_name(v1.key), pgvector.index_name(v2.key)}
+    cutover(engine, "gone")
+    drop_version(engine, "gone", 1)
+    assert indexes() == {pgvector.index_name(v2.key)}
+    delete_collection(engine, "gone")
+    assert indexes() == set()
