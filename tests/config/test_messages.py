@@ -54,7 +54,8 @@ def test_wire_form_is_plain_data_that_celerys_msgpack_serializer_carries() -> No
         assert content_type == "application/x-msgpack"
         data = loads(body, content_type, encoding, accept=[content_type])
         assert type(chunk).from_wire(data) == chunk
-    wire = loads(*dumps(vectors_chunk().to_wire(), serializer="msgpack"), accept=["application/x-msgpack"])
+    content_type, encoding, body = dumps(vectors_chunk().to_wire(), serializer="msgpack")
+    wire = loads(body, content_type, encoding, accept=[content_type])
     assert isinstance(wire["vectors"], bytes)
     assert wire["dead"][0] == {"record_id": "x", "position": 14, "text": SECRET, "content_hash": "hx",
                                "error_type": "ValueError", "message": "boom"}
