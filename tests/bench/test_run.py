@@ -20,7 +20,7 @@ class StandIn:
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def encode(self, texts, batch_size: int = 32, normalize_embeddings: bool = False):  # type: ignore[no-untyped-def]
+    def encode(self, texts, batch_size: int = 32, normalize_embeddings: bool = False):
         texts = [texts] if isinstance(texts, str) else texts
         calls = max(1, -(-len(texts) // batch_size))
         self.calls.append(len(texts))

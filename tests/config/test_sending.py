@@ -35,7 +35,7 @@ def memory_app() -> Iterator[Celery]:
     app.close()
 
 
-def received(app: Celery):  # type: ignore[no-untyped-def]
+def received(app: Celery):
     with app.connection_for_read() as conn:
         queue = conn.SimpleQueue(EMBED_QUEUE, accept=["msgpack"])
         try:

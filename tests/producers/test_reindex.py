@@ -28,7 +28,7 @@ def corpus(tmp_path: Path, n: int = 5) -> Path:
     return path
 
 
-def first_submit(engine, path: Path) -> list[ChunkTexts]:  # type: ignore[no-untyped-def]
+def first_submit(engine, path: Path) -> list[ChunkTexts]:
     sent: list[ChunkTexts] = []
     request = JobRequest(corpus=Corpus(str(path)), collection="docs", model="model-a", spec=SPEC, chunk_size=2,
                          token_budget=999, skip_invalid=True, sync="full", sort_window=1)

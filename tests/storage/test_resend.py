@@ -24,7 +24,7 @@ DEAD_AFTER = 15.0
 
 
 @pytest.fixture
-def engine(db_url: str):  # type: ignore[no-untyped-def]
+def engine(db_url: str):
     return get_engine(db_url)
 
 
@@ -32,17 +32,17 @@ def _seqs(payloads: list[bytes]) -> list[int]:
     return [ChunkTexts.from_wire(msgpack.unpackb(p)).seq for p in payloads]
 
 
-def _set_chunk(engine, job_id: str, seq: int, **values) -> None:  # type: ignore[no-untyped-def]
+def _set_chunk(engine, job_id: str, seq: int, **values) -> None:
     with engine.begin() as conn:
         conn.execute(update(chunks).where(chunks.c.job_id == job_id, chunks.c.seq == seq).values(**values))
 
 
-def _sent_at(engine, job_id: str) -> dict[int, float]:  # type: ignore[no-untyped-def]
+def _sent_at(engine, job_id: str) -> dict[int, float]:
     with engine.connect() as conn:
         return dict(conn.execute(select(chunks.c.seq, chunks.c.sent_at).where(chunks.c.job_id == job_id)).all())
 
 
-def _dead_and_witness(engine, job_id: str, seq: int) -> None:  # type: ignore[no-untyped-def]
+def _dead_and_witness(engine, job_id: str, seq: int) -> None:
     """Node `dead` holds the chunk and stopped beating 20 s ago; node `alive` has beaten for 100 s."""
     for node in ("dead", "alive"):
         beat(engine, node, node, "h", 1, DEAD_AFTER)
@@ -54,7 +54,7 @@ def _dead_and_witness(engine, job_id: str, seq: int) -> None:  # type: ignore[no
                          .values(last_seen=now - last_seen_ago, up_since=now - 100))
 
 
-def test_open_chunks_are_resent_in_order_and_done_ones_are_not(engine) -> None:  # type: ignore[no-untyped-def]
+def test_open_chunks_are_resent_in_order_and_done_ones_are_not(engine) -> None:
     """resend_open_chunks sends each open chunk's stored message (seq order), skips done chunks,
     counts the resends on the job and stamps the chunks as sent now."""
     job_id, texts = live_job(engine, n_chunks=3)
@@ -69,7 +69,7 @@ def test_open_chunks_are_resent_in_order_and_done_ones_are_not(engine) -> None: 
     assert stamps[1] == 1.0 and stamps[0] > 1.0 and stamps[2] > 1.0
 
 
-def test_a_job_with_nothing_open_resends_nothing(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_with_nothing_open_resends_nothing(engine) -> None:
     """No open chunk: nothing sent, no resend counted."""
     job_id, _ = live_job(engine, n_chunks=2)
     for seq in range(2):
@@ -79,7 +79,7 @@ def test_a_job_with_nothing_open_resends_nothing(engine) -> None:  # type: ignor
     assert sent == [] and job_stats(engine, job_id).resends == 0
 
 
-def test_chunks_of_a_dead_node_are_resent_once(engine) -> None:  # type: ignore[no-untyped-def]
+def test_chunks_of_a_dead_node_are_resent_once(engine) -> None:
     """A chunk held by a node that stopped beating is sent again, and claimed by the sweeper so a
     second sweep does not send it again."""
     job_id, _ = live_job(engine, n_chunks=2)
@@ -91,7 +91,7 @@ def test_chunks_of_a_dead_node_are_resent_once(engine) -> None:  # type: ignore[
     assert len(sent) == 1
 
 
-def _failed_then_retried(engine, job_id: str | None) -> list[bytes]:  # type: ignore[no-untyped-def]
+def _failed_then_retried(engine, job_id: str | None) -> list[bytes]:
     """A sweep whose send fails, then a second sweep that can send: what the second one sends."""
     owner, _ = live_job(engine, n_chunks=1)
     _dead_and_witness(engine, owner, 0)
@@ -108,7 +108,7 @@ def _failed_then_retried(engine, job_id: str | None) -> list[bytes]:  # type: ig
     return sent
 
 
-def test_a_failed_send_gives_the_chunk_back_for_the_next_sweep_of_its_job(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_send_gives_the_chunk_back_for_the_next_sweep_of_its_job(engine) -> None:
     """If sending fails (broker down), the claim is undone: the error surfaces, the chunk is held
     by the dead node again, and the next sweep of the job (a waiting producer's) re-sends it."""
     assert _seqs(_failed_then_retried(engine, job_id="this job")) == [0]
@@ -119,12 +119,12 @@ def test_a_failed_send_gives_the_chunk_back_for_the_next_sweep_of_its_job(engine
     "that claims its chunks (storage/liveness.py claim_stranded); when the send then fails, unclaim "
     "gives the chunk back to an incarnation that no longer has a row, so no later sweep sees it dead "
     "and the chunk waits for the lease-based reconcile instead of the next sweep"))
-def test_a_failed_send_gives_the_chunk_back_for_the_next_full_sweep(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_send_gives_the_chunk_back_for_the_next_full_sweep(engine) -> None:
     """The same after a full sweep (a worker's heartbeat): the next full sweep re-sends the chunk."""
     assert _seqs(_failed_then_retried(engine, job_id=None)) == [0]
 
 
-def test_stranded_resend_can_be_limited_to_one_job(engine) -> None:  # type: ignore[no-untyped-def]
+def test_stranded_resend_can_be_limited_to_one_job(engine) -> None:
     """With job_id, only that job's stranded chunks are sent (what a waiting producer does)."""
     mine, _ = live_job(engine, n_chunks=1)
     version = open_collection(engine, "other", "m", {}, {})
@@ -137,7 +137,7 @@ def test_stranded_resend_can_be_limited_to_one_job(engine) -> None:  # type: ign
     assert _seqs(sent) == [0]
 
 
-def test_reconcile_abandons_dead_submissions_and_resends_stalled_jobs(engine, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_reconcile_abandons_dead_submissions_and_resends_stalled_jobs(engine, caplog) -> None:
     """One reconcile: a submission whose producer went quiet becomes abandoned; a running job with
     no sign of life for a lease gets its open chunks re-sent; a lively job is left alone."""
     stalled, _ = live_job(engine, n_chunks=2)
@@ -157,7 +157,7 @@ def test_reconcile_abandons_dead_submissions_and_resends_stalled_jobs(engine, ca
     assert f"job {submitting} abandoned" in caplog.text and f"open chunks of job {stalled}" in caplog.text
 
 
-def test_reconcile_with_nothing_lost_sends_nothing(engine) -> None:  # type: ignore[no-untyped-def]
+def test_reconcile_with_nothing_lost_sends_nothing(engine) -> None:
     """Healthy jobs and live nodes: the reconciler is a no-op."""
     job_id, _ = live_job(engine, n_chunks=2)
     beat(engine, "w", "w", "h", 1, DEAD_AFTER)

@@ -24,16 +24,16 @@ HOT_INDEXES = {
 
 
 @pytest.fixture
-def engine(db_url: str):  # type: ignore[no-untyped-def]
+def engine(db_url: str):
     return get_engine(db_url)
 
 
-def test_every_table_is_created(engine) -> None:  # type: ignore[no-untyped-def]
+def test_every_table_is_created(engine) -> None:
     """The first engine on an empty database creates every table of the schema."""
     assert set(inspect(engine).get_table_names()) >= TABLES == set(metadata.tables)
 
 
-def test_the_indexes_hot_queries_rely_on_exist(engine) -> None:  # type: ignore[no-untyped-def]
+def test_the_indexes_hot_queries_rely_on_exist(engine) -> None:
     """Each index the collector, the sweep and the readers rely on exists, on its columns in order."""
     inspector = inspect(engine)
     for table, expected in HOT_INDEXES.items():
@@ -44,7 +44,7 @@ def test_the_indexes_hot_queries_rely_on_exist(engine) -> None:  # type: ignore[
     assert ("collection",) in lookup and ("job_id",) in lookup
 
 
-def test_primary_keys_make_upserts_and_chunk_rows_unique(engine) -> None:  # type: ignore[no-untyped-def]
+def test_primary_keys_make_upserts_and_chunk_rows_unique(engine) -> None:
     """One vector per (version, record) and one ledger row per (job, seq): the upserts and the
     idempotent re-delivery depend on these keys."""
     inspector = inspect(engine)
@@ -70,7 +70,7 @@ def test_creating_the_schema_again_changes_nothing(db_url: str) -> None:
         again.dispose()
 
 
-def test_columns_hold_what_the_pipeline_writes(engine) -> None:  # type: ignore[no-untyped-def]
+def test_columns_hold_what_the_pipeline_writes(engine) -> None:
     """Positions past 2**31 (huge corpora), raw float32 bytes as written, and times in float
     seconds to the millisecond (rates and ETAs are subtraction)."""
     blob = bytes(range(256)) * 6
@@ -85,7 +85,7 @@ def test_columns_hold_what_the_pipeline_writes(engine) -> None:  # type: ignore[
     assert abs(row.updated_at - now) < 1e-3
 
 
-def test_jobs_start_with_zeroed_counters(engine) -> None:  # type: ignore[no-untyped-def]
+def test_jobs_start_with_zeroed_counters(engine) -> None:
     """A job row written with only its identity gets 0 for every counter and {} options."""
     from embedfleet.storage.collections import open_collection
 

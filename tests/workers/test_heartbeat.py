@@ -18,7 +18,6 @@ from sqlalchemy import select, update
 from embedfleet.config.messages import ChunkTexts
 from embedfleet.config.queues import COLLECT_TASK, DEAD_LETTER_TASK, ENCODE_TASK
 from embedfleet.config.settings import Settings, set_settings
-from embedfleet.storage.engine import get_engine
 from embedfleet.storage.liveness import beat, db_now, hold
 from embedfleet.storage.schema import chunks, workers
 from embedfleet.workers import heartbeat
@@ -29,30 +28,34 @@ DEAD_AFTER = 15.0
 
 
 @pytest.fixture
-def node(db_url: str) -> Heartbeat:
-    """A heartbeat on a fresh database whose sends are recorded in node.sent."""
+def sent() -> list[bytes]:
+    """What the node sent, in place of the broker."""
+    return []
+
+
+@pytest.fixture
+def node(db_url: str, sent: list[bytes]) -> Heartbeat:
+    """A heartbeat on a fresh database whose sends go to `sent`."""
     set_settings(Settings(database_url=db_url, heartbeat_seconds=0.05, dead_after_seconds=DEAD_AFTER,
                           lease_seconds=60, reconcile_every_seconds=3600))
     hb = Heartbeat("w1@host")
-    sent: list[bytes] = []
     hb.send = sent.append
-    hb.sent = sent  # type: ignore[attr-defined]
     return hb
 
 
-def _age(engine, incarnation: str, last_seen_ago: float, up_since_ago: float) -> None:  # type: ignore[no-untyped-def]
+def _age(engine, incarnation: str, last_seen_ago: float, up_since_ago: float) -> None:
     with engine.begin() as conn:
         now = conn.execute(select(db_now(conn.dialect.name))).scalar_one()
         conn.execute(update(workers).where(workers.c.incarnation == incarnation)
                      .values(last_seen=now - last_seen_ago, up_since=now - up_since_ago))
 
 
-def _holders(engine, job_id: str) -> dict[int, str | None]:  # type: ignore[no-untyped-def]
+def _holders(engine, job_id: str) -> dict[int, str | None]:
     with engine.connect() as conn:
         return dict(conn.execute(select(chunks.c.seq, chunks.c.holder).where(chunks.c.job_id == job_id)).all())
 
 
-def _worker_rows(engine) -> list:  # type: ignore[no-untyped-def]
+def _worker_rows(engine) -> list:
     with engine.connect() as conn:
         return list(conn.execute(select(workers)).all())
 
@@ -115,7 +118,7 @@ def test_the_task_received_signal_marks_encode_and_collect_messages_only(node: H
     assert node._received == [("j", 3), ("j", 4)]
 
 
-def test_sweep_resends_a_dead_nodes_chunks_when_this_node_is_a_witness(node: Heartbeat) -> None:
+def test_sweep_resends_a_dead_nodes_chunks_when_this_node_is_a_witness(node: Heartbeat, sent: list[bytes]) -> None:
     """A node that has beaten without a break for dead_after re-sends the chunk of a node gone
     silent, and holds it itself from then on."""
     engine = node.engine
@@ -126,11 +129,11 @@ def test_sweep_resends_a_dead_nodes_chunks_when_this_node_is_a_witness(node: Hea
     _age(engine, "gone", 20, 100)
     _age(engine, node.incarnation, 1, DEAD_AFTER + 1)
     node.sweep()
-    assert node.sent == [msgpack.packb(texts[0].to_wire())]  # type: ignore[attr-defined]
+    assert sent == [msgpack.packb(texts[0].to_wire())]
     assert _holders(engine, job_id)[0] == node.incarnation
 
 
-def test_no_sweep_judgement_without_a_witness(node: Heartbeat) -> None:
+def test_no_sweep_judgement_without_a_witness(node: Heartbeat, sent: list[bytes]) -> None:
     """Just after an outage (no node has beaten unbroken for dead_after) nobody is judged dead."""
     engine = node.engine
     job_id, _ = live_job(engine, n_chunks=1)
@@ -139,7 +142,7 @@ def test_no_sweep_judgement_without_a_witness(node: Heartbeat) -> None:
     _age(engine, "gone", 20, 100)
     node.beat()  # a fresh run of beats: not a witness yet
     node.sweep()
-    assert node.sent == []  # type: ignore[attr-defined]
+    assert sent == []
     assert _holders(engine, job_id)[0] == "gone"
 
 
@@ -162,14 +165,14 @@ def test_a_failing_sweep_is_logged_not_raised(node: Heartbeat, caplog: pytest.Lo
     assert "sweep for stranded chunks failed: ConnectionError: broker down" in caplog.text
 
 
-def test_reconcile_resends_a_stalled_job(node: Heartbeat) -> None:
+def test_reconcile_resends_a_stalled_job(node: Heartbeat, sent: list[bytes]) -> None:
     """The node's reconcile re-sends the open chunks of a job with no sign of life for a lease."""
     engine = node.engine
     job_id, _ = live_job(engine, n_chunks=2)
     with engine.begin() as conn:
         conn.execute(update(chunks).where(chunks.c.job_id == job_id).values(sent_at=1.0))
     node.reconcile()
-    assert _seqs(node.sent) == [0, 1]  # type: ignore[attr-defined]
+    assert _seqs(sent) == [0, 1]
 
 
 def test_the_thread_beats_and_retires_cleanly(node: Heartbeat) -> None:

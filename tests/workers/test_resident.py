@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -23,7 +24,7 @@ COUNTING = "tests.workers.test_resident:CountingEncoder"
 class CountingEncoder(HashEncoder):
     """The HashEncoder, counting how many times a model is loaded."""
 
-    loads: list[str] = []
+    loads: ClassVar[list[str]] = []
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -90,7 +91,7 @@ def test_outside_a_fleet_worker_a_load_failure_raises(monkeypatch: pytest.Monkey
     assert not resident.model_load_failed()
 
 
-def test_a_fleet_pool_process_that_cannot_load_stops_its_worker(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_fleet_pool_process_that_cannot_load_stops_its_worker(tmp_path) -> None:
     """In a fleet worker's pool process, a model that cannot load sends SIGQUIT to the worker (its
     parent), exits 1, and flags the failure in memory shared with the parent (so `embedfleet
     worker` exits 1). Run in a throwaway parent process that stands in for the worker."""
