@@ -1,11 +1,93 @@
-"""The Celery settings a worker's log depends on."""
+"""Celery settings: the defaults a user gets are the ones the failure model relies on
+(at-least-once delivery, one chunk per process, no pickle, timeouts from settings)."""
 
 from __future__ import annotations
 
 import logging
 
+import pytest
+
 from embedfleet.config.celeryconfig import celery_config
+from embedfleet.config.queues import EMBED_QUEUE, QUEUES, ROUTES
 from embedfleet.config.settings import Settings
+
+# Celery's own worker_proc_alive_timeout: a pool child not up by then is killed.
+CELERY_PROC_ALIVE_DEFAULT = 4.0
+
+
+def test_delivery_is_at_least_once() -> None:
+    """Acks after the task ran and re-queues a task whose process died: a killed worker loses no chunk."""
+    conf = celery_config(Settings())
+    assert conf["task_acks_late"] is True
+    assert conf["task_reject_on_worker_lost"] is True
+
+
+def test_each_process_holds_one_chunk() -> None:
+    """Prefetch 1: a dead worker strands one chunk per process, and a slow one hoards nothing."""
+    assert celery_config(Settings())["worker_prefetch_multiplier"] == 1
+
+
+def test_no_pickle_and_no_result_backend() -> None:
+    """Messages are msgpack (json accepted), never pickle; results go to SQL, not a backend."""
+    conf = celery_config(Settings())
+    assert conf["task_serializer"] == conf["result_serializer"] == "msgpack"
+    assert "pickle" not in conf["accept_content"] and set(conf["accept_content"]) == {"msgpack", "json"}
+    assert conf["task_ignore_result"] is True and conf["result_backend"] is None
+
+
+def test_broker_and_routes_come_from_settings_and_queues() -> None:
+    """broker_url is the settings'; queues and routes are the ones config/queues.py declares."""
+    conf = celery_config(Settings(broker_url="redis://broker.example:6380/4"))
+    assert conf["broker_url"] == "redis://broker.example:6380/4"
+    assert conf["task_queues"] is QUEUES and conf["task_routes"] is ROUTES
+    assert conf["task_default_queue"] == EMBED_QUEUE
+
+
+@pytest.mark.parametrize(("timeout", "interval"), [(3600, 10), (100, 10), (50, 5), (15, 1), (5, 1), (1, 1)])
+def test_visibility_timeout_and_its_restore_interval(timeout: int, interval: int) -> None:
+    """Redis re-delivers after settings.visibility_timeout; unacked messages are swept every
+    tenth of it, between 1 and 10 s (never 0, which would spin)."""
+    options = celery_config(Settings(visibility_timeout=timeout))["broker_transport_options"]
+    assert options["visibility_timeout"] == timeout
+    assert options["unacked_restore_interval"] == interval
+
+
+def test_default_visibility_timeout_outlasts_the_slowest_allowed_chunk() -> None:
+    """A healthy chunk is killed at its time limit before Redis would deliver it a second time:
+    the default visibility timeout is longer than a full chunk's default time limit."""
+    settings = Settings()
+    slowest = settings.chunk_time_limit + settings.chunk_time_per_record * settings.chunk_size
+    assert celery_config(settings)["broker_transport_options"]["visibility_timeout"] > slowest
+
+
+def test_pool_children_get_time_to_load_the_model() -> None:
+    """worker_proc_alive_timeout is settings.model_load_timeout, well above Celery's 4 s default
+    (a replacement child loading the model was otherwise killed in a loop)."""
+    assert celery_config(Settings(model_load_timeout=42))["worker_proc_alive_timeout"] == 42.0
+    assert celery_config(Settings())["worker_proc_alive_timeout"] >= 10 * CELERY_PROC_ALIVE_DEFAULT
+
+
+def test_events_for_flower_and_our_own_logging() -> None:
+    """Task events (sent included) are on for Flower; the root logger is not hijacked."""
+    conf = celery_config(Settings())
+    assert conf["worker_send_task_events"] is True and conf["task_send_sent_event"] is True
+    assert conf["worker_hijack_root_logger"] is False
+
+
+def test_every_key_is_a_real_celery_setting() -> None:
+    """A misspelt key would be silently ignored by Celery: each key is one Celery knows."""
+    from celery.app.defaults import NAMESPACES, flatten
+
+    known = {name for name, _ in flatten(NAMESPACES)}
+    assert set(celery_config(Settings())) - known == set()
+
+
+def test_every_transport_option_is_one_the_redis_transport_reads() -> None:
+    """kombu's Redis channel ignores options it does not know: each one set here is one it reads."""
+    from kombu.transport.redis import Channel
+
+    options = celery_config(Settings())["broker_transport_options"]
+    assert set(options) <= set(Channel.from_transport_options)
 
 
 def test_worker_log_lines_carry_their_time_level_process_and_logger() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedfleet.producers.chunking import chunk_records, estimate_tokens, is_truncated
+from embedfleet.producers.chunking import chunk_records, estimate_tokens
 from embedfleet.producers.records import Record, content_hash
 
 
@@ -14,22 +14,6 @@ def rec(i: int, text: str) -> Record:
 
 def ids(chunks):
     return [[r.record_id for r in chunk] for chunk in chunks]
-
-
-def test_estimate_tokens_is_quarter_length_plus_two_capped_at_window():
-    """estimate_tokens is len//4 + 2 special tokens, never more than the window."""
-    assert estimate_tokens("", 256) == 2
-    assert estimate_tokens("abc", 256) == 2
-    assert estimate_tokens("a" * 40, 256) == 12
-    assert estimate_tokens("a" * 40, 10) == 10
-    assert estimate_tokens("a" * 10_000, 256) == 256
-
-
-def test_is_truncated_only_when_estimate_exceeds_window():
-    """is_truncated is true exactly when len//4 + 2 exceeds the window."""
-    assert not is_truncated("a" * 32, 10)  # 8 + 2 == 10: fits
-    assert is_truncated("a" * 36, 10)  # 9 + 2 > 10
-    assert not is_truncated("", 2)
 
 
 def test_max_records_caps_each_chunk():
