@@ -112,8 +112,9 @@ def claim_stranded(engine: Engine, dead_after: float, job_id: str | None = None,
     """The open chunks held by dead nodes (of one job, or all), each claimed by a
     compare-and-set on its holder: the caller re-sends exactly the chunks returned. The
     claimant (the sweeping node's incarnation, if it is one) becomes the holder, so a sweeper
-    that dies before sending is swept in turn. A full sweep also prunes dead nodes that hold
-    nothing any more."""
+    that dies before sending is swept in turn. Dead nodes are pruned only once their chunks
+    were sent (prune_dead_nodes): a chunk whose send fails goes back to its dead holder, which
+    must still be there for the next sweep to judge."""
     with engine.connect() as conn:
         cutoff = _judge_cutoff(conn, dead_after)
         if cutoff is None:
@@ -138,10 +139,18 @@ def claim_stranded(engine: Engine, dead_after: float, job_id: str | None = None,
             if won:
                 claimed.append(chunk)
                 conn.execute(update(jobs).where(jobs.c.id == chunk.job_id).values(resends=jobs.c.resends + 1))
-        if job_id is None:
-            held = exists().where(and_(chunks.c.holder == workers.c.incarnation, chunks.c.state.in_(OPEN_CHUNK_STATES)))
-            conn.execute(delete(workers).where(and_(workers.c.incarnation.in_(dead), ~held)))
     return claimed
+
+
+def prune_dead_nodes(engine: Engine, dead_after: float) -> int:
+    """Forget nodes silent for dead_after (judged as claim_stranded judges) that hold no open
+    chunk any more; returns how many."""
+    with engine.begin() as conn:
+        cutoff = _judge_cutoff(conn, dead_after)
+        if cutoff is None:
+            return 0
+        held = exists().where(and_(chunks.c.holder == workers.c.incarnation, chunks.c.state.in_(OPEN_CHUNK_STATES)))
+        return int(conn.execute(delete(workers).where(and_(workers.c.last_seen < cutoff, ~held))).rowcount or 0)
 
 
 def unclaim(engine: Engine, chunk: Stranded, claimant: str | None) -> None:

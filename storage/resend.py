@@ -10,7 +10,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 
 from .ledger import abandon_stalled_submissions, mark_resent, open_chunk_payloads, stalled_jobs
-from .liveness import claim_stranded, unclaim
+from .liveness import claim_stranded, prune_dead_nodes, unclaim
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,18 @@ def resend_stranded(engine: Engine, send_payload: PayloadSender, dead_after: flo
     """Re-send the open chunks (of one job, or all) held by worker nodes that stopped beating:
     seconds after a worker dies, not after the broker's visibility timeout."""
     claimed = claim_stranded(engine, dead_after, job_id, claimant)
-    for chunk in claimed:
+    for done, chunk in enumerate(claimed):
         try:
             send_payload(chunk.payload)
         except Exception:
-            unclaim(engine, chunk, claimant)
+            # This chunk and the ones not sent yet go back to their dead holders, for the
+            # next sweep (the holders' rows stay: pruning waits for a sweep that sent all).
+            for unsent in claimed[done:]:
+                unclaim(engine, unsent, claimant)
             raise
         log.warning("re-sent job=%s chunk=%d: its worker stopped beating", chunk.job_id, chunk.seq)
+    if job_id is None:
+        prune_dead_nodes(engine, dead_after)
     return len(claimed)
 
 

@@ -7,7 +7,7 @@ from sqlalchemy import select, update
 
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.jobs import job_stats
-from embedfleet.storage.liveness import beat, claim_stranded, db_now, hold, retire
+from embedfleet.storage.liveness import beat, claim_stranded, db_now, hold, prune_dead_nodes, retire
 from embedfleet.storage.schema import chunks, workers
 from tests.storage.helpers import live_job
 
@@ -47,6 +47,7 @@ def test_dead_holder_is_swept_once(engine) -> None:
     assert claim_stranded(engine, DEAD_AFTER) == []
     assert _holders(engine, job_id) == {0: "alive", 1: "alive"}
     assert job_stats(engine, job_id).resends == 1
+    assert prune_dead_nodes(engine, DEAD_AFTER) == 1  # holding nothing now, the dead node is forgotten
     with engine.connect() as conn:
         assert sorted(conn.execute(select(workers.c.incarnation)).scalars()) == ["alive"]
 

@@ -114,13 +114,9 @@ def test_a_failed_send_gives_the_chunk_back_for_the_next_sweep_of_its_job(engine
     assert _seqs(_failed_then_retried(engine, job_id="this job")) == [0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a full sweep (job_id=None) prunes the dead node's workers row in the same transaction "
-    "that claims its chunks (storage/liveness.py claim_stranded); when the send then fails, unclaim "
-    "gives the chunk back to an incarnation that no longer has a row, so no later sweep sees it dead "
-    "and the chunk waits for the lease-based reconcile instead of the next sweep"))
 def test_a_failed_send_gives_the_chunk_back_for_the_next_full_sweep(engine) -> None:
-    """The same after a full sweep (a worker's heartbeat): the next full sweep re-sends the chunk."""
+    """The same after a full sweep (a worker's heartbeat): the dead node is not pruned while its chunk
+    could not be sent, so the next full sweep re-sends it."""
     assert _seqs(_failed_then_retried(engine, job_id=None)) == [0]
 
 
@@ -165,3 +161,23 @@ def test_reconcile_with_nothing_lost_sends_nothing(engine) -> None:
     sent: list[bytes] = []
     assert reconcile(engine, sent.append, lease_seconds=60, dead_after=DEAD_AFTER) == {}
     assert sent == []
+
+
+def test_a_failed_send_gives_back_every_chunk_not_sent_yet(engine) -> None:
+    """Two chunks of a dead node, the broker fails on the first: neither stays with the sweeper (alive,
+    so never swept), both go back to the dead node, and the next sweep sends both."""
+    job_id, _ = live_job(engine, n_chunks=2)
+    _dead_and_witness(engine, job_id, 0)
+    hold(engine, "dead", [(job_id, 1)])
+
+    def broken(payload: bytes) -> None:
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        resend_stranded(engine, broken, DEAD_AFTER, claimant="alive")
+    with engine.connect() as conn:
+        holders = set(conn.execute(select(chunks.c.holder).where(chunks.c.job_id == job_id)).scalars())
+    assert holders == {"dead"}
+    sent: list[bytes] = []
+    assert resend_stranded(engine, sent.append, DEAD_AFTER, claimant="alive") == 2
+    assert _seqs(sent) == [0, 1]
