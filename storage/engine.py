@@ -6,10 +6,12 @@ import logging
 import os
 import sqlite3
 import time
+import warnings
 from pathlib import Path
 from threading import Lock
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import SAWarning
 from sqlalchemy.engine import make_url
 
 from .bulk import forget_staging
@@ -151,7 +153,11 @@ def _add_missing_columns(conn) -> None:  # type: ignore[no-untyped-def]
     table's indexes that may use them."""
     existing = inspect(conn)
     for table in metadata.sorted_tables:
-        have = {c["name"] for c in existing.get_columns(table.name)}
+        with warnings.catch_warnings():
+            # pgvector's columns (vec, hvec: storage/pgvector.py) are types SQLAlchemy does not
+            # know; only their names are read here.
+            warnings.filterwarnings("ignore", "Did not recognize type", SAWarning)
+            have = {c["name"] for c in existing.get_columns(table.name)}
         missing = [c for c in table.columns if c.name not in have and c.nullable]
         for column in missing:
             kind = column.type.compile(dialect=conn.dialect)
