@@ -11,8 +11,8 @@ from pathlib import Path
 from threading import Lock
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import SAWarning
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SAWarning
 
 from .bulk import forget_staging
 from .errors import LedgerError
