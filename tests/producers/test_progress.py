@@ -16,7 +16,7 @@ from embedfleet.producers.progress import (
 )
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.jobs import job_stats
-from embedfleet.storage.vectors import store_chunk
+from embedfleet.workers.collector import store_chunk
 from tests.storage.helpers import chunk_vectors, job_with_chunks
 
 
