@@ -14,7 +14,7 @@ from ..producers.records import FieldSpec, Record
 from ..producers.validation import valid_records
 
 BIN = Path(sys.executable).parent
-SECTIONS = ("batching", "direct", "run", "fleet", "layout", "pipeline", "storage", "stress", "memory")
+SECTIONS = ("batching", "direct", "run", "fleet", "layout", "pipeline", "storage", "stress", "memory", "pgvector")
 
 
 @dataclass

@@ -166,7 +166,7 @@ def print_table(report: BenchReport) -> None:
 
 
 def run_bench(corpus: str, spec: FieldSpec, sections: list[str], limit: int | None, broker_url: str, pg_url: str,
-              as_json: bool) -> BenchReport:
+              as_json: bool, pgvector_url: str | None = None, vectors: int = 100_000) -> BenchReport:
     from . import fleet as bench_fleet
 
     unknown = set(sections) - set(SECTIONS)
@@ -201,6 +201,10 @@ def run_bench(corpus: str, spec: FieldSpec, sections: list[str], limit: int | No
             bench_stress(report, records, work)
         if "memory" in sections:
             bench_memory(report, records, work, broker_url)
+        if "pgvector" in sections:
+            from .vectors import bench_pgvector
+
+            bench_pgvector(report, work, pgvector_url, total=vectors, queries_text=texts[:51], broker_url=broker_url)
     if as_json:
         print(json.dumps({"corpus": report.corpus, "records": report.records, "rows": report.rows}, indent=2))
     else:

@@ -57,7 +57,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bench_pgvector(report: BenchReport, work: Path, pgvector_url: str | None, total: int = 100_000,
-                   chunk: int = 1024, queries_text: list[str] | None = None) -> None:
+                   chunk: int = 1024, queries_text: list[str] | None = None, broker_url: str | None = None) -> None:
     from ..config.messages import ChunkVectors
     from ..config.settings import get_settings
     from ..storage import codec, pgvector
@@ -115,20 +115,34 @@ def bench_pgvector(report: BenchReport, work: Path, pgvector_url: str | None, to
                            p50_ms=round(percentile(latencies, 50) * 1e3, 2),
                            p95_ms=round(percentile(latencies, 95) * 1e3, 2), recall_at_10=round(recall, 4))
             if queries_text:
-                _warm_search(report, url, f"bench_{pgvector.VECTOR}", queries_text)
+                _search_latency(report, url, f"bench_{pgvector.VECTOR}", queries_text, fleet=False)
+                if broker_url:
+                    from .fleet import fleet_workers
+
+                    with fleet_workers(broker_url, url, processes=1, threads=2):
+                        _search_latency(report, url, f"bench_{pgvector.VECTOR}", queries_text, fleet=True,
+                                        broker_url=broker_url)
 
 
-def _warm_search(report: BenchReport, url: str, collection: str, texts: list[str]) -> None:
-    """embedfleet.search as an application calls it: the model resident after the first call."""
+def _search_latency(report: BenchReport, url: str, collection: str, texts: list[str], fleet: bool,
+                    broker_url: str | None = None) -> None:
+    """embedfleet.search as an application calls it: the model resident in this process after
+    the first call, or (fleet) in a worker that holds it."""
     from .. import api
     from ..config.settings import Settings
 
     settings = Settings(database_url=url)
-    api.search(collection, texts[0], settings=settings)  # loads the model once
+    if broker_url:
+        settings = settings.model_copy(update={"broker_url": broker_url})
+    started = time.perf_counter()
+    api.search(collection, texts[0], fleet=fleet, settings=settings)  # loads the model (here, or nowhere)
+    first = time.perf_counter() - started
     latencies = []
     for text in texts[1:]:
         started = time.perf_counter()
-        api.search(collection, text, k=10, settings=settings)
+        api.search(collection, text, k=10, fleet=fleet, settings=settings)
         latencies.append(time.perf_counter() - started)
-    report.add("pgvector", f"vector: embedfleet.search of one text query, warm model ({len(latencies)} queries)",
-               p50_ms=round(percentile(latencies, 50) * 1e3, 2), p95_ms=round(percentile(latencies, 95) * 1e3, 2))
+    where = "encoded by a fleet worker's resident model" if fleet else "model resident in this process"
+    report.add("pgvector", f"vector: embedfleet.search of one text query, {where} ({len(latencies)} queries)",
+               first_query_s=round(first, 3), p50_ms=round(percentile(latencies, 50) * 1e3, 2),
+               p95_ms=round(percentile(latencies, 95) * 1e3, 2))
