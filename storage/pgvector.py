@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine, literal_column, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from .errors import LedgerError
+from .safe_errors import reason
 from .schema import vectors, versions
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,15 @@ def choose_kind(conn: Connection, wanted: str) -> tuple[str, str]:
             raise LedgerError(f"--vector-type {wanted} needs the pgvector extension, which {where} does not have "
                               "(use --vector-type auto or bytea)")
         return BYTEA, f"bytea: {where} has no pgvector extension"
-    _ensure_columns(conn)
+    try:
+        with conn.begin_nested():  # a failure here must not abort the caller's transaction
+            _ensure_columns(conn)
+    except DBAPIError as exc:
+        # Installed on the server but not enabled, and this role may not enable it.
+        if wanted != AUTO:
+            raise LedgerError(f"--vector-type {wanted}: pgvector could not be enabled: {reason(exc)}") from None
+        log.warning("pgvector is available but could not be enabled (%s): storing bytea", reason(exc))
+        return BYTEA, f"bytea: pgvector could not be enabled ({reason(exc)})"
     kind = VECTOR if wanted == AUTO else wanted
     return kind, f"{kind}: pgvector {extension_version(conn)}"
 

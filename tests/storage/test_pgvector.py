@@ -174,3 +174,40 @@ def test_dropping_a_version_or_deleting_the_collection_drops_its_index(pgvector_
     assert indexes() == {pgvector.index_name(v2.key)}
     delete_collection(engine, "gone")
     assert indexes() == set()
+
+
+def test_a_role_that_may_not_enable_pgvector_gets_bytea_with_the_reason(pgvector_server) -> None:
+    """pgvector is installed on the server but this role cannot CREATE EXTENSION in its database: auto
+    falls back to bytea and says why (and nothing of the caller's transaction is lost); asking for vector
+    is a clear error."""
+    import uuid
+
+    import psycopg
+
+    role, name = f"plain_{uuid.uuid4().hex[:8]}", f"embedfleet_t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pgvector_server, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
+        admin.execute(f'REVOKE CREATE ON DATABASE "{name}" FROM PUBLIC, "{role}"')
+    base, _, query = pgvector_server.partition("?")
+    url = f"postgresql://{role}@/{name}?{query}"
+    try:
+        engine = get_engine(url)
+        with engine.begin() as conn:
+            kind, why = pgvector.choose_kind(conn, "auto")
+            assert conn.execute(text("SELECT 1")).scalar() == 1  # the transaction is still usable
+        if kind == "bytea":
+            assert why.startswith("bytea: pgvector could not be enabled (")
+            with engine.begin() as conn, pytest.raises(LedgerError, match="could not be enabled"):
+                pgvector.choose_kind(conn, "vector")
+        else:  # the extension is trusted on this server: the database owner may enable it
+            assert kind == "vector"
+        assert open_collection(engine, "docs", "m", {}, {}).storage == kind
+    finally:
+        from embedfleet.storage.engine import _engines
+
+        for key in [k for k in _engines if name in k[1]]:
+            _engines.pop(key).dispose()
+        with psycopg.connect(pgvector_server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
