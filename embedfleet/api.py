@@ -26,6 +26,8 @@ from .storage.jobs import JobStats, job_stats
 from .storage.ledger import cancel_job
 
 RecordsLike = str | Path | Iterable[Mapping[str, Any]]
+# How a corpus file is read: auto tells it from the suffix (.jsonl, .csv, .parquet).
+CorpusFormat = Literal["auto", "jsonl", "csv", "parquet"]
 
 # run, submit and search make their settings the process's settings for the call (the layers
 # below, and the embedded worker thread, read them there). One such call at a time: a second
@@ -46,12 +48,16 @@ class Hit:
 
 @dataclass(frozen=True)
 class Exported:
-    """What export wrote: the (rows, dim) float32 matrix and its ids, one JSON string a line."""
+    """What export wrote: for npy, the (rows, dim) float32 matrix at `path` and its ids, one
+    JSON string a line, at `ids_path`; for parquet, one file at `path` (ids_path None) whose
+    columns are `columns`."""
 
     path: Path
-    ids_path: Path
+    ids_path: Path | None
     rows: int
     dim: int
+    format: Literal["npy", "parquet"] = "npy"
+    columns: tuple[str, ...] = ()
 
 
 @contextmanager
@@ -75,7 +81,7 @@ def _engine(settings: Settings) -> Engine:
     return get_engine(settings.database_url)
 
 
-def _source(records: RecordsLike, fmt: Literal["auto", "jsonl", "csv"]) -> Corpus | Records:
+def _source(records: RecordsLike, fmt: CorpusFormat) -> Corpus | Records:
     if isinstance(records, (str, Path)):
         return Corpus(str(records), fmt)
     return Records(records)
@@ -89,7 +95,7 @@ def _close(source: object) -> None:
 
 def _request(records: RecordsLike, collection: str, settings: Settings, id_field: str, text_field: str,
              fields: Sequence[str] | None, skip_invalid: bool, sync: Literal["none", "full"],
-             fmt: Literal["auto", "jsonl", "csv"]) -> JobRequest:
+             fmt: CorpusFormat) -> JobRequest:
     if isinstance(fields, str):
         raise TypeError("fields is a sequence of field names, e.g. ['title', 'body']")
     return JobRequest(
@@ -108,7 +114,7 @@ def _request(records: RecordsLike, collection: str, settings: Settings, id_field
 
 def run(records: RecordsLike, *, collection: str, settings: Settings | None = None, id_field: str = "id",
         text_field: str = "text", fields: Sequence[str] | None = None, skip_invalid: bool = False,
-        sync: Literal["none", "full"] = "none", format: Literal["auto", "jsonl", "csv"] = "auto",
+        sync: Literal["none", "full"] = "none", format: CorpusFormat = "auto",
         timeout: float | None = None) -> JobStats:
     """Embed `records` on the embedded default (an in-process worker, no servers) and return
     the finished job's figures."""
@@ -126,7 +132,7 @@ def run(records: RecordsLike, *, collection: str, settings: Settings | None = No
 
 def submit(records: RecordsLike, *, collection: str, settings: Settings | None = None, id_field: str = "id",
            text_field: str = "text", fields: Sequence[str] | None = None, skip_invalid: bool = False,
-           sync: Literal["none", "full"] = "none", format: Literal["auto", "jsonl", "csv"] = "auto") -> str:
+           sync: Literal["none", "full"] = "none", format: CorpusFormat = "auto") -> str:
     """Validate `records`, enqueue them on the fleet at settings.broker_url and return the job
     id once every chunk is sent (the workers may still be encoding)."""
     from .producers.sending import fleet_sender
@@ -170,12 +176,15 @@ def cancel(job_id: str, *, settings: Settings | None = None) -> JobStats:
     return cancel_counted(job_id, settings=settings)[1]
 
 
-def export(collection: str, path: str | Path, *, version: int | None = None,
-           settings: Settings | None = None) -> Exported:
-    """Write the collection's (N, d) float32 matrix in corpus order to `path` (.npy) and its
-    ids beside it (PATH.ids.jsonl, one JSON string a line: storage.export.read_ids reads it)."""
+def export(collection: str, path: str | Path, *, version: int | None = None, settings: Settings | None = None,
+           format: Literal["npy", "parquet"] | None = None) -> Exported:
+    """Write the collection's vectors in corpus order to `path`. format "npy": the (N, d)
+    float32 matrix (.npy) and its ids beside it (PATH.ids.jsonl, one JSON string a line:
+    storage.export.read_ids reads it). format "parquet": one Parquet file with columns id,
+    position, vector (fixed-size list of float32) and, when the version keeps them, text and
+    metadata (JSON text). None: parquet when `path` ends in .parquet, else npy."""
     from .storage.collections import get_collection
-    from .storage.export import export_npy, ids_path_for
+    from .storage.export import export_npy, export_parquet, format_for, ids_path_for
 
     current = _resolved(settings)
     engine = _engine(current)
@@ -185,6 +194,12 @@ def export(collection: str, path: str | Path, *, version: int | None = None,
     if key is None:
         raise LedgerError(f"collection {collection!r} has no version {version}")
     out = Path(path)
+    chosen = format or format_for(out)
+    if chosen == "parquet":
+        rows, dim, columns = export_parquet(engine, key, out)
+        return Exported(out, None, rows, dim, "parquet", tuple(columns))
+    if chosen != "npy":
+        raise ValueError(f"unknown export format {chosen!r}: use 'npy' or 'parquet'")
     rows, dim = export_npy(engine, key, out)
     return Exported(out, ids_path_for(out), rows, dim)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from sqlalchemy import Engine
@@ -124,10 +124,19 @@ def resume(job: str, db: str | None) -> None:
 
 @cli.command()
 @click.option("--collection", required=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PATH.npy")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PATH.npy, or PATH.parquet.")
 @click.option("--version", "number", type=int, default=None, help="A version other than the current one.")
+@click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), default=None,
+              help="npy: the matrix and PATH.ids.jsonl; parquet: one file with id, position, vector, and text "
+                   "and metadata when kept. [default: from the suffix of --out: parquet for .parquet, else npy]")
 @DB_OPTION
-def export(collection: str, out: Path, number: int | None, db: str | None) -> None:
-    """Write the collection's (N, d) float32 matrix in corpus order, and PATH.ids.jsonl beside it."""
-    done = api.export(collection, out, version=number, settings=apply_settings(database_url=db))
-    click.echo(f"wrote {done.rows} x {done.dim} to {done.path} and ids to {done.ids_path}")
+def export(collection: str, out: Path, number: int | None, fmt: Literal["npy", "parquet"] | None,
+           db: str | None) -> None:
+    """Write the collection's vectors in corpus order: an (N, d) float32 matrix and PATH.ids.jsonl
+    beside it, or one Parquet file (--format parquet, or --out PATH.parquet)."""
+    done = api.export(collection, out, version=number, settings=apply_settings(database_url=db), format=fmt)
+    if done.format == "parquet":
+        click.echo(f"wrote {done.rows} x {done.dim} to {done.path} (Parquet: {', '.join(done.columns)})")
+    else:
+        click.echo(f"wrote {done.rows} x {done.dim} to {done.path} and ids to {done.ids_path}")
