@@ -27,6 +27,9 @@ from .storage.jobs import JobStats, job_stats, resolve_job_id
 from .storage.ledger import cancel_job
 
 RecordsLike = str | Path | Iterable[Mapping[str, Any]]
+# How a corpus file is read: auto tells it from the suffix (.jsonl, .csv, .parquet).
+CorpusFormat = Literal["auto", "jsonl", "csv", "parquet"]
+VectorType = Literal["auto", "vector", "halfvec", "bytea"]
 
 # run, submit and search make their settings the process's settings for the call (the layers
 # below, and the embedded worker thread, read them there). One such call at a time: a second
@@ -47,12 +50,16 @@ class Hit:
 
 @dataclass(frozen=True)
 class Exported:
-    """What export wrote: the (rows, dim) float32 matrix and its ids, one JSON string a line."""
+    """What export wrote: for npy, the (rows, dim) float32 matrix at `path` and its ids, one
+    JSON string a line, at `ids_path`; for parquet, one file at `path` (ids_path None) whose
+    columns are `columns`."""
 
     path: Path
-    ids_path: Path
+    ids_path: Path | None
     rows: int
     dim: int
+    format: Literal["npy", "parquet"] = "npy"
+    columns: tuple[str, ...] = ()
 
 
 @contextmanager
@@ -89,7 +96,7 @@ def resolve_job(job_id: str, *, settings: Settings | None = None) -> str:
     return resolve_job_id(_reader(_resolved(settings)), job_id)
 
 
-def _source(records: RecordsLike, fmt: Literal["auto", "jsonl", "csv"]) -> Corpus | Records:
+def _source(records: RecordsLike, fmt: CorpusFormat) -> Corpus | Records:
     if isinstance(records, (str, Path)):
         return Corpus(str(records), fmt)
     return Records(records)
@@ -101,36 +108,51 @@ def _close(source: object) -> None:
         source.close()
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """What a job keeps beside the vectors, and how a new collection stores them."""
+
+    store_text: bool = False
+    metadata_fields: Sequence[str] = ()
+    vector_type: VectorType = "auto"
+
+
 def _request(records: RecordsLike, collection: str, settings: Settings, id_field: str, text_field: str,
              fields: Sequence[str] | None, skip_invalid: bool, sync: Literal["none", "full"],
-             fmt: Literal["auto", "jsonl", "csv"]) -> JobRequest:
-    if isinstance(fields, str):
-        raise TypeError("fields is a sequence of field names, e.g. ['title', 'body']")
+             fmt: CorpusFormat, kept: _Kept) -> JobRequest:
+    if isinstance(fields, str) or isinstance(kept.metadata_fields, str):
+        raise TypeError("fields and metadata_fields are sequences of field names, e.g. ['title', 'body']")
     return JobRequest(
         corpus=_source(records, fmt),
         collection=collection,
         model=settings.model,
-        spec=FieldSpec(id_field=id_field, text_fields=tuple(fields) if fields else (text_field,)),
+        spec=FieldSpec(id_field=id_field, text_fields=tuple(fields) if fields else (text_field,),
+                       metadata_fields=tuple(kept.metadata_fields)),
         chunk_size=settings.chunk_size,
         token_budget=settings.chunk_token_budget,
         window=settings.max_tokens_per_record,
         skip_invalid=skip_invalid,
         sync=sync,
         sort_window=settings.sort_window,
+        store_text=kept.store_text,
+        vector_type=kept.vector_type,
     )
 
 
 def run(records: RecordsLike, *, collection: str, settings: Settings | None = None, id_field: str = "id",
         text_field: str = "text", fields: Sequence[str] | None = None, skip_invalid: bool = False,
-        sync: Literal["none", "full"] = "none", format: Literal["auto", "jsonl", "csv"] = "auto",
-        timeout: float | None = None) -> JobStats:
+        sync: Literal["none", "full"] = "none", format: CorpusFormat = "auto",
+        timeout: float | None = None, store_text: bool = False, metadata_fields: Sequence[str] = (),
+        vector_type: VectorType = "auto") -> JobStats:
     """Embed `records` on the embedded default (an in-process worker, no servers) and return
-    the finished job's figures."""
+    the finished job's figures. `store_text` and `metadata_fields` keep the texts and those
+    fields beside the vectors; `vector_type` is how a new collection stores its vectors."""
     # imports torch: only when something is embedded in this process
     from .embedded import run_embedded
 
     with _using(settings) as current:
-        request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format)
+        request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format,
+                           _Kept(store_text, metadata_fields, vector_type))
         try:
             _, stats = run_embedded(request, job_timeout=timeout)
         finally:
@@ -140,14 +162,17 @@ def run(records: RecordsLike, *, collection: str, settings: Settings | None = No
 
 def submit(records: RecordsLike, *, collection: str, settings: Settings | None = None, id_field: str = "id",
            text_field: str = "text", fields: Sequence[str] | None = None, skip_invalid: bool = False,
-           sync: Literal["none", "full"] = "none", format: Literal["auto", "jsonl", "csv"] = "auto") -> str:
+           sync: Literal["none", "full"] = "none", format: CorpusFormat = "auto", store_text: bool = False,
+           metadata_fields: Sequence[str] = (), vector_type: VectorType = "auto") -> str:
     """Validate `records`, enqueue them on the fleet at settings.broker_url and return the job
-    id once every chunk is sent (the workers may still be encoding)."""
+    id once every chunk is sent (the workers may still be encoding). The keyword arguments
+    are run's."""
     from .producers.sending import fleet_sender
     from .producers.submit import submit as submit_job
 
     with _using(settings) as current:
-        request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format)
+        request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format,
+                           _Kept(store_text, metadata_fields, vector_type))
         try:
             # The broker is checked before anything is written: BrokerUnavailable leaves no job.
             return submit_job(_engine(current), request, fleet_sender(current)).job_id
@@ -188,12 +213,15 @@ def cancel(job_id: str, *, settings: Settings | None = None) -> JobStats:
     return cancel_counted(job_id, settings=settings)[1]
 
 
-def export(collection: str, path: str | Path, *, version: int | None = None,
-           settings: Settings | None = None) -> Exported:
-    """Write the collection's (N, d) float32 matrix in corpus order to `path` (.npy) and its
-    ids beside it (PATH.ids.jsonl, one JSON string a line: storage.export.read_ids reads it)."""
+def export(collection: str, path: str | Path, *, version: int | None = None, settings: Settings | None = None,
+           format: Literal["npy", "parquet"] | None = None) -> Exported:
+    """Write the collection's vectors in corpus order to `path`. format "npy": the (N, d)
+    float32 matrix (.npy) and its ids beside it (PATH.ids.jsonl, one JSON string a line:
+    storage.export.read_ids reads it). format "parquet": one Parquet file with columns id,
+    position, vector (fixed-size list of float32) and, when the version keeps them, text and
+    metadata (JSON text). None: parquet when `path` ends in .parquet, else npy."""
     from .storage.collections import get_collection
-    from .storage.export import export_npy, ids_path_for
+    from .storage.export import export_npy, export_parquet, format_for, ids_path_for
 
     current = _resolved(settings)
     engine = _reader(current)
@@ -203,6 +231,12 @@ def export(collection: str, path: str | Path, *, version: int | None = None,
     if key is None:
         raise LedgerError(f"collection {collection!r} has no version {version}")
     out = Path(path)
+    chosen = format or format_for(out)
+    if chosen == "parquet":
+        rows, dim, columns = export_parquet(engine, key, out)
+        return Exported(out, None, rows, dim, "parquet", tuple(columns))
+    if chosen != "npy":
+        raise ValueError(f"unknown export format {chosen!r}: use 'npy' or 'parquet'")
     rows, dim = export_npy(engine, key, out)
     return Exported(out, ids_path_for(out), rows, dim)
 

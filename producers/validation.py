@@ -111,7 +111,9 @@ class InvalidInput(Exception):
 def valid_records(corpus: Source, spec: FieldSpec, scan: Scan | None = None) -> Iterator[Record | Invalid]:
     """Every record of the corpus, built and checked; position is its index among all records read."""
     duplicates = DuplicateFilter(scan.repeated_hashes if scan else set(), getattr(corpus, "unit", "line"))
-    for position, raw in enumerate(corpus.records()):
+    # The fields the job reads: a Parquet file reads only those columns.
+    fields = (spec.id_field, *spec.text_fields, *spec.metadata_fields)
+    for position, raw in enumerate(corpus.records(fields)):
         built = build_record(raw, position, spec)
         if isinstance(built, Record):
             built = duplicates.check(built) or built

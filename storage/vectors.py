@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -138,18 +139,37 @@ def count(engine: Engine, version_key: str) -> int:
         ).scalar_one())
 
 
+@dataclass(frozen=True)
+class Block:
+    """Consecutive rows of a version in corpus order; texts and metadata only when asked for."""
+
+    ids: list[str]
+    positions: list[int]
+    matrix: np.ndarray
+    texts: list[str | None] | None = None
+    metadata: list[Any] | None = None
+
+
 def iter_ordered(engine: Engine, version_key: str, block: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
     """(ids, matrix) blocks in corpus order, keyset-paged so memory stays bounded."""
+    for rows in iter_blocks(engine, version_key, block):
+        yield rows.ids, rows.matrix
+
+
+def iter_blocks(engine: Engine, version_key: str, block: int = 4096, extras: bool = False) -> Iterator[Block]:
+    """Blocks of rows in corpus order, keyset-paged so memory stays bounded; with `extras`,
+    each row's stored text and metadata too (None where the version keeps none)."""
     with engine.connect() as conn:
         dim = conn.execute(select(versions.c.dim).where(versions.c.key == version_key)).scalar()
         kind = version_kind(conn, version_key)
     if dim is None:
         return
+    columns = [vectors.c.position, vectors.c.record_id, embedding_column(kind)]
+    if extras:
+        columns += [vectors.c.text, vectors.c.metadata]
     last: tuple[int, str] | None = None
     while True:
-        query = select(vectors.c.position, vectors.c.record_id, embedding_column(kind)).where(
-            vectors.c.version_key == version_key
-        )
+        query = select(*columns).where(vectors.c.version_key == version_key)
         if last is not None:
             query = query.where(
                 (vectors.c.position > last[0]) | and_(vectors.c.position == last[0], vectors.c.record_id > last[1])
@@ -160,5 +180,16 @@ def iter_ordered(engine: Engine, version_key: str, block: int = 4096) -> Iterato
         if not rows:
             return
         matrix = codec.unpack(b"".join(to_float32(r.embedding, kind) for r in rows), dim)
-        yield [r.record_id for r in rows], matrix
+        yield Block([r.record_id for r in rows], [r.position for r in rows], matrix,
+                    [r.text for r in rows] if extras else None, [r.metadata for r in rows] if extras else None)
         last = (rows[-1].position, rows[-1].record_id)
+
+
+def stores_extras(engine: Engine, version_key: str) -> tuple[bool, bool]:
+    """(texts, metadata): whether any row of the version keeps a text, and a metadata value."""
+    with engine.connect() as conn:
+        def any_row(column: Any) -> bool:
+            return conn.execute(select(vectors.c.record_id).where(
+                and_(vectors.c.version_key == version_key, column.is_not(None))).limit(1)).first() is not None
+
+        return any_row(vectors.c.text), any_row(vectors.c.metadata)

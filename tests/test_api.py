@@ -33,7 +33,7 @@ from embedfleet.storage.export import read_ids
 from tests.conftest import REPO, SAMPLE, assert_matches_reference, read_records
 
 PUBLIC = {"run", "submit", "wait", "status", "cancel", "export", "search", "Settings", "JobStats", "Hit",
-          "Exported", "InvalidInput", "JobEnded", "LedgerError", "CorpusError", "BrokerUnavailable"}
+          "Exported", "InvalidInput", "JobEnded", "LedgerError", "CorpusError", "BrokerUnavailable", "QueryUnanswered"}
 
 
 @pytest.fixture(autouse=True)
@@ -222,3 +222,26 @@ def test_job_ids_may_be_prefixes_and_reads_create_no_database(db_url: str, tmp_p
         with pytest.raises(NoDatabase, match=f"no database at {missing}"):
             call(Settings(database_url=f"sqlite:///{missing}"))
     assert not missing.exists()
+
+
+def test_run_keeps_texts_and_metadata_for_search_and_parquet(tmp_path: Path) -> None:
+    """store_text and metadata_fields keep what a person reads beside each vector: search hits carry
+    them, and the Parquet export has text and metadata columns; the text is still what was embedded."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'kept.db'}")
+    records = [{"id": "a", "text": "how to retry a celery task", "lang": "en", "n": 1},
+               {"id": "b", "text": "postgres vector index", "lang": "en", "n": 2},
+               {"id": "c", "text": "un texte en français", "lang": "fr", "n": 3}]
+    run(records, collection="kept", settings=settings, store_text=True, metadata_fields=["lang", "n"])
+    (hit, *_) = search("kept", "retrying celery tasks", k=3, settings=settings)
+    assert (hit.id, hit.text, hit.metadata) == ("a", "how to retry a celery task", {"lang": "en", "n": 1})
+    done = export("kept", tmp_path / "kept.parquet", settings=settings)
+    table = pq.read_table(done.path)
+    assert table.column("text").to_pylist() == [r["text"] for r in records]
+    assert [json.loads(m) for m in table.column("metadata").to_pylist()] == [
+        {"lang": r["lang"], "n": r["n"]} for r in records]
+    with pytest.raises(TypeError, match="sequences of field names"):
+        run(records, collection="kept", settings=settings, metadata_fields="lang")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from sqlalchemy import Engine
@@ -178,15 +178,25 @@ def resume(job: str, as_json: bool, db: str | None, broker_url: str | None) -> N
 
 @cli.command()
 @click.option("--collection", required=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PATH.npy")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PATH.npy, or PATH.parquet.")
 @COLLECTION_VERSION_OPTION
+@click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), default=None,
+              help="npy: the matrix and PATH.ids.jsonl; parquet: one file with id, position, vector, and text "
+                   "and metadata when kept. [default: from the suffix of --out: parquet for .parquet, else npy]")
 @JSON_OPTION
 @DB_OPTION
-def export(collection: str, out: Path, number: int | None, as_json: bool, db: str | None) -> None:
-    """Write the collection's (N, d) float32 matrix in corpus order, and PATH.ids.jsonl beside it."""
-    done = api.export(collection, out, version=number, settings=apply_settings(database_url=db))
+def export(collection: str, out: Path, number: int | None, fmt: Literal["npy", "parquet"] | None, as_json: bool,
+           db: str | None) -> None:
+    """Write the collection's vectors in corpus order: an (N, d) float32 matrix and PATH.ids.jsonl
+    beside it, or one Parquet file (--format parquet, or --out PATH.parquet)."""
+    done = api.export(collection, out, version=number, settings=apply_settings(database_url=db), format=fmt)
     if as_json:
-        print_json({"collection": collection, "path": str(done.path), "ids_path": str(done.ids_path),
+        print_json({"collection": collection, "format": done.format, "path": str(done.path),
+                    "ids_path": None if done.ids_path is None else str(done.ids_path), "columns": done.columns,
                     "rows": done.rows, "dim": done.dim})
         return
-    click.echo(f"wrote {done.rows} x {done.dim} to {done.path} and ids to {done.ids_path}")
+    if done.format == "parquet":
+        click.echo(f"wrote {done.rows} x {done.dim} to {done.path} (Parquet: {', '.join(done.columns)})")
+    else:
+        click.echo(f"wrote {done.rows} x {done.dim} to {done.path} and ids to {done.ids_path}")

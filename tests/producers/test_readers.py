@@ -194,3 +194,199 @@ def test_byte_order_mark_is_ignored(tmp_path) -> None:
     csv_path.write_bytes(b"\xef\xbb\xbfid,text\nb,y\n")
     assert [r.data for r in Corpus(str(jsonl)).records()] == [{"id": "a", "text": "x"}]
     assert [r.data for r in Corpus(str(csv_path)).records()] == [{"id": "b", "text": "y"}]
+
+
+# Parquet: real files written with pyarrow, read back through Corpus as the job reads them.
+
+
+def write_parquet(path, table, row_group_size: int | None = None):
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_reads_every_row_group_in_order_with_row_numbers(tmp_path):
+    """A Parquet file of 4 row groups is read record by record across them: dicts of its columns,
+    rows numbered from 1 whatever the group, lists and structs as in JSONL; the unit is "row"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 23
+    table = pa.table({
+        "id": [f"r{i}" for i in range(n)],
+        "text": [f"text {i}" for i in range(n)],
+        "tags": [["a", f"t{i}"] if i % 2 else [] for i in range(n)],
+        "meta": [{"n": i, "who": "x"} for i in range(n)],
+        "score": [i / 2 for i in range(n)],
+    })
+    path = write_parquet(tmp_path / "c.parquet", table, row_group_size=6)
+    assert pq.ParquetFile(path).num_row_groups == 4
+    corpus = Corpus(str(path))
+    assert (corpus.format, corpus.unit) == ("parquet", "row")
+    records = list(corpus.records())
+    assert [r.line for r in records] == list(range(1, n + 1))
+    assert records[7] == RawRecord(8, {"id": "r7", "text": "text 7", "tags": ["a", "t7"], "meta": {"n": 7, "who": "x"},
+                                       "score": 3.5})
+    assert records[0].data["tags"] == []
+    assert records == list(corpus.records())  # read twice (validation, then submission), the same
+
+
+def test_parquet_batches_smaller_than_a_row_group_keep_row_numbers(tmp_path):
+    """Rows are converted a batch at a time (a row group can be far larger than a batch): numbering and
+    content are the same whatever the batch size."""
+    import pyarrow as pa
+
+    from embedfleet.producers.readers import read_parquet
+
+    table = pa.table({"id": [str(i) for i in range(50)], "text": ["x"] * 50})
+    path = write_parquet(tmp_path / "c.parquet", table, row_group_size=50)
+    small = list(read_parquet(path, batch_rows=7))
+    assert [r.line for r in small] == list(range(1, 51))
+    assert small == list(read_parquet(path))
+
+
+def test_parquet_reads_only_the_columns_the_job_names(tmp_path):
+    """Given the job's fields, only those columns are read (a wide file's other columns stay on disk)."""
+    import pyarrow as pa
+
+    table = pa.table({"id": ["a"], "title": ["T"], "body": ["B"], "blob": [b"\x00" * 1000]})
+    corpus = Corpus(str(write_parquet(tmp_path / "c.parquet", table)))
+    assert [r.data for r in corpus.records(["id", "title", "body", "id"])] == [{"id": "a", "title": "T", "body": "B"}]
+
+
+def test_parquet_report_names_rows(tmp_path):
+    """Validation of a Parquet corpus names each bad record by its row: row 17's empty text, row 20's
+    duplicate of row 3, a numeric text, and an integer id that is fine (as in JSONL)."""
+    import pyarrow as pa
+
+    from embedfleet.producers.records import FieldSpec
+    from embedfleet.producers.validation import InvalidInput, scan_corpus
+
+    n = 20
+    ids = [f"r{i}" for i in range(1, n + 1)]
+    ids[19] = "r3"
+    texts = [f"text {i}" for i in range(1, n + 1)]
+    texts[16] = "   "
+    table = pa.table({"id": ids, "text": texts, "n": list(range(1, n + 1))})
+    corpus = Corpus(str(write_parquet(tmp_path / "c.parquet", table, row_group_size=8)))
+    scan = scan_corpus(corpus, FieldSpec())
+    assert (scan.records_read, scan.invalid_count) == (20, 2)
+    report = str(InvalidInput(scan))
+    assert "row 17 (id 'r17'): empty text (fields 'text')" in report
+    assert "row 20 (id 'r3'): duplicate id (first at row 3)" in report
+    assert "line" not in report and "--skip-invalid" in report
+    numbers = scan_corpus(corpus, FieldSpec(id_field="n", text_fields=("id",)))
+    assert numbers.invalid_count == 0  # an integer id is read as in JSONL
+    as_text = scan_corpus(corpus, FieldSpec(text_fields=("n",)))
+    assert as_text.invalid_shown[0].describe(corpus.unit) == "row 1 (id 'r1'): field 'n' is int, not a string"
+
+
+def test_parquet_values_json_has_no_type_for_are_read_as_text_or_refused_by_field(tmp_path):
+    """Timestamps (nanoseconds too), dates, times and decimals become text, at any depth; binary is UTF-8
+    decoded (bad bytes reported by validation as invalid UTF-8); maps become dicts; a nanosecond duration
+    with no Python form refuses only its own row, naming the field. Nothing crashes."""
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+
+    from embedfleet.producers.records import FieldSpec, Invalid, Record, build_record
+
+    table = pa.table({
+        "id": ["a", "b", "c"],
+        "text": pa.array([b"caf\xc3\xa9", b"bad \xff", b"ok"], pa.binary()),
+        "when": pa.array([1_700_000_000_000_000_001, None, 0], pa.timestamp("ns")),
+        "day": [datetime.date(2024, 5, 1)] * 3,
+        "price": pa.array([decimal.Decimal("12.50")] * 3, pa.decimal128(10, 2)),
+        "at": pa.array([[1], [], None], pa.list_(pa.timestamp("us", tz="UTC"))),
+        "attrs": pa.array([[("k", "v")], None, []], pa.map_(pa.string(), pa.string())),
+        "wait": pa.array([1000, 1, None], pa.duration("ns")),
+    })
+    corpus = Corpus(str(write_parquet(tmp_path / "odd.parquet", table)))
+    first, second, third = corpus.records()
+    assert first.data == {"id": "a", "text": "café", "when": "2023-11-14 22:13:20.000000001", "day": "2024-05-01",
+                          "price": "12.50", "at": ["1970-01-01 00:00:00.000001Z"], "attrs": {"k": "v"},
+                          "wait": datetime.timedelta(microseconds=1)}
+    assert second.data is None and second.line == 2
+    assert second.error.startswith("field 'wait' (duration[ns]) cannot be read: Nanosecond duration 1 is not")
+    assert third.data["text"] == "ok" and third.data["attrs"] == {} and third.data["at"] is None
+
+    spec = FieldSpec(text_fields=("text",), metadata_fields=("when", "price", "wait", "attrs"))
+    built = build_record(first, 0, spec)
+    assert isinstance(built, Record) and built.text == "café"
+    assert built.metadata == {"when": "2023-11-14 22:13:20.000000001", "price": "12.50", "wait": "0:00:00.000001",
+                              "attrs": {"k": "v"}}
+    assert build_record(second, 1, spec) == Invalid(2, None, second.error)
+    bad_utf8 = next(read_rows(table.slice(1, 1).drop_columns(["wait"]), tmp_path))
+    assert build_record(bad_utf8, 0, FieldSpec()) == Invalid(1, "b", "invalid UTF-8 in the text")
+    assert build_record(first, 0, FieldSpec(text_fields=("wait",))) == Invalid(
+        1, "a", "field 'wait' is timedelta, not a string")
+
+
+def read_rows(table, tmp_path):
+    return Corpus(str(write_parquet(tmp_path / "part.parquet", table))).records()
+
+
+def test_parquet_missing_columns_are_a_corpus_error_naming_file_and_columns(tmp_path):
+    """A job naming a column the file lacks (the id, a text field) is refused before any record, naming
+    the file, the missing columns and the ones it has."""
+    import pyarrow as pa
+
+    path = write_parquet(tmp_path / "noid.parquet", pa.table({"key": ["a"], "text": ["x"]}))
+    corpus = Corpus(str(path))
+    with pytest.raises(CorpusError) as err:
+        list(corpus.records(["id", "text", "body"]))
+    assert str(err.value) == (f"Parquet file {str(path)!r} has no column 'id', 'body' (its columns: key, text)")
+
+
+def test_parquet_with_a_schema_and_no_rows_yields_nothing(tmp_path):
+    """An empty table (schema, 0 rows) is a corpus of no records, not an error."""
+    import pyarrow as pa
+
+    from embedfleet.producers.records import FieldSpec
+    from embedfleet.producers.validation import scan_corpus
+
+    table = pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+    corpus = Corpus(str(write_parquet(tmp_path / "empty.parquet", table)))
+    assert list(corpus.records(["id", "text"])) == []
+    assert scan_corpus(corpus, FieldSpec()).records_read == 0
+
+
+def test_a_file_named_parquet_that_is_not_parquet_is_a_corpus_error(tmp_path):
+    """JSON Lines named .parquet, an empty file and a Parquet file cut short are each refused with a
+    CorpusError naming the file and pyarrow's reason, not a traceback."""
+    import pyarrow as pa
+
+    fake = tmp_path / "fake.parquet"
+    fake.write_text('{"id": "a", "text": "x"}\n')
+    with pytest.raises(CorpusError, match=r"cannot read '.*fake\.parquet' as Parquet: .*magic bytes"):
+        list(Corpus(str(fake)).records())
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    with pytest.raises(CorpusError, match=r"cannot read '.*empty\.parquet' as Parquet"):
+        list(Corpus(str(empty)).records())
+    whole = write_parquet(tmp_path / "whole.parquet", pa.table({"id": ["a"] * 100, "text": ["x"] * 100}))
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CorpusError, match=r"cut\.parquet"):
+        list(Corpus(str(cut)).records())
+
+
+def test_parquet_format_by_suffix_explicitly_and_its_spec_round_trips(tmp_path):
+    """.parquet is detected; --format parquet reads a file named otherwise; the registered spec opens the
+    same Parquet corpus again (what the nightly reindex does)."""
+    import pyarrow as pa
+
+    from embedfleet.producers.readers import source_from_spec
+
+    table = pa.table({"id": ["a", "b"], "text": ["x", "y"]})
+    odd_name = write_parquet(tmp_path / "export.bin", table)
+    with pytest.raises(CorpusError, match=r"pass --format jsonl\|csv\|parquet"):
+        Corpus(str(odd_name))
+    corpus = Corpus(str(odd_name), fmt="parquet")
+    assert corpus.spec() == {"kind": "file", "path": str(odd_name.resolve()), "format": "parquet"}
+    again = source_from_spec(corpus.spec())
+    assert (again.format, again.unit) == ("parquet", "row")
+    assert list(again.records()) == list(corpus.records()) == [RawRecord(1, {"id": "a", "text": "x"}),
+                                                               RawRecord(2, {"id": "b", "text": "y"})]

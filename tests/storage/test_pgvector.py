@@ -189,7 +189,7 @@ def test_a_role_that_may_not_enable_pgvector_gets_bytea_with_the_reason(pgvector
         admin.execute(f'CREATE ROLE "{role}" LOGIN')
         admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
         admin.execute(f'REVOKE CREATE ON DATABASE "{name}" FROM PUBLIC, "{role}"')
-    base, _, query = pgvector_server.partition("?")
+    _, _, query = pgvector_server.partition("?")
     url = f"postgresql://{role}@/{name}?{query}"
     try:
         engine = get_engine(url)
