@@ -29,6 +29,7 @@ from .producers.submit import JobRequest, Submission, submit
 from .storage.engine import get_engine
 from .storage.jobs import JobStats
 from .storage.ledger import chunk_counts
+from .workers.availability import declared_max_tokens
 from .workers.resident import get_encoder
 
 log = logging.getLogger(__name__)
@@ -48,38 +49,72 @@ class BatchCounter:
         return self.count
 
 
-@contextmanager
-def counting_batches(encoder: Any) -> Iterator[BatchCounter | None]:
-    """Count the encoder's batches while the run lasts; None for an encoder that cannot say
-    (EMBEDFLEET_ENCODER backends without on_batch): its progress moves per chunk."""
-    if not hasattr(encoder, "on_batch"):
-        yield None
-        return
-    counter = BatchCounter()
-    encoder.on_batch = counter
-    try:
-        yield counter
-    finally:
-        encoder.on_batch = None
+class _Model:
+    """The run's model, loaded when the first chunk is about to be sent: a rerun of an
+    unchanged corpus (nothing to encode) never imports torch. Once loaded, the encoder
+    counts its batches for the progress display (an encoder without on_batch, such as an
+    EMBEDFLEET_ENCODER backend, moves the display per chunk)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.encoder: Any = None
+        self.batches = BatchCounter()
+        self._loading: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def start_loading(self) -> None:
+        """Load in a thread of its own while the corpus is validated and chunked (a corpus the
+        collection has never seen surely needs the model). Not a daemon: an interpreter must
+        not exit while the thread is half-way through importing torch."""
+
+        def load() -> None:
+            try:
+                get_encoder(self.name, announce=True)
+            except BaseException as exc:  # handed to load(), which raises it where it is needed
+                self._failure = exc
+
+        self._loading = threading.Thread(target=load, name="embedded-model-load")
+        self._loading.start()
+
+    def load(self) -> Any:
+        if self.encoder is None:
+            if self._loading is not None:
+                self._loading.join()
+                if self._failure is not None:
+                    raise self._failure
+            # Saying so: torch and the weights take seconds that would otherwise be a blank screen.
+            self.encoder = get_encoder(self.name, announce=True)
+            if hasattr(self.encoder, "on_batch"):
+                self.encoder.on_batch = self.batches
+        return self.encoder
+
+    def encoded(self) -> int:
+        """Texts encoded so far; 0 for an encoder that does not count (the display then
+        moves per finished chunk, from the ledger)."""
+        return self.batches.read()
+
+    def detach(self) -> None:
+        if hasattr(self.encoder, "on_batch"):
+            self.encoder.on_batch = None
 
 
 class _Pacer:
     """Keeps at most `window` chunks ahead of the in-process worker (memory stays flat)
     and drives the progress display while the producer waits."""
 
-    def __init__(self, engine: Engine, window: int, batches: BatchCounter | None = None) -> None:
+    def __init__(self, engine: Engine, window: int, model: _Model) -> None:
         self.engine = engine
         self.window = window
-        self.batches = batches
+        self.model = model
         self.progress: JobProgress | None = None
 
     def _progress(self, job_id: str) -> JobProgress:
         if self.progress is None:
-            encoded = self.batches.read if self.batches is not None else None
-            self.progress = JobProgress(self.engine, job_id, encoded=encoded).__enter__()
+            self.progress = JobProgress(self.engine, job_id, encoded=self.model.encoded).__enter__()
         return self.progress
 
     def __call__(self, job_id: str) -> None:
+        self.model.load()  # before the first chunk is written: the model is needed from now on
         progress = self._progress(job_id)
         while True:
             done, written = chunk_counts(self.engine, job_id)
@@ -142,19 +177,42 @@ def in_process_worker() -> Iterator[None]:
         stop.set()
 
 
+def _first_job_of(engine: Engine, request: JobRequest) -> bool:
+    """The collection (or the version a migration fills) holds no vector yet: every valid
+    record will be encoded, so the model can load while the corpus is read."""
+    from .storage.collections import get_collection, version_rows
+    from .storage.errors import LedgerError
+
+    try:
+        key = request.version_key or get_collection(engine, request.collection).current_key
+    except LedgerError:
+        return True  # no such collection yet
+    return version_rows(engine, key) == 0
+
+
 def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple[Submission, JobStats]:
     settings = get_settings()
     engine = get_engine(settings.database_url)
-    # Load before the clock starts (the worker thread reuses it), saying so: torch and the
-    # weights take seconds that would otherwise be a blank screen.
-    encoder = get_encoder(request.model, announce=True)
-    request = dataclasses.replace(request, window=encoder.max_tokens)
-    with counting_batches(encoder) as batches, in_process_worker():
-        pacer = _Pacer(engine, settings.embedded_window, batches)
-        try:
-            submission = submit(engine, request, celery_sender(app), wait_for_room=pacer)
-        except BaseException:
-            pacer.close()
-            raise
-        stats = pacer.follow(submission.job_id, job_timeout)
+    model = _Model(request.model)
+    # The truncation window is the model's input length, read from its files when they say;
+    # a model that does not (or a custom encoder) is loaded now to ask it.
+    window = None if settings.encoder else declared_max_tokens(request.model)
+    first_job = window is not None and _first_job_of(engine, request)
+    if window is None:
+        window = model.load().max_tokens
+    elif first_job:
+        model.start_loading()  # while the corpus is validated; the job starts once it is loaded
+    request = dataclasses.replace(request, window=window)
+    try:
+        with in_process_worker():
+            pacer = _Pacer(engine, settings.embedded_window, model)
+            try:
+                submission = submit(engine, request, celery_sender(app), wait_for_room=pacer,
+                                    before_job=model.load if first_job else None)
+            except BaseException:
+                pacer.close()
+                raise
+            stats = pacer.follow(submission.job_id, job_timeout)
+    finally:
+        model.detach()
     return submission, stats

@@ -169,9 +169,11 @@ def _keep_alive(engine: Engine, job_id: str, records: Iterator[Record]) -> Itera
 
 
 def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: RoomWaiter | None = None,
-           on_job: JobCallback | None = None, broker: str = "the broker") -> Submission:
+           on_job: JobCallback | None = None, broker: str = "the broker",
+           before_job: Callable[[], None] | None = None) -> Submission:
     """Validate, write the job, send its chunks. `on_job` hears the job id before any chunk is
-    sent, so a producer that dies mid-submission has already said which job it was."""
+    sent, so a producer that dies mid-submission has already said which job it was.
+    `before_job` runs once the corpus is valid, before the job exists (its clock starts)."""
     check_collection_name(request.collection)
     scan = scan_corpus(request.corpus, request.spec)
     if scan.invalid_count and not request.skip_invalid:
@@ -180,6 +182,8 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
         raise EmptyCorpus(scan)
     if scan.invalid_count:
         log.warning("skipping %d invalid records:\n%s", scan.invalid_count, scan.report())
+    if before_job is not None:
+        before_job()
 
     if request.version_key is None:
         version = open_collection(engine, request.collection, request.model, request.corpus.spec(), request.options())

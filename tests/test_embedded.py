@@ -40,7 +40,7 @@ def test_run_stores_every_record_in_corpus_order(small_corpus: Path, tmp_path: P
     assert run.stderr.startswith("loading model sentence-transformers/all-MiniLM-L6-v2...\nmodel loaded in "), run.stderr
     assert "Loading weights" not in run.stderr and "it/s]" not in run.stderr and "%|" not in run.stderr
     # Off a terminal: plain lines naming the job (first poll, then every 10 s), no redrawn bar.
-    assert f"job {job_id[:8]} running: " in run.stderr and "\r" not in run.stderr
+    assert re.search(rf"job {job_id[:8]} (submitting|running): ", run.stderr) and "\r" not in run.stderr
     assert len(re.findall(r"job [0-9a-f]+ done", run.stdout + run.stderr)) == 1
 
     out = tmp_path / "v.npy"
@@ -73,3 +73,24 @@ def test_run_refuses_bad_input_before_sending(tmp_path: Path) -> None:
     skipped = _run("run", str(corpus), "--collection", "bad", "--skip-invalid", "--db", db, cwd=tmp_path, **HASH)
     assert skipped.returncode == 0, skipped.stderr
     assert "read 4, stored 1, skipped 3, dead 0" in skipped.stdout
+
+
+def test_a_rerun_with_nothing_to_encode_never_imports_torch(small_corpus: Path, tmp_path: Path) -> None:
+    """The model is loaded only when a chunk needs it: rerunning an unchanged corpus reads, compares
+    and finishes without importing torch (seconds saved on every nightly rerun); a first run loads it
+    while the corpus is validated, before its job starts."""
+    import sys
+
+    db = f"sqlite:///{tmp_path / 'rerun.db'}"
+    script = ("import sys\nfrom embedfleet import Settings, run\n"
+              f"stats = run({str(small_corpus)!r}, collection='c', fields=['title', 'description'], "
+              f"settings=Settings(database_url={db!r}))\n"
+              "print(stats.state, stats.stored, stats.skipped, 'torch' in sys.modules)\n")
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split() == ["done", "150", "0", "True"]
+    assert first.stderr.index("model loaded in") < first.stderr.index("job ")  # loaded before its job
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split() == ["done", "0", "150", "False"]
+    assert "loading model" not in again.stderr

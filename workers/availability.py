@@ -38,3 +38,19 @@ def model_problem(name: str) -> str | None:
         offline = " and downloads are off (HF_HUB_OFFLINE)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         return f"{name!r} is not a directory and not in the local Hugging Face cache{offline} ({type(exc).__name__})"
     return _problem_in(Path(cached))
+
+
+def declared_max_tokens(name: str) -> int | None:
+    """The longest input the model takes, in tokens, as its files declare it
+    (sentence_bert_config.json's max_seq_length), read without torch; None when the model is
+    not a local directory or does not say (then only loading it tells)."""
+    import json
+
+    from .encoder import model_path
+
+    config = Path(model_path(name)) / "sentence_bert_config.json"
+    try:
+        value = json.loads(config.read_text()).get("max_seq_length")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None

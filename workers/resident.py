@@ -61,14 +61,15 @@ def _load_after_fork(**_: Any) -> None:
     # A prefork child loads its model before taking its first chunk, so the first chunk's
     # latency is encoding, not loading, and a broken model fails the worker at start.
     # A collector-only worker (-Q collect) never needs the model; a query worker does.
+    # The embedded run's in-process worker (no incarnation: not a fleet node) loads nothing
+    # here: the run loads the model when a chunk needs it, so a rerun with nothing to encode
+    # never imports torch.
     consumed = app.amqp.queues.consume_from or app.amqp.queues
-    if EMBED_QUEUE not in consumed and QUERY_QUEUE not in consumed:
+    if heartbeat.INCARNATION is None or (EMBED_QUEUE not in consumed and QUERY_QUEUE not in consumed):
         return
     try:
         get_encoder()
     except Exception as exc:
-        if heartbeat.INCARNATION is None:
-            raise  # not a pool process of a fleet worker (the embedded run's in-process worker)
         # `embedfleet worker` checked the model's files before starting; if it still cannot
         # load, this worker cannot serve: stop it (cold shutdown, exit status 1) rather than
         # take chunks it cannot encode or have its pool replace this process forever.

@@ -66,8 +66,9 @@ def test_a_model_that_cannot_load_is_not_cached(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.usefixtures("fresh")
 def test_an_encode_worker_loads_its_model_after_fork(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pool process of a worker consuming the embed queue loads the configured model at start."""
+    """A pool process of a fleet worker consuming the embed queue loads the configured model at start."""
     monkeypatch.setattr(resident, "app", _app_consuming("embed", "collect"))
+    monkeypatch.setattr(heartbeat, "INCARNATION", "node-1")
     resident._load_after_fork()
     assert CountingEncoder.loads == ["configured"]
 
@@ -81,14 +82,17 @@ def test_a_collector_only_worker_loads_no_model(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.usefixtures("fresh")
-def test_outside_a_fleet_worker_a_load_failure_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The embedded run's in-process worker (no heartbeat incarnation) gets the error itself."""
+def test_outside_a_fleet_worker_nothing_loads_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded run's in-process worker (no heartbeat incarnation) loads nothing when it starts: the
+    run loads the model when a chunk needs it (a rerun with nothing to encode never imports torch),
+    and a model that cannot load fails there, in the caller's thread."""
     monkeypatch.setattr(resident, "app", _app_consuming("embed"))
     monkeypatch.setattr(heartbeat, "INCARNATION", None)
     set_settings(Settings(model="no-such-model"))
+    resident._load_after_fork()
+    assert resident._encoders == {} and not resident.model_load_failed()
     with pytest.raises(EncoderConfigError):
-        resident._load_after_fork()
-    assert not resident.model_load_failed()
+        resident.get_encoder()
 
 
 def test_a_fleet_pool_process_that_cannot_load_stops_its_worker(tmp_path) -> None:
