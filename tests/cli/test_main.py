@@ -20,7 +20,7 @@ SERVERS = {"worker", "beat", "flower", "metrics"}  # long-running processes: not
 DATABASE = {"run", "submit", "status", "cancel", "resume", "export", "jobs", "metrics", "collections",
             "delete-collection", "reindex", "migrate", "cutover", "rollback", "drop-version", "search",
             "dlq list", "dlq show", "dlq redrive", "worker", "beat"}
-BROKER = {"submit", "status", "resume", "reindex", "migrate", "dlq redrive", "worker", "beat", "flower"}
+BROKER = {"submit", "status", "resume", "reindex", "migrate", "dlq redrive", "worker", "beat", "flower", "search"}
 # bench makes its own database and broker (its --pg-url/--broker-url must not be the user's).
 OWN_SERVICES = {"bench"}
 

@@ -105,7 +105,7 @@ def test_batch_search_answers_in_query_order(sqlite_url, make_fleet, tmp_path) -
 def test_scheduled_reindex_runs_once_and_embeds_only_changes(pg_url, make_fleet, tmp_path) -> None:
     """The beat task fired twice at once starts one reindex, which re-embeds only the changed record."""
     schedule = beat_schedule(Settings(reindex_collections="docs, other", reindex_cron="0 2 * * *"))
-    assert schedule["reindex-docs"]["args"] == ("docs",)
+    assert schedule["reindex-docs"]["kwargs"] == {"collection": "docs"}
     assert schedule["reindex-docs"]["schedule"].hour == {2} and schedule["reindex-docs"]["schedule"].minute == {0}
 
     fleet = make_fleet(pg_url)

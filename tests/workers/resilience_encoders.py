@@ -76,9 +76,9 @@ class CollectorCrash(NoopCrash):
 
         original = tasks.store_chunk
 
-        def store_chunk(engine, chunk, last_attempt=True):  # type: ignore[no-untyped-def]
+        def store_chunk(engine, chunk, last_attempt=True, **kwargs):  # type: ignore[no-untyped-def]
             if "boom" in chunk.ids:
                 os._exit(137)
-            return original(engine, chunk, last_attempt=last_attempt)
+            return original(engine, chunk, last_attempt=last_attempt, **kwargs)
 
         tasks.store_chunk = store_chunk

@@ -183,12 +183,16 @@ def test_the_thread_beats_and_retires_cleanly(node: Heartbeat) -> None:
     node.start()
     try:
         node.received(job_id, 0)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (not _worker_rows(engine) or not _holders(engine, job_id)[0]):
+        deadline = time.monotonic() + 20
+
+        def beaten_twice() -> bool:
+            rows = _worker_rows(engine)
+            return bool(rows) and rows[0].last_seen > rows[0].started_at
+
+        while time.monotonic() < deadline and (not beaten_twice() or not _holders(engine, job_id)[0]):
             time.sleep(0.05)
         assert _holders(engine, job_id) == {0: node.incarnation}
-        [row] = _worker_rows(engine)
-        assert row.last_seen > row.started_at  # more than one beat
+        assert beaten_twice()  # more than one beat (waited for: a loaded machine may be slow to beat again)
     finally:
         node.stop()
     assert not node.is_alive()
