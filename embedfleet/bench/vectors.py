@@ -103,13 +103,15 @@ def bench_pgvector(report: BenchReport, work: Path, pgvector_url: str | None, to
                     seconds = pgvector.build_index(engine, version.key)
                     report.add("pgvector", f"{kind}: HNSW index build (cosine, m=16, ef_construction=64)", seconds)
                 search = top_k if kind != pgvector.BYTEA else brute_force
+                # A scan of every vector per query: 20 queries say its latency (its recall is 1).
+                asked = queries if kind != pgvector.BYTEA else queries[:20]
                 latencies, found = [], []
-                for query in queries:
+                for query in asked:
                     started = time.perf_counter()
                     hits = search(engine, version.key, query[None, :], 10)[0]
                     latencies.append(time.perf_counter() - started)
                     found.append({int(record_id[1:]) for record_id, _ in hits})
-                recall = float(np.mean([len(f & set(e.tolist())) / 10 for f, e in zip(found, exact, strict=True)]))
+                recall = float(np.mean([len(f & set(e.tolist())) / 10 for f, e in zip(found, exact, strict=False)]))
                 how = "SQL <=> through the HNSW index (ef_search 100)" if kind != pgvector.BYTEA else "brute force"
                 report.add("pgvector", f"{kind}: top 10 of one query, {how}",
                            p50_ms=round(percentile(latencies, 50) * 1e3, 2),
