@@ -62,7 +62,7 @@ UNDELIVERABLE = Queue(
 )
 
 
-class QuorumQueue(Queue):  # type: ignore[misc]  # kombu ships no types
+class QuorumQueue(Queue):
     """A quorum queue that declares its dead-letter exchange and queue with itself, so
     whoever declares a task queue first (a worker at start, a producer at its first send)
     also creates where its spent messages go; RabbitMQ drops them silently otherwise."""

@@ -35,10 +35,17 @@ pytestmark = pytest.mark.fleet
 
 
 def _wait_drained(broker_url: str, timeout: float = 120) -> None:
-    """Until no message is waiting or unacked on the test's broker."""
+    """Until no message is waiting or unacked on the test's broker. RabbitMQ reports a quorum
+    queue's counts every 5 s, so there the count must stay 0 for longer than that."""
+    settle = 6.0 if broker_url.startswith("amqp") else 0.0
     deadline = time.monotonic() + timeout
+    empty_since = None
     while time.monotonic() < deadline:
-        if queued_messages(broker_url) == 0:
+        if queued_messages(broker_url) != 0:
+            empty_since = None
+        elif empty_since is None:
+            empty_since = time.monotonic()
+        if empty_since is not None and time.monotonic() - empty_since >= settle:
             return
         time.sleep(0.2)
     raise AssertionError("queues not drained")
