@@ -212,3 +212,32 @@ def test_chunk_whose_model_vanished_is_dead_lettered(sqlite_url, make_fleet, tmp
     assert stats.retries == 3 * 4  # 3 chunks, back 4 times each before the 5th delivery's cap
     assert len(fleet.log("w2").splitlines()) < 400
 
+
+
+@pytest.mark.parametrize("broker_url", ["rabbitmq"], indirect=True)
+def test_frozen_worker_host_loses_its_chunk_through_the_broker_heartbeat(pg_url, make_fleet, tmp_path,
+                                                                          recovery) -> None:
+    """A worker host that goes silent without closing its connection (SIGSTOP of every process:
+    a frozen VM, a link dropping packets): with the ledger's node liveness pushed out of reach
+    (dead_after 600 s), only RabbitMQ's heartbeat can free its chunk. The broker closes the
+    silent connection after two missed 10 s heartbeats, re-queues the chunk, and the live
+    worker finishes the job in tens of seconds, not the minutes of Celery's 120 s default."""
+    fleet = make_fleet(pg_url, **SLOW, EMBEDFLEET_DEAD_AFTER_SECONDS="600")
+    start_workers(fleet, "w1", "w2")
+    corpus, ids = fault_corpus(tmp_path, 120)
+    job_id = submit_corpus(fleet, corpus)
+    wait_started(pg_url, job_id)
+    frozen = [fleet.procs["w1"].pid, *fleet.pool_children("w1")]
+    frozen_at = time.monotonic()
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        stats = wait_done(pg_url, job_id, timeout=150)
+        recovery("frozen worker host, broker heartbeat", time.monotonic() - frozen_at, 90)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGKILL)
+        fleet.procs["w1"].wait()
+    assert_accounted(pg_url, job_id, "faults", ids, tmp_path / "out.npy")
+    assert stats.stored == 120 and stats.dead == 0
+    assert "its worker stopped beating" not in fleet.log("w2")  # the broker, not the ledger's sweep
