@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config.celeryconfig import use_broker_config
+from ..config.queues import task_queues
 from ..config.sending import Sender, celery_sender
-from ..config.settings import Settings
+from ..config.settings import Settings, get_settings
 from ..storage.engine import redact
 from ..storage.safe_errors import reason
 
@@ -22,10 +24,12 @@ def use_broker(app: Any, url: str) -> None:
     for, so when the URL changes (an embedded run then a fleet submit in one notebook, or
     two fleets from one process) the app lets go of it and takes the pool for the new URL on
     next use; otherwise messages would go on to the old broker. The pools are not closed:
-    kombu keeps one per URL in a process-wide registry and hands the same one out again."""
-    if app.conf.broker_url == url:
+    kombu keeps one per URL in a process-wide registry and hands the same one out again.
+    The queue declarations follow the broker's kind (quorum queues on RabbitMQ, plain ones on
+    Redis and in memory: config/queues.py), and so do the transport's options."""
+    if app.conf.broker_url == url and app.conf.task_queues is task_queues(url):
         return
-    app.conf.broker_url = url
+    use_broker_config(app, get_settings().model_copy(update={"broker_url": url}))
     app._pool = None
     amqp = app.__dict__.get("amqp")
     if amqp is not None:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -24,6 +25,9 @@ BIN = Path(sys.executable).parent
 REQUIRE_SERVICES = os.environ.get("EMBEDFLEET_REQUIRE_SERVICES") == "1"
 # Our own Redis database number: tests flush it, never anyone else's.
 TEST_REDIS_URL = os.environ.get("EMBEDFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+# RabbitMQ: each test gets a virtual host of its own on this server (made and deleted with
+# rabbitmqctl, like our Redis database number), never the default vhost `/`.
+TEST_AMQP_URL = os.environ.get("EMBEDFLEET_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
 TEST_PG_URL = os.environ.get("EMBEDFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 COMMIT_FIELDS = ("title", "description", "files_touched")
 
@@ -50,7 +54,7 @@ def commit_text(record: dict) -> str:
 
 # Fixtures that mean a test needs a service: the test is marked for it at collection, so the
 # marks never drift from what the test really uses (`make test-fast` leaves out `fleet`).
-FLEET_FIXTURES = {"redis_url", "make_fleet"}
+FLEET_FIXTURES = {"redis_url", "amqp_url", "broker_url", "make_fleet"}
 POSTGRES_FIXTURES = {"pg_url", "pgvector_url"}
 
 
@@ -187,8 +191,39 @@ def redis_url() -> Iterator[str]:
     client.close()
 
 
+def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def amqp_url() -> Iterator[str]:
+    """A fresh RabbitMQ virtual host for one test (its queues, exchanges and messages go with
+    it), deleted afterwards."""
+    vhost = f"embedfleet_t_{uuid.uuid4().hex[:10]}"
+    try:
+        made = _rabbitmqctl("add_vhost", vhost)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        unavailable("RabbitMQ (rabbitmqctl)")
+    if made.returncode != 0:
+        unavailable(f"RabbitMQ ({made.stderr.strip() or made.stdout.strip()})")
+    try:
+        user = urlsplit(TEST_AMQP_URL).username or "guest"
+        _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        yield f"{TEST_AMQP_URL.rstrip('/')}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The fleet's broker: Redis unless a test is parametrised over both brokers
+    (tests/fleet/checks.py: BOTH_BROKERS), which runs it once on Redis and once on RabbitMQ."""
+    kind = getattr(request, "param", "redis")
+    return request.getfixturevalue({"redis": "redis_url", "rabbitmq": "amqp_url"}[kind])
+
+
 class Fleet:
-    """Real `embedfleet worker` processes on real Redis, each with its own log file."""
+    """Real `embedfleet worker` processes on a real broker (Redis or RabbitMQ), each with its own log file."""
 
     def __init__(self, broker_url: str, database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None):
         self.broker_url = broker_url
@@ -272,11 +307,11 @@ class Fleet:
 
 
 @pytest.fixture
-def make_fleet(redis_url: str, tmp_path: Path) -> Iterator:
+def make_fleet(broker_url: str, tmp_path: Path) -> Iterator:
     fleets: list[Fleet] = []
 
     def make(database_url: str, **extra_env: str) -> Fleet:
-        fleet = Fleet(redis_url, database_url, tmp_path, extra_env)
+        fleet = Fleet(broker_url, database_url, tmp_path, extra_env)
         fleets.append(fleet)
         return fleet
 

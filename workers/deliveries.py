@@ -87,5 +87,8 @@ def isolate_crash(engine: Engine, texts: ChunkTexts, deliveries: int,
 
 def model_backoff(deliveries: int) -> float:
     """Seconds before a chunk whose model could not be loaded is delivered again: 1, 2, 4, ...
-    at most 60, with jitter, so a fleet without the model never spins on it."""
-    return min(60.0, 2.0 ** max(0, deliveries - 1)) * random.uniform(0.8, 1.2)
+    at most 60, with jitter, so a fleet without the model never spins on it. Never under 1 s:
+    on RabbitMQ's quorum queues Celery sends a countdown through native delayed delivery,
+    which takes whole seconds and refuses int(countdown) == 0 ("countdown must be a positive
+    number"), and the chunk's retry would be rejected instead of sent."""
+    return max(1.0, min(60.0, 2.0 ** max(0, deliveries - 1)) * random.uniform(0.8, 1.2))

@@ -77,8 +77,9 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
         if problem:
             raise click.ClickException(f"cannot load model {get_settings().model!r}: {problem}")
     from ..config.celery_app import app
+    from ..config.celeryconfig import use_broker_config
 
-    app.conf.broker_url = get_settings().broker_url
+    use_broker_config(app, get_settings())  # the broker's URL, queues (quorum on RabbitMQ) and options
     use_answers(app, app.conf.broker_url)  # a query's answer goes back on the broker (config/replies.py)
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, *celery_args]
     celery_sets_up_logging()
@@ -97,9 +98,10 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
 def beat(loglevel: str, broker_url: str | None, db: str | None, celery_args: tuple[str, ...]) -> None:
     """The scheduler: the nightly reindex and the stalled-job reconciler (extra arguments go to `celery beat`)."""
     from ..config.celery_app import app
+    from ..config.celeryconfig import use_broker_config
 
     _export("EMBEDFLEET_BROKER_URL", broker_url)
     _export("EMBEDFLEET_DATABASE_URL", db)
-    app.conf.broker_url = get_settings().broker_url
+    use_broker_config(app, get_settings())  # the broker's URL, queues (quorum on RabbitMQ) and options
     celery_sets_up_logging()
     app.start(["beat", "-l", loglevel, *celery_args])

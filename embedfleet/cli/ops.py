@@ -77,8 +77,9 @@ def flower(port: int, no_auth: bool, broker_url: str | None, flower_args: tuple[
         # In the argv list given to app.start, not the process's command line: `ps` never shows it.
         argv.insert(1, flower_auth_argument(settings.flower_user, settings.flower_password))
     from ..config.celery_app import app
+    from ..config.celeryconfig import use_broker_config
 
-    app.conf.broker_url = settings.broker_url
+    use_broker_config(app, settings)  # the broker's URL, queues (quorum on RabbitMQ) and options
     log.info("starting Flower on %s, port %d", redact(settings.broker_url), port)
     app.start(argv)
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from embedfleet.config.celeryconfig import celery_config
-from embedfleet.config.queues import EMBED_QUEUE, QUEUES, ROUTES
+from embedfleet.config.celeryconfig import BROKER_HEARTBEAT_SECONDS, celery_config, use_broker_config
+from embedfleet.config.queues import AMQP_QUEUES, EMBED_QUEUE, QUEUES, ROUTES
 from embedfleet.config.settings import Settings
 
 # Celery's own worker_proc_alive_timeout: a pool child not up by then is killed.
@@ -97,3 +97,60 @@ def test_worker_log_lines_carry_their_time_level_process_and_logger() -> None:
     line = logging.Formatter(config["worker_log_format"]).format(record)
     assert line.startswith("[") and "INFO/ForkPoolWorker-1] embedfleet.workers.tasks: encoded job=j" in line
     assert "%(asctime)s" in config["worker_log_format"] and "%(asctime)s" in config["worker_task_log_format"]
+
+
+RABBIT = "amqp://guest:guest@rabbit.example:5672/fleet"
+
+
+def test_rabbitmq_gets_quorum_queues_and_no_redis_options() -> None:
+    """An amqp:// broker gets the quorum declarations and publisher confirms, not Redis's
+    visibility timeout (RabbitMQ re-queues a dead consumer's messages when its connection
+    closes); the option is one the AMQP client takes."""
+    import inspect
+
+    from amqp import Connection
+
+    conf = celery_config(Settings(broker_url=RABBIT))
+    assert conf["broker_url"] == RABBIT and conf["task_queues"] is AMQP_QUEUES
+    assert conf["broker_transport_options"] == {"confirm_publish": True}
+    assert "confirm_publish" in inspect.signature(Connection).parameters
+
+
+def test_a_cut_off_worker_is_noticed_in_tens_of_seconds() -> None:
+    """AMQP heartbeats every 10 s: RabbitMQ closes a silent worker's connection after two
+    missed beats and re-queues its chunks, in tens of seconds (Celery's 120 s default meant
+    minutes). Not lower than 5 s, which would drop healthy connections on a busy host. The
+    worker reconnects for as long as the outage lasts."""
+    conf = celery_config(Settings())
+    assert conf["broker_heartbeat"] == BROKER_HEARTBEAT_SECONDS
+    assert 5 <= 2 * BROKER_HEARTBEAT_SECONDS <= 30
+    assert conf["broker_connection_retry"] is True and conf["broker_connection_retry_on_startup"] is True
+    assert conf["broker_connection_max_retries"] is None
+
+
+def test_quorum_queues_get_per_consumer_qos_and_delayed_retries() -> None:
+    """Celery turns global QoS off for quorum queues (RabbitMQ refuses it on them) and waits out
+    a retry's countdown in quorum delayed-delivery queues."""
+    conf = celery_config(Settings(broker_url=RABBIT))
+    assert conf["worker_detect_quorum_queues"] is True
+    assert conf["broker_native_delayed_delivery_queue_type"] == "quorum"
+
+
+def test_pointing_an_app_at_another_broker_changes_its_queues() -> None:
+    """An app configured for Redis, pointed at RabbitMQ (a --broker-url flag, a notebook's second
+    fleet), declares quorum queues and detects them; and back, the plain queues and Redis's
+    options. Celery's cached declarations and router follow."""
+    from celery import Celery
+    from celery.utils.quorum_queues import detect_quorum_queues
+
+    app = Celery("switching")
+    app.conf.update(celery_config(Settings(broker_url="redis://127.0.0.1:6379/0")))
+    assert not app.amqp.queues[EMBED_QUEUE].queue_arguments
+    use_broker_config(app, Settings(broker_url=RABBIT))
+    assert app.amqp.queues[EMBED_QUEUE].queue_arguments["x-queue-type"] == "quorum"
+    assert detect_quorum_queues(app, "amqp") == (True, EMBED_QUEUE)
+    assert app.amqp.router.queues is app.amqp.queues
+    use_broker_config(app, Settings(broker_url="redis://127.0.0.1:6379/0"))
+    assert not app.amqp.queues[EMBED_QUEUE].queue_arguments
+    assert "visibility_timeout" in app.conf.broker_transport_options
+    app.close()

@@ -4,10 +4,13 @@ every fault-injection test makes of a finished job."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+import redis
 from sqlalchemy import func, select
 
 from embedfleet.storage.collections import get_collection
@@ -18,6 +21,24 @@ from embedfleet.storage.schema import dead_letters, vectors
 from tests.conftest import SAMPLE
 
 FAULTS = "tests.workers.fault_encoders"
+# A fleet test marked with this runs twice, on Redis and on RabbitMQ (the broker_url fixture,
+# tests/conftest.py). Not every fleet test: the suite's time would double.
+BOTH_BROKERS = pytest.mark.parametrize("broker_url", ["redis", "rabbitmq"], indirect=True)
+
+
+def queued_messages(broker_url: str, queues: tuple[str, ...] = ("embed", "collect")) -> int:
+    """Messages waiting or delivered-but-unacked on these queues of the test's broker."""
+    if broker_url.startswith("amqp"):
+        listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", broker_url.rsplit("/", 1)[1],
+                                 "--no-table-headers", "name", "messages"],
+                                capture_output=True, text=True, timeout=60, check=True).stdout
+        counts = dict(line.split("\t") for line in listed.splitlines() if line.strip())
+        return sum(int(counts.get(name, 0)) for name in queues)
+    client = redis.Redis.from_url(broker_url)
+    try:
+        return sum(client.llen(name) for name in queues) + client.hlen("unacked")
+    finally:
+        client.close()
 
 
 def wait_done(db_url: str, job_id: str, timeout: float = 240) -> JobStats:

@@ -21,6 +21,7 @@ from embedfleet.storage.engine import get_engine
 from embedfleet.storage.export import read_ids
 from embedfleet.storage.jobs import job_stats
 from tests.fleet.checks import (
+    BOTH_BROKERS,
     FAULTS,
     assert_accounted,
     fault_corpus,
@@ -136,6 +137,7 @@ def test_poison_records_are_isolated_then_redriven(sqlite_url, make_fleet, tmp_p
     assert len(read_ids(tmp_path / "after.ids.jsonl")) == 40
 
 
+@BOTH_BROKERS
 def test_transient_failures_retry_and_are_counted(sqlite_url, make_fleet, tmp_path) -> None:
     """Two transient failures, then success: every record stored, two retries on the job."""
     state = tmp_path / "state"

@@ -9,7 +9,14 @@ from embedfleet.config.messages import ChunkTexts
 from embedfleet.config.settings import Settings
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.ledger import unstarted_halves
-from embedfleet.workers.deliveries import WORKER_CRASHED, crashed_too_often, halve, isolate_crash, split_chunk
+from embedfleet.workers.deliveries import (
+    WORKER_CRASHED,
+    crashed_too_often,
+    halve,
+    isolate_crash,
+    model_backoff,
+    split_chunk,
+)
 from tests.storage.helpers import live_job
 
 
@@ -54,3 +61,10 @@ def test_isolate_crash_splits_a_chunk_and_letters_a_lone_record(sqlite_url) -> N
     dead, halves = isolate_crash(engine, lone, deliveries=3, holder="w")
     assert halves == () and [(d.record_id, d.error_type) for d in dead] == [(lone.ids[0], WORKER_CRASHED)]
     assert "died in 2 deliveries" in dead[0].message
+
+
+def test_model_backoff_is_whole_seconds_at_least() -> None:
+    """RabbitMQ's native delayed delivery refuses a countdown under 1 s (int(countdown) == 0):
+    the first backoff, 1 s with jitter, must not fall below it or the retry is rejected."""
+    assert min(model_backoff(1) for _ in range(500)) >= 1.0
+    assert max(model_backoff(30) for _ in range(500)) <= 60.0 * 1.2
