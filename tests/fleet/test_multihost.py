@@ -1,0 +1,348 @@
+"""The fleet across hosts: a broker host (Redis with AOF), a database host (PostgreSQL 15), three
+worker hosts (`embedfleet worker -c 1`, the real model) and a producer host (`submit --wait`),
+each a network namespace reaching the others only by address (tests/fleet/netns.py). Faults
+are made from the root namespace: a host's link set down, the broker killed, latency added.
+
+Every scenario asserts stored + skipped + dead = read, one row per record, export in corpus
+order. The product's default timeouts are used throughout, except where a test says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from embedfleet.storage.engine import get_engine
+from embedfleet.storage.jobs import JobStats, job_stats
+from embedfleet.storage.schema import chunks, jobs
+from tests.conftest import BIN, REPO, SAMPLE
+from tests.fleet.checks import assert_accounted
+from tests.fleet.netns import Cluster, Host, init_postgres, start_postgres, start_redis, sweep, unavailable_reason
+
+pytestmark = [pytest.mark.fleet, pytest.mark.multihost, pytest.mark.timeout(400)]
+
+WORKERS = ("w1", "w2", "w3")
+FIELDS = "title,description,files_touched"
+COLLECTION = "mh"
+
+
+@dataclass
+class Net:
+    """The cluster and the URLs its hosts use."""
+
+    cluster: Cluster
+    data: Path
+    broker_url: str
+    pg_base: str
+
+    def host(self, name: str) -> Host:
+        return self.cluster.hosts[name]
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    sweep()  # what a killed earlier run left behind
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"multi-host harness unavailable: {reason}")
+    # Not pytest's tmp_path: its 0700 parents keep the postgres user out.
+    data = Path(tempfile.mkdtemp(prefix="efmh-", dir="/tmp"))
+    os.chmod(data, 0o755)
+    cluster = Cluster(tmp_path_factory.mktemp("multihost-logs"))
+    try:
+        broker = cluster.add_host("broker", 2)
+        db = cluster.add_host("db", 3)
+        cluster.add_host("producer", 4)
+        for i, name in enumerate(WORKERS):
+            cluster.add_host(name, 11 + i)
+        init_postgres(cluster, db, data / "pg")
+        start_postgres(cluster, db, data / "pg")
+        start_redis(cluster, broker, data / "redis")
+        yield Net(cluster, data, f"redis://{broker.addr}:6379/0", f"postgresql://postgres@{db.addr}:5432")
+    finally:
+        cluster.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@dataclass
+class Fleet:
+    """One test's fleet on the cluster: its own database and an empty broker."""
+
+    net: Net
+    db_url: str
+    workers: list[str] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "EMBEDFLEET_BROKER_URL": self.net.broker_url, "EMBEDFLEET_DATABASE_URL": self.db_url,
+                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
+                "EMBEDFLEET_TORCH_THREADS": "1"}
+
+    def start_workers(self, *names: str, **env: str) -> None:
+        for name in names:
+            self.net.cluster.spawn(self.net.host(name), name, [
+                str(BIN / "embedfleet"), "worker", "-c", "1", "-n", f"{name}@%h", "--without-mingle",
+                "--without-gossip"], env={**self.env, **env})
+            self.workers.append(name)
+        self.wait_ready(list(names))
+
+    def wait_ready(self, names: list[str], timeout: float = 180) -> None:
+        """Until each named worker answers a ping over the broker (its model loaded)."""
+        from celery import Celery
+
+        from embedfleet.config.celeryconfig import celery_config
+        from embedfleet.config.settings import Settings
+
+        control = Celery("multihost-control")
+        control.conf.update(celery_config(Settings(broker_url=self.net.broker_url)))
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                for name in names:
+                    proc = self.net.cluster.procs[name]
+                    assert proc.poll() is None, f"worker {name} exited:\n{self.net.cluster.log(name)[-3000:]}"
+                seen = {next(iter(r)).split("@")[0] for r in control.control.ping(timeout=1.0) or []}
+                if set(names) <= seen:
+                    return
+            raise AssertionError(f"workers {names} not ready after {timeout}s")
+        finally:
+            control.close()
+
+    def submit(self, corpus: Path) -> subprocess.Popen:
+        """`submit --wait` on the producer host."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.net.host("producer").ns, str(BIN / "embedfleet"), "submit", str(corpus),
+             "--collection", COLLECTION, "--fields", FIELDS, "--chunk-size", "16", "--wait"],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def producer(self, *args: str) -> subprocess.CompletedProcess:
+        return self.net.cluster.run(self.net.host("producer"), [str(BIN / "embedfleet"), *args], env=self.env)
+
+    def job_id(self, timeout: float = 60) -> str:
+        """The test's one job, once the producer has made it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with get_engine(self.db_url).connect() as conn:
+                    row = conn.execute(select(jobs.c.id)).first()
+                if row:
+                    return str(row[0])
+            except Exception:  # the producer creates the tables while we look
+                pass
+            time.sleep(0.2)
+        raise AssertionError("no job after 60s")
+
+    def wait_chunks(self, job_id: str, done: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while job_stats(get_engine(self.db_url), job_id).chunks_done < done:
+            assert time.monotonic() < deadline, f"fewer than {done} chunks done after {timeout}s"
+            time.sleep(0.1)
+
+    def split(self, job_id: str) -> dict[str, int]:
+        """Chunks done per worker node (the ledger's chunks.worker)."""
+        with get_engine(self.db_url).connect() as conn:
+            rows = conn.execute(select(chunks.c.worker).where(chunks.c.job_id == job_id,
+                                                              chunks.c.state == "done")).all()
+        counts: dict[str, int] = {}
+        for (worker,) in rows:
+            key = (worker or "?").split("@")[0]
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+@pytest.fixture
+def fleet(net: Net) -> Iterator[Fleet]:
+    import psycopg
+
+    name = f"mh_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    admin_url = f"{net.pg_base}/postgres"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    import redis
+
+    redis.Redis.from_url(net.broker_url).flushdb()
+    made = Fleet(net, f"{net.pg_base}/{name}")
+    try:
+        yield made
+    finally:
+        for worker in made.workers:
+            net.cluster.kill(worker)
+        for host in net.cluster.hosts.values():  # faults a test left in place
+            net.cluster.link_up(host)
+            net.cluster.clear_qdisc(host)
+        if "redis" not in net.cluster.procs or net.cluster.procs["redis"].poll() is not None:
+            start_redis(net.cluster, net.host("broker"), net.data / "redis")
+
+
+def corpus(tmp_path: Path, n: int) -> tuple[Path, list[str]]:
+    """The first n commits of the sample, as they are."""
+    path = tmp_path / "corpus.jsonl"
+    lines = SAMPLE.read_text().splitlines()[:n]
+    path.write_text("\n".join(lines) + "\n")
+    return path, [json.loads(line)["id"] for line in lines]
+
+
+def finish(waiting: subprocess.Popen, timeout: float = 240) -> str:
+    """The producer's `submit --wait` exits 0 without a traceback."""
+    out, err = waiting.communicate(timeout=timeout)
+    assert waiting.returncode == 0, f"submit --wait exited {waiting.returncode}:\n{out[-2000:]}\n{err[-3000:]}"
+    assert "Traceback" not in err, err[-3000:]
+    return out
+
+
+def check(fleet: Fleet, job_id: str, ids: list[str], tmp_path: Path, n: int) -> JobStats:
+    stats = assert_accounted(fleet.db_url, job_id, COLLECTION, ids, tmp_path / "out.npy")
+    assert stats.records_read == n
+    split = fleet.split(job_id)
+    print(f"\nsplit of job {job_id}: {split}; stored {stats.stored} dead {stats.dead} skipped {stats.skipped}")
+    return stats
+
+
+def test_job_spread_over_all_worker_hosts(fleet: Fleet, tmp_path: Path) -> None:
+    """Three worker hosts share one job: each encodes some chunks."""
+    path, ids = corpus(tmp_path, 240)
+    fleet.start_workers(*WORKERS)
+    began = time.monotonic()
+    out = finish(fleet.submit(path))
+    seconds = time.monotonic() - began
+    job_id = fleet.job_id()
+    stats = check(fleet, job_id, ids, tmp_path, 240)
+    assert (stats.stored, stats.dead) == (240, 0)
+    split = fleet.split(job_id)
+    assert set(split) == set(WORKERS), split
+    print(f"240 records in {seconds:.1f} s; {out.strip().splitlines()[-1] if out.strip() else ''}")
+
+
+def busy_worker(fleet: Fleet, job_id: str) -> str:
+    """A worker holding a started, unfinished chunk now (the one whose loss costs something)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with get_engine(fleet.db_url).connect() as conn:
+            rows = conn.execute(select(chunks.c.worker).where(
+                chunks.c.job_id == job_id, chunks.c.state != "done", chunks.c.worker.is_not(None))).all()
+        names = [str(w).split("@")[0] for (w,) in rows if str(w).split("@")[0] in WORKERS]
+        if names:
+            return names[0]
+        time.sleep(0.05)
+    raise AssertionError("no worker holds a chunk")
+
+
+def test_worker_host_cut_off_for_good(fleet: Fleet, tmp_path: Path, recovery: Callable[[str, float, float], None]) -> None:
+    """A worker host's link goes down mid-chunk and stays down: its node stops beating, and
+    dead_after_seconds (15 s, the default) later a live worker re-sends its chunk; the job ends
+    on the other two hosts."""
+    path, ids = corpus(tmp_path, 240)
+    fleet.start_workers(*WORKERS)
+    waiting = fleet.submit(path)
+    job_id = fleet.job_id()
+    fleet.wait_chunks(job_id, 2)
+    victim = busy_worker(fleet, job_id)
+    fleet.net.cluster.link_down(fleet.net.host(victim))
+    cut = time.monotonic()
+    finish(waiting)
+    recovery("multihost: worker host cut, never restored (cut -> job end)", time.monotonic() - cut, 120)
+    stats = check(fleet, job_id, ids, tmp_path, 240)
+    assert (stats.stored, stats.dead) == (240, 0)
+    assert stats.resends >= 1, stats.as_dict()  # the cut host's chunk really was taken back
+
+
+def test_worker_host_back_after_a_minute(fleet: Fleet, tmp_path: Path, recovery: Callable[[str, float, float], None]) -> None:
+    """The cut host comes back 60 s later, its chunk long re-sent and the job done: it finishes
+    or drops what it held, and nothing is stored twice or counted twice."""
+    path, ids = corpus(tmp_path, 240)
+    fleet.start_workers(*WORKERS)
+    waiting = fleet.submit(path)
+    job_id = fleet.job_id()
+    fleet.wait_chunks(job_id, 2)
+    victim = busy_worker(fleet, job_id)
+    host = fleet.net.host(victim)
+    fleet.net.cluster.link_down(host)
+    cut = time.monotonic()
+    finish(waiting)
+    ended = time.monotonic() - cut
+    before = check(fleet, job_id, ids, tmp_path, 240)
+    time.sleep(max(0.0, 60 - (time.monotonic() - cut)))
+    fleet.net.cluster.link_up(host)
+    restored = time.monotonic()
+    fleet.wait_ready([victim])  # the returning node answers over the broker again
+    back = time.monotonic() - restored
+    time.sleep(10)  # what it held: stored or dropped by now
+    after = check(fleet, job_id, ids, tmp_path / "after", 240) if (tmp_path / "after").mkdir() is None else None
+    assert after is not None
+    assert (after.stored, after.dead, after.chunks_done) == (before.stored, before.dead, before.chunks_done) \
+        == (240, 0, before.chunks_total)
+    assert fleet.net.cluster.procs[victim].poll() is None, "the returning worker died"
+    recovery("multihost: worker host back after 60 s (cut -> job end)", ended, 120)
+    print(f"returning worker answered {back:.1f} s after its link came back")
+
+
+def test_broker_host_restarted_mid_job(fleet: Fleet, tmp_path: Path, recovery: Callable[[str, float, float], None]) -> None:
+    """Redis (appendonly, its data dir kept) is killed mid-job and started again 3 s later:
+    the queues come back from the AOF, the workers reconnect, the job ends."""
+    path, ids = corpus(tmp_path, 240)
+    fleet.start_workers(*WORKERS)
+    waiting = fleet.submit(path)
+    job_id = fleet.job_id()
+    fleet.wait_chunks(job_id, 2)
+    cluster, broker = fleet.net.cluster, fleet.net.host("broker")
+    cluster.kill("redis")
+    time.sleep(3)
+    start_redis(cluster, broker, fleet.net.data / "redis")
+    back = time.monotonic()
+    finish(waiting)
+    recovery("multihost: broker host restarted, AOF (restart -> job end)", time.monotonic() - back, 180)
+    stats = check(fleet, job_id, ids, tmp_path, 240)
+    assert (stats.stored, stats.dead) == (240, 0)
+
+
+def test_broker_host_restarted_empty_then_resume(fleet: Fleet, tmp_path: Path,
+                                                 recovery: Callable[[str, float, float], None]) -> None:
+    """Redis comes back empty (its data dir wiped) mid-job: the queued chunks are gone;
+    `embedfleet resume JOB` on the producer host re-sends every open chunk from the ledger."""
+    path, ids = corpus(tmp_path, 240)
+    fleet.start_workers(*WORKERS)
+    waiting = fleet.submit(path)
+    job_id = fleet.job_id()
+    fleet.wait_chunks(job_id, 2)
+    cluster, broker = fleet.net.cluster, fleet.net.host("broker")
+    cluster.kill("redis")
+    shutil.rmtree(fleet.net.data / "redis")
+    time.sleep(3)
+    start_redis(cluster, broker, fleet.net.data / "redis")
+    back = time.monotonic()
+    time.sleep(2)
+    resumed = fleet.producer("resume", job_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    finish(waiting)
+    recovery("multihost: broker host restarted empty + resume (restart -> job end)", time.monotonic() - back, 180)
+    stats = check(fleet, job_id, ids, tmp_path, 240)
+    assert (stats.stored, stats.dead) == (240, 0)
+
+
+def test_database_host_unreachable_for_30_s(fleet: Fleet, tmp_path: Path,
+                                            recovery: Callable[[str, float, float], None]) -> None:
+    """The database host's link is down for 30 s mid-job: tasks retry with backoff (5 retries
+    from 1 s, capped at 60 s, outlast 30 s) and the job ends once it is back."""
+    path, ids = corpus(tmp_path, 240)
+    fleet.start_workers(*WORKERS)
+    waiting = fleet.submit(path)
+    job_id = fleet.job_id()
+    fleet.wait_chunks(job_id, 2)
+    cluster, db = fleet.net.cluster, fleet.net.host("db")
+    cluster.link_down(db)
+    time.sleep(30)
+    cluster.link_up(db)
+    back = time.monotonic()
+    finish(waiting)
+    recovery("multihost: database host unreachable 30 s (link up -> job end)", time.monotonic() - back, 180)
+    stats = check(fleet, job_id, ids, tmp_path, 240)
+    assert (stats.stored, stats.dead) == (240, 0)
