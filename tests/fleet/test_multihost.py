@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import select
 
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.jobs import JobStats, job_stats
 from embedfleet.storage.schema import chunks, jobs
+from embedfleet.storage.schema import workers as nodes
 from tests.conftest import BIN, REPO, SAMPLE
 from tests.fleet.checks import assert_accounted
 from tests.fleet.netns import Cluster, Host, init_postgres, start_postgres, start_redis, sweep, unavailable_reason
@@ -110,7 +112,12 @@ class Fleet:
                 for name in names:
                     proc = self.net.cluster.procs[name]
                     assert proc.poll() is None, f"worker {name} exited:\n{self.net.cluster.log(name)[-3000:]}"
-                seen = {next(iter(r)).split("@")[0] for r in control.control.ping(timeout=1.0) or []}
+                try:
+                    replies = control.control.ping(timeout=1.0) or []
+                except (OSError, redis.exceptions.ConnectionError):  # the broker restarting
+                    time.sleep(0.5)
+                    continue
+                seen = {next(iter(r)).split("@")[0] for r in replies}
                 if set(names) <= seen:
                     return
             raise AssertionError(f"workers {names} not ready after {timeout}s")
@@ -167,8 +174,6 @@ def fleet(net: Net) -> Iterator[Fleet]:
     admin_url = f"{net.pg_base}/postgres"
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    import redis
-
     redis.Redis.from_url(net.broker_url).flushdb()
     made = Fleet(net, f"{net.pg_base}/{name}")
     try:
@@ -227,8 +232,9 @@ def busy_worker(fleet: Fleet, job_id: str) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with get_engine(fleet.db_url).connect() as conn:
-            rows = conn.execute(select(chunks.c.worker).where(
-                chunks.c.job_id == job_id, chunks.c.state != "done", chunks.c.worker.is_not(None))).all()
+            # chunks.holder: the incarnation of the node that started the chunk (its row in workers)
+            rows = conn.execute(select(nodes.c.name).join(chunks, chunks.c.holder == nodes.c.incarnation).where(
+                chunks.c.job_id == job_id, chunks.c.state != "done")).all()
         names = [str(w).split("@")[0] for (w,) in rows if str(w).split("@")[0] in WORKERS]
         if names:
             return names[0]
@@ -276,8 +282,8 @@ def test_worker_host_back_after_a_minute(fleet: Fleet, tmp_path: Path, recovery:
     fleet.wait_ready([victim])  # the returning node answers over the broker again
     back = time.monotonic() - restored
     time.sleep(10)  # what it held: stored or dropped by now
-    after = check(fleet, job_id, ids, tmp_path / "after", 240) if (tmp_path / "after").mkdir() is None else None
-    assert after is not None
+    (tmp_path / "after").mkdir()
+    after = check(fleet, job_id, ids, tmp_path / "after", 240)
     assert (after.stored, after.dead, after.chunks_done) == (before.stored, before.dead, before.chunks_done) \
         == (240, 0, before.chunks_total)
     assert fleet.net.cluster.procs[victim].poll() is None, "the returning worker died"
