@@ -75,13 +75,17 @@ def unavailable_reason() -> str | None:
 
 def netem_available() -> bool:
     """Whether the kernel has sch_netem (a VM kernel built without it answers 'unknown')."""
-    return "netem" not in (subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
-                                          capture_output=True, text=True).stderr) and _clear_lo()
-
-
-def _clear_lo() -> bool:
-    subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
-    return True
+    if shutil.which("tc") is None:
+        return False
+    probe = f"{PREFIX}netem"
+    if _ip("link", "add", probe, "type", "dummy", check=False).returncode != 0:
+        return False
+    try:
+        made = subprocess.run(["tc", "qdisc", "add", "dev", probe, "root", "netem", "delay", "1ms"],
+                              capture_output=True, text=True)
+        return made.returncode == 0
+    finally:
+        _ip("link", "del", probe, check=False)
 
 
 def sweep() -> None:
@@ -185,6 +189,9 @@ class Cluster:
             self.kill(name)
         for host in self.hosts.values():
             _kill_namespace(host.ns)
+            # The veth goes with its namespace only once the last process in it is gone:
+            # delete it now, so a dying process cannot keep it for the next run.
+            _ip("link", "del", host.veth, check=False)
             _ip("netns", "del", host.ns, check=False)
         _ip("link", "del", BRIDGE, check=False)
         self.hosts.clear()

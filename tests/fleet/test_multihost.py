@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,16 @@ from embedfleet.storage.schema import chunks, jobs
 from embedfleet.storage.schema import workers as nodes
 from tests.conftest import BIN, REPO, SAMPLE
 from tests.fleet.checks import assert_accounted
-from tests.fleet.netns import Cluster, Host, init_postgres, start_postgres, start_redis, sweep, unavailable_reason
+from tests.fleet.netns import (
+    Cluster,
+    Host,
+    init_postgres,
+    netem_available,
+    start_postgres,
+    start_redis,
+    sweep,
+    unavailable_reason,
+)
 
 pytestmark = [pytest.mark.fleet, pytest.mark.multihost, pytest.mark.timeout(400)]
 
@@ -124,23 +134,23 @@ class Fleet:
         finally:
             control.close()
 
-    def submit(self, corpus: Path) -> subprocess.Popen:
+    def submit(self, corpus: Path, collection: str = COLLECTION) -> subprocess.Popen:
         """`submit --wait` on the producer host."""
         return subprocess.Popen(
             ["ip", "netns", "exec", self.net.host("producer").ns, str(BIN / "embedfleet"), "submit", str(corpus),
-             "--collection", COLLECTION, "--fields", FIELDS, "--chunk-size", "16", "--wait"],
+             "--collection", collection, "--fields", FIELDS, "--chunk-size", "16", "--wait"],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def producer(self, *args: str) -> subprocess.CompletedProcess:
         return self.net.cluster.run(self.net.host("producer"), [str(BIN / "embedfleet"), *args], env=self.env)
 
-    def job_id(self, timeout: float = 60) -> str:
-        """The test's one job, once the producer has made it."""
+    def job_id(self, timeout: float = 60, seen: tuple[str, ...] = ()) -> str:
+        """The test's job (the one not in seen), once the producer has made it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 with get_engine(self.db_url).connect() as conn:
-                    row = conn.execute(select(jobs.c.id)).first()
+                    row = conn.execute(select(jobs.c.id).where(jobs.c.id.not_in(seen))).first()
                 if row:
                     return str(row[0])
             except Exception:  # the producer creates the tables while we look
@@ -204,8 +214,8 @@ def finish(waiting: subprocess.Popen, timeout: float = 240) -> str:
     return out
 
 
-def check(fleet: Fleet, job_id: str, ids: list[str], tmp_path: Path, n: int) -> JobStats:
-    stats = assert_accounted(fleet.db_url, job_id, COLLECTION, ids, tmp_path / "out.npy")
+def check(fleet: Fleet, job_id: str, ids: list[str], tmp_path: Path, n: int, collection: str = COLLECTION) -> JobStats:
+    stats = assert_accounted(fleet.db_url, job_id, collection, ids, tmp_path / f"{collection}.npy")
     assert stats.records_read == n
     split = fleet.split(job_id)
     print(f"\nsplit of job {job_id}: {split}; stored {stats.stored} dead {stats.dead} skipped {stats.skipped}")
@@ -352,3 +362,57 @@ def test_database_host_unreachable_for_30_s(fleet: Fleet, tmp_path: Path,
     recovery("multihost: database host unreachable 30 s (link up -> job end)", time.monotonic() - back, 180)
     stats = check(fleet, job_id, ids, tmp_path, 240)
     assert (stats.stored, stats.dead) == (240, 0)
+
+
+def test_latency_and_loss_on_a_worker_host(fleet: Fleet, tmp_path: Path,
+                                           recovery: Callable[[str, float, float], None]) -> None:
+    """50 ms each way and 1% loss on w1's link: the job finishes, one row per record; its
+    throughput is recorded against a clean run of the same corpus (into another collection,
+    so nothing is skipped as unchanged) on the same fleet.
+
+    Where the kernel has no sch_netem (this CI VM's), w1 reaches the broker and the database
+    through tests/fleet/delay_proxy.py in its own namespace instead, which holds every piece of
+    data 50 ms each way and, for 1% of them, a 200 ms retransmission timeout more."""
+    cluster, w1 = fleet.net.cluster, fleet.net.host("w1")
+    path, ids = corpus(tmp_path, 240)
+    control = tmp_path / "impairment"
+    control.write_text("0 0")
+    if netem_available():
+        how = "tc netem"
+        fleet.start_workers(*WORKERS)
+    else:
+        how = "delay_proxy (no sch_netem in this kernel)"
+        broker, db = fleet.net.host("broker"), fleet.net.host("db")
+        cluster.spawn(w1, "w1-proxy", [sys.executable, "-m", "tests.fleet.delay_proxy", str(control),
+                                       f"16379:{broker.addr}:6379", f"15432:{db.addr}:5432"], env=fleet.env)
+        fleet.start_workers("w2", "w3")
+        fleet.start_workers("w1", EMBEDFLEET_BROKER_URL="redis://127.0.0.1:16379/0",
+                            EMBEDFLEET_DATABASE_URL=fleet.db_url.replace(f"{db.addr}:5432", "127.0.0.1:15432"))
+    try:
+        # A first job pays for table creation and each worker's first batch: not in either figure.
+        (tmp_path / "warm").mkdir()
+        warm, _ = corpus(tmp_path / "warm", 48)
+        finish(fleet.submit(warm, "warmup"))
+        warmup = fleet.job_id()
+        began = time.monotonic()
+        finish(fleet.submit(path, "clean"))
+        clean_seconds = time.monotonic() - began
+        first = fleet.job_id(seen=(warmup,))
+        check(fleet, first, ids, tmp_path, 240, "clean")
+        if how == "tc netem":
+            cluster.netem(w1, "delay", "50ms", "loss", "1%")
+        else:
+            control.write_text("0.05 0.01")
+        began = time.monotonic()
+        finish(fleet.submit(path, "impaired"))
+        impaired_seconds = time.monotonic() - began
+        second = fleet.job_id(seen=(warmup, first))
+        stats = check(fleet, second, ids, tmp_path, 240, "impaired")
+        assert (stats.stored, stats.dead) == (240, 0)
+    finally:
+        cluster.kill("w1-proxy")
+    recovery("multihost: clean job, 240 records (submit -> end)", clean_seconds, 240)
+    recovery("multihost: w1 at 50 ms + 1% loss, 240 records (submit -> end)", impaired_seconds, 240)
+    clean, impaired = 240 / clean_seconds, 240 / impaired_seconds
+    print(f"throughput via {how}: clean {clean:.1f} records/s, w1 at 50 ms + 1% loss {impaired:.1f} records/s "
+          f"(ratio {impaired / clean:.2f}); split clean {fleet.split(first)}, impaired {fleet.split(second)}")
