@@ -222,10 +222,20 @@ def init_postgres(cluster: Cluster, host: Host, data: Path) -> None:
         hba.write(f"host all all {NET}.0/24 trust\n")
 
 
+# A client host cut off inside a transaction leaves its session "idle in transaction",
+# holding its row locks, until the server's TCP keepalive gives up on the peer: with the
+# kernel's defaults that is 2 h 11 min. A collector cut off between its UPDATE of a chunk
+# (which locks the row) and its COMMIT so blocks every sweep that would re-send that chunk,
+# and the job stalls (docs/operations.md, "Several hosts"). A database serving several hosts
+# needs keepalives set; these find a dead peer in 10 + 3 x 5 = 25 s.
+PG_KEEPALIVES = ("tcp_keepalives_idle=10", "tcp_keepalives_interval=5", "tcp_keepalives_count=3")
+
+
 def start_postgres(cluster: Cluster, host: Host, data: Path) -> None:
+    settings = [arg for kv in PG_KEEPALIVES for arg in ("-c", kv)]
     cluster.spawn(host, "postgres", [str(PG_BIN / "postgres"), "-D", str(data), "-c", f"listen_addresses={host.addr}",
                                      "-c", f"unix_socket_directories={data}", "-c", "fsync=off",
-                                     "-c", "max_connections=200"], user="postgres")
+                                     "-c", "max_connections=200", *settings], user="postgres")
     wait_port(cluster, host, 5432)
 
 
