@@ -224,10 +224,10 @@ def init_postgres(cluster: Cluster, host: Host, data: Path) -> None:
 
 # A client host cut off inside a transaction leaves its session "idle in transaction",
 # holding its row locks, until the server's TCP keepalive gives up on the peer: with the
-# kernel's defaults that is 2 h 11 min. A collector cut off between its UPDATE of a chunk
-# (which locks the row) and its COMMIT so blocks every sweep that would re-send that chunk,
-# and the job stalls (docs/operations.md, "Several hosts"). A database serving several hosts
-# needs keepalives set; these find a dead peer in 10 + 3 x 5 = 25 s.
+# kernel's defaults that is 2 h 11 min. A collector cut off between the UPDATE that locks
+# its chunk's row and its COMMIT would so block the sweep that re-sends that chunk (the
+# likely cause of one stalled run of scenario 2; docs/operations.md, "Several hosts").
+# A database serving several hosts should find dead peers sooner; these take 10 + 3 x 5 s.
 PG_KEEPALIVES = ("tcp_keepalives_idle=10", "tcp_keepalives_interval=5", "tcp_keepalives_count=3")
 
 

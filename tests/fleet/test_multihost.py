@@ -247,19 +247,25 @@ def test_job_spread_over_all_worker_hosts(fleet: Fleet, tmp_path: Path) -> None:
     print(f"240 records in {seconds:.1f} s; {out.strip().splitlines()[-1] if out.strip() else ''}")
 
 
-def busy_worker(fleet: Fleet, job_id: str) -> str:
-    """A worker holding a started, unfinished chunk now (the one whose loss costs something)."""
+def held_chunk(fleet: Fleet, job_id: str) -> tuple[str, int]:
+    """A worker holding a started, unfinished chunk now (the one whose loss costs something),
+    and that chunk's seq."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with get_engine(fleet.db_url).connect() as conn:
             # chunks.holder: the incarnation of the node that started the chunk (its row in workers)
-            rows = conn.execute(select(nodes.c.name).join(chunks, chunks.c.holder == nodes.c.incarnation).where(
+            rows = conn.execute(select(nodes.c.name, chunks.c.seq).join(
+                chunks, chunks.c.holder == nodes.c.incarnation).where(
                 chunks.c.job_id == job_id, chunks.c.state != "done")).all()
-        names = [str(w).split("@")[0] for (w,) in rows if str(w).split("@")[0] in WORKERS]
-        if names:
-            return names[0]
+        held = [(str(w).split("@")[0], int(seq)) for w, seq in rows if str(w).split("@")[0] in WORKERS]
+        if held:
+            return held[0]
         time.sleep(0.05)
     raise AssertionError("no worker holds a chunk")
+
+
+def busy_worker(fleet: Fleet, job_id: str) -> str:
+    return held_chunk(fleet, job_id)[0]
 
 
 def test_worker_host_cut_off_for_good(fleet: Fleet, tmp_path: Path, recovery: Callable[[str, float, float], None]) -> None:
@@ -309,6 +315,47 @@ def test_worker_host_back_after_a_minute(fleet: Fleet, tmp_path: Path, recovery:
     assert fleet.net.cluster.procs[victim].poll() is None, "the returning worker died"
     recovery("multihost: worker host back after 60 s (cut -> job end)", ended, 120)
     print(f"returning worker answered {back:.1f} s after its link came back")
+
+
+@pytest.mark.skipif(not ALL, reason="known stall, 3+ minutes: set EMBEDFLEET_MULTIHOST_ALL=1")
+@pytest.mark.xfail(strict=False, reason="open: the job did not end within 180 s of the cut, though the database "
+                                        "dropped the cut host's sessions after ~25 s (cause not found yet)")
+def test_worker_host_cut_inside_a_collect_transaction(fleet: Fleet, tmp_path: Path,
+                                                      recovery: Callable[[str, float, float], None]) -> None:
+    """A host cut off inside a collect's transaction (after the statement that locks the
+    chunk's row, before COMMIT): its session stays open on the database, holding the lock,
+    until the server's TCP keepalive gives the peer up, and the sweep that would re-send the
+    chunk waits on that lock. The cut lands at that moment only by chance in scenario 2 (it
+    did once, and the job had not ended 240 s later), so here a session on the cut host
+    takes the lock as the collector does (SELECT ... FOR UPDATE on the chunk's row) just
+    before the cut. Expected: with the database host's keepalives (netns.PG_KEEPALIVES: a
+    dead peer found in 25 s) the lock goes and the job ends. Seen (one run): the server
+    dropped two of the cut host's sessions ~25 s after the cut, yet no live worker logged a
+    re-send and the job had not ended 180 s after the cut."""
+    path, ids = corpus(tmp_path, 240)
+    fleet.start_workers(*WORKERS)
+    waiting = fleet.submit(path)
+    job_id = fleet.job_id()
+    fleet.wait_chunks(job_id, 2)
+    victim, seq = held_chunk(fleet, job_id)
+    cluster, host = fleet.net.cluster, fleet.net.host(victim)
+    locker = (f"import psycopg, time; c = psycopg.connect({fleet.db_url!r}); "
+              f"c.execute('SELECT seq FROM chunks WHERE job_id = %s AND seq = %s FOR UPDATE', ({job_id!r}, {seq})); "
+              "print('locked', flush=True); time.sleep(900)")
+    cluster.spawn(host, "locker", [sys.executable, "-c", locker], env=fleet.env)
+    deadline = time.monotonic() + 30
+    while "locked" not in cluster.log("locker"):
+        assert time.monotonic() < deadline, cluster.log("locker")
+        time.sleep(0.05)
+    cluster.link_down(host)
+    cut = time.monotonic()
+    try:
+        finish(waiting, timeout=180)
+    finally:
+        cluster.kill("locker")
+    recovery("multihost: worker host cut inside a collect transaction (cut -> job end)", time.monotonic() - cut, 120)
+    stats = check(fleet, job_id, ids, tmp_path, 240)
+    assert (stats.stored, stats.dead) == (240, 0)
 
 
 def test_broker_host_restarted_mid_job(fleet: Fleet, tmp_path: Path, recovery: Callable[[str, float, float], None]) -> None:
