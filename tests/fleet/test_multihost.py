@@ -317,9 +317,27 @@ def test_worker_host_back_after_a_minute(fleet: Fleet, tmp_path: Path, recovery:
     print(f"returning worker answered {back:.1f} s after its link came back")
 
 
+def database_view(fleet: Fleet, job_id: str) -> str:
+    """Sessions, open chunks and worker nodes as the database sees them."""
+    import psycopg
+
+    lines = []
+    with psycopg.connect(fleet.db_url, autocommit=True, connect_timeout=5) as conn:
+        for row in conn.execute("SELECT pid, client_addr, state, wait_event_type, wait_event, left(query, 90) "
+                                "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"):
+            lines.append(f"session {row}")
+        for row in conn.execute("SELECT seq, state, holder, deliveries, collects FROM chunks WHERE job_id = %s "
+                                "AND state <> 'done'", (job_id,)):
+            lines.append(f"open chunk {row}")
+        for row in conn.execute("SELECT name, incarnation, extract(epoch from clock_timestamp()) - last_seen, "
+                                "extract(epoch from clock_timestamp()) - up_since FROM workers"):
+            lines.append(f"node {row}")
+    return "\n".join(lines)
+
+
 @pytest.mark.skipif(not ALL, reason="known stall, 3+ minutes: set EMBEDFLEET_MULTIHOST_ALL=1")
-@pytest.mark.xfail(strict=False, reason="open: the job did not end within 180 s of the cut, though the database "
-                                        "dropped the cut host's sessions after ~25 s (cause not found yet)")
+@pytest.mark.xfail(strict=False, reason="open, intermittent: in one of two runs the job had not ended 180 s after "
+                                        "the cut (the other: 17 s); cause not found yet")
 def test_worker_host_cut_inside_a_collect_transaction(fleet: Fleet, tmp_path: Path,
                                                       recovery: Callable[[str, float, float], None]) -> None:
     """A host cut off inside a collect's transaction (after the statement that locks the
@@ -329,9 +347,10 @@ def test_worker_host_cut_inside_a_collect_transaction(fleet: Fleet, tmp_path: Pa
     did once, and the job had not ended 240 s later), so here a session on the cut host
     takes the lock as the collector does (SELECT ... FOR UPDATE on the chunk's row) just
     before the cut. Expected: with the database host's keepalives (netns.PG_KEEPALIVES: a
-    dead peer found in 25 s) the lock goes and the job ends. Seen (one run): the server
-    dropped two of the cut host's sessions ~25 s after the cut, yet no live worker logged a
-    re-send and the job had not ended 180 s after the cut."""
+    dead peer found in 25 s) the lock goes and the job ends. Seen: once the job ended 17 s
+    after the cut; once the server dropped two of the cut host's sessions ~25 s after the
+    cut, yet no live worker logged a re-send and the job had not ended 180 s after the cut.
+    On a stall the test prints the database's sessions, open chunks and nodes."""
     path, ids = corpus(tmp_path, 240)
     fleet.start_workers(*WORKERS)
     waiting = fleet.submit(path)
@@ -350,7 +369,14 @@ def test_worker_host_cut_inside_a_collect_transaction(fleet: Fleet, tmp_path: Pa
     cluster.link_down(host)
     cut = time.monotonic()
     try:
-        finish(waiting, timeout=180)
+        for _ in range(3):  # what the database shows while the job waits, for the report
+            try:
+                finish(waiting, timeout=60)
+                break
+            except subprocess.TimeoutExpired:
+                print(f"\n{time.monotonic() - cut:.0f} s after the cut:\n{database_view(fleet, job_id)}")
+        else:
+            raise AssertionError("the job did not end within 180 s of the cut")
     finally:
         cluster.kill("locker")
     recovery("multihost: worker host cut inside a collect transaction (cut -> job end)", time.monotonic() - cut, 120)
