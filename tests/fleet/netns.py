@@ -228,7 +228,11 @@ def init_postgres(cluster: Cluster, host: Host, data: Path) -> None:
 # its chunk's row and its COMMIT would so block the sweep that re-sends that chunk (the
 # likely cause of one stalled run of scenario 2; docs/operations.md, "Several hosts").
 # A database serving several hosts should find dead peers sooner; these take 10 + 3 x 5 s.
-PG_KEEPALIVES = ("tcp_keepalives_idle=10", "tcp_keepalives_interval=5", "tcp_keepalives_count=3")
+# Keepalives only probe an idle connection: one whose last reply the dead peer never
+# acknowledged is retransmitted for ~15 min (tcp_retries2) instead, unless tcp_user_timeout
+# (milliseconds) caps how long sent data may stay unacknowledged.
+PG_KEEPALIVES = ("tcp_keepalives_idle=10", "tcp_keepalives_interval=5", "tcp_keepalives_count=3",
+                 "tcp_user_timeout=25000")
 
 
 def start_postgres(cluster: Cluster, host: Host, data: Path) -> None:

@@ -247,6 +247,15 @@ def test_job_spread_over_all_worker_hosts(fleet: Fleet, tmp_path: Path) -> None:
     print(f"240 records in {seconds:.1f} s; {out.strip().splitlines()[-1] if out.strip() else ''}")
 
 
+def finish_or_show(fleet: Fleet, waiting: subprocess.Popen, job_id: str, timeout: float = 240) -> None:
+    """finish(), and what the database shows if the job stalls (the intermittent stall after a cut)."""
+    try:
+        finish(waiting, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"\nstalled:\n{database_view(fleet, job_id)}")
+        raise
+
+
 def held_chunk(fleet: Fleet, job_id: str) -> tuple[str, int]:
     """A worker holding a started, unfinished chunk now (the one whose loss costs something),
     and that chunk's seq."""
@@ -280,7 +289,7 @@ def test_worker_host_cut_off_for_good(fleet: Fleet, tmp_path: Path, recovery: Ca
     victim = busy_worker(fleet, job_id)
     fleet.net.cluster.link_down(fleet.net.host(victim))
     cut = time.monotonic()
-    finish(waiting)
+    finish_or_show(fleet, waiting, job_id)
     recovery("multihost: worker host cut, never restored (cut -> job end)", time.monotonic() - cut, 120)
     stats = check(fleet, job_id, ids, tmp_path, 240)
     assert (stats.stored, stats.dead) == (240, 0)
@@ -299,7 +308,7 @@ def test_worker_host_back_after_a_minute(fleet: Fleet, tmp_path: Path, recovery:
     host = fleet.net.host(victim)
     fleet.net.cluster.link_down(host)
     cut = time.monotonic()
-    finish(waiting)
+    finish_or_show(fleet, waiting, job_id)
     ended = time.monotonic() - cut
     before = check(fleet, job_id, ids, tmp_path, 240)
     time.sleep(max(0.0, 60 - (time.monotonic() - cut)))
