@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast lint bench docs clean
+.PHONY: install demo test test-fast test-multihost lint bench docs clean
 
 install: $(STAMP)
 
@@ -28,9 +28,15 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# Everything: real Redis, PostgreSQL and worker processes (.ci/run starts the services).
+# Everything: real Redis, RabbitMQ, PostgreSQL and worker processes (.ci/run starts the
+# services); the multi-host scenarios have a lane of their own (below).
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not multihost"
+
+# A cluster of network namespaces (needs root): broker, database, three worker hosts and a
+# producer, each reaching the others by address; links cut, restored, slowed (~6 min).
+test-multihost: install
+	$(VENV)/bin/pytest -q -s -m multihost
 
 # The fast lane, for every edit: no worker processes, no Redis (tests marked `fleet`).
 test-fast: lint

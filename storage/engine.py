@@ -55,6 +55,27 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
+# A worker host cut off inside a transaction (the collector marks its chunk, then commits)
+# leaves its session on the server holding the chunk's row lock until the server gives up on
+# the peer: 2 h 11 min with the kernel's keepalive defaults, ~15 min when a reply was never
+# acknowledged. Any sweep or redelivery of that chunk waits on the lock that long. Each
+# session asks the server to find a dead peer within ~25 s instead: keepalive probes after
+# 10 s idle (3 x 5 s), and tcp_user_timeout for data sent and never acknowledged. Session
+# settings (any role may set them), sent once per new connection.
+POSTGRES_SESSION = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+                    "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 25000")
+
+
+def _postgres_session(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(POSTGRES_SESSION)
+        dbapi_connection.commit()
+    except Exception as exc:  # a server that lacks one (PostgreSQL < 12): the defaults stay
+        dbapi_connection.rollback()
+        log.info("could not set the session's TCP keepalives: %s", exc)
+
+
 def _switch_to_wal(cursor, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     """journal_mode=WAL, waiting for the lock like every other statement does.
 
@@ -117,6 +138,7 @@ def _build(url: str) -> Engine:
         # No pool_pre_ping: it costs a round trip per checkout on the collector's hot path,
         # and a connection that died is an OperationalError, which the tasks retry.
         engine = create_engine(full, hide_parameters=True)
+        event.listen(engine, "connect", _postgres_session)
         # A rollback drops the bulk upsert's staging table if this transaction created it:
         # forget it, or every later chunk on the connection fails with UndefinedTable.
         event.listen(engine, "rollback", forget_staging)

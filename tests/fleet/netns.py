@@ -236,7 +236,10 @@ PG_KEEPALIVES = ("tcp_keepalives_idle=10", "tcp_keepalives_interval=5", "tcp_kee
 
 
 def start_postgres(cluster: Cluster, host: Host, data: Path) -> None:
-    settings = [arg for kv in PG_KEEPALIVES for arg in ("-c", kv)]
+    # The product now asks for these per session (storage/engine.py, POSTGRES_SESSION), so
+    # the cluster runs with the server's defaults unless EMBEDFLEET_MULTIHOST_SERVER_KEEPALIVES=1.
+    settings = ([arg for kv in PG_KEEPALIVES for arg in ("-c", kv)]
+                if os.environ.get("EMBEDFLEET_MULTIHOST_SERVER_KEEPALIVES") == "1" else [])
     cluster.spawn(host, "postgres", [str(PG_BIN / "postgres"), "-D", str(data), "-c", f"listen_addresses={host.addr}",
                                      "-c", f"unix_socket_directories={data}", "-c", "fsync=off",
                                      "-c", "max_connections=200", *settings], user="postgres")
