@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast test-multihost lint bench docs clean
+.PHONY: install demo test test-fast test-rabbitmq test-multihost lint bench docs clean
 
 install: $(STAMP)
 
@@ -28,10 +28,15 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# Everything: real Redis, RabbitMQ, PostgreSQL and worker processes (.ci/run starts the
-# services); the multi-host scenarios have a lane of their own (below).
+# Everything on Redis: real Redis, PostgreSQL and worker processes (.ci/run starts the
+# services). The fault suite's run on RabbitMQ and the multi-host scenarios have lanes of
+# their own (below), which CI runs after this one.
 test: lint
-	$(VENV)/bin/pytest -q -m "not multihost"
+	$(VENV)/bin/pytest -q -m "not multihost and not rabbitmq"
+
+# The fault suite and the end-to-end tests again, on RabbitMQ (quorum queues).
+test-rabbitmq: install
+	$(VENV)/bin/pytest -q -m "rabbitmq and not multihost"
 
 # A cluster of network namespaces (needs root): broker, database, three worker hosts and a
 # producer, each reaching the others by address; links cut, restored, slowed (~6 min).

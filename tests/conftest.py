@@ -67,6 +67,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # pg_url asked for directly, or through a parameter (db_url's "postgres", or a test's own).
         if fixtures & POSTGRES_FIXTURES or "postgres" in params.values():
             item.add_marker(pytest.mark.postgres)
+        # On RabbitMQ (its own fixture, or the broker_url parameter): the second broker's run of
+        # the fault suite, a lane of its own (`make test-rabbitmq`) so `make test` stays in budget.
+        if "amqp_url" in fixtures or params.get("broker_url") == "rabbitmq":
+            item.add_marker(pytest.mark.rabbitmq)
 
 
 @pytest.fixture(autouse=True)
