@@ -31,8 +31,12 @@ lint: install
 # Everything on Redis: real Redis, PostgreSQL and worker processes (.ci/run starts the
 # services). The fault suite's run on RabbitMQ and the multi-host scenarios have lanes of
 # their own (below), which CI runs after this one.
+# Two runs: the tests without worker processes on both cores (pytest-xdist; each test has its
+# own databases), then the fleet tests one at a time (they share a Redis database and time
+# their recoveries).
 test: lint
-	$(VENV)/bin/pytest -q -m "not multihost and not rabbitmq"
+	$(VENV)/bin/pytest -q -n 2 -m "not fleet and not multihost"
+	$(VENV)/bin/pytest -q -m "fleet and not multihost and not rabbitmq"
 
 # The fault suite and the end-to-end tests again, on RabbitMQ (quorum queues).
 test-rabbitmq: install
@@ -45,7 +49,7 @@ test-multihost: install
 
 # The fast lane, for every edit: no worker processes, no Redis (tests marked `fleet`).
 test-fast: lint
-	$(VENV)/bin/pytest -q -m "not fleet"
+	$(VENV)/bin/pytest -q -n 2 -m "not fleet"
 
 # The benchmark on a corpus of your own: make bench CORPUS=path.jsonl FIELDS=title,body
 CORPUS ?= samples/celery_commits_500.jsonl
