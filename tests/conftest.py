@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pytest
@@ -21,8 +22,23 @@ SAMPLE = REPO / "samples" / "celery_commits_500.jsonl"
 BIN = Path(sys.executable).parent
 # In CI the services must be there: a missing one fails the run instead of skipping tests.
 REQUIRE_SERVICES = os.environ.get("EMBEDFLEET_REQUIRE_SERVICES") == "1"
-# Our own Redis database number: tests flush it, never anyone else's.
-TEST_REDIS_URL = os.environ.get("EMBEDFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def _own_redis_database(base: str) -> str:
+    """Our own Redis database number (tests flush it, never anyone else's), one per pytest-xdist
+    worker: gw0 takes the base number (13), gw1 the next, so tests running side by side never
+    flush each other's queues."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return base
+    parts = urlsplit(base)
+    number = int(parts.path.strip("/") or 0) + int(worker[2:])
+    if number > 15:
+        raise pytest.UsageError(f"too many test processes for Redis databases above {base}")
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
+
+TEST_REDIS_URL = _own_redis_database(os.environ.get("EMBEDFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/13"))
 # RabbitMQ: each test gets a virtual host of its own on this server (made and deleted with
 # rabbitmqctl, like our Redis database number), never the default vhost `/`.
 TEST_AMQP_URL = os.environ.get("EMBEDFLEET_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
@@ -69,6 +85,42 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # the fault suite, a lane of its own (`make test-rabbitmq`) so `make test` stays in budget.
         if "amqp_url" in fixtures or params.get("broker_url") == "rabbitmq":
             item.add_marker(pytest.mark.rabbitmq)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """A failed fleet test shows the end of each worker's log beside its traceback: in CI the
+    logs are gone with the test's temporary directory."""
+    report = yield
+    make = getattr(item, "funcargs", {}).get("make_fleet")
+    if report.failed and make is not None:
+        for fleet in make.fleets:
+            for name in fleet.procs:
+                try:
+                    report.sections.append((f"log of {name} (last 80 lines)", fleet.tail(name)))
+                except OSError:
+                    pass
+    return report
+
+
+_recovery_times: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collects the recovery times the fleet tests record (tests/fleet/conftest.py: recovery),
+    in the process that prints the summary, whether the tests ran here or in xdist workers."""
+    for key, value in report.user_properties:
+        if key == "recovery" and report.when == "call":
+            name, seconds = value
+            _recovery_times[name] = seconds
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    """The recovery times of the fleet tests that ran, for the closing note."""
+    if _recovery_times:
+        terminalreporter.write_sep("-", "recovery seconds")
+        for name, seconds in sorted(_recovery_times.items()):
+            terminalreporter.write_line(f"{name}: {seconds:.1f}")
 
 
 @pytest.fixture(autouse=True)
@@ -253,9 +305,12 @@ class Fleet:
     def start(self, name: str, *args: str, **env: str) -> subprocess.Popen:
         """Any `embedfleet` command as a long-running process (a worker, beat)."""
         log = (self.log_dir / f"{name}.log").open("a")
+        # A session of its own: stop() ends the process and every process it made (pool
+        # processes orphaned by a kill -9 of their parent included), so nothing a test started
+        # keeps consuming from the next test's queues.
         proc = subprocess.Popen(
             [str(BIN / "embedfleet"), *args], env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
-            cwd=self.log_dir,
+            cwd=self.log_dir, start_new_session=True,
         )
         self.procs[name] = proc
         return proc
@@ -291,6 +346,9 @@ class Fleet:
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
+    def tail(self, name: str, lines: int = 80) -> str:
+        return "\n".join(self.log(name).splitlines()[-lines:])
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -301,6 +359,10 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever of its session is left
+            except ProcessLookupError:
+                pass
 
 
 @pytest.fixture
@@ -312,6 +374,7 @@ def make_fleet(broker_url: str, tmp_path: Path) -> Iterator:
         fleets.append(fleet)
         return fleet
 
+    make.fleets = fleets  # type: ignore[attr-defined]  # read by pytest_runtest_makereport
     yield make
     for fleet in fleets:
         fleet.stop()
