@@ -184,6 +184,17 @@ class Settings(BaseSettings):
             "Seconds a pool process may take to load its model before Celery kills it (`worker_proc_alive_timeout`)."
         ),
     )
+    # A worker node whose pool leaves a received chunk untaken while a pool process idles
+    # (a Celery prefork fault after a pool process is killed, workers/watchdog.py) restarts
+    # itself after this long. Healthy pools hand a chunk over in milliseconds, and a pool
+    # process still loading its model is not idle, so a slow load never trips it.
+    pool_stall_seconds: float = Field(
+        default=30.0,
+        description=(
+            "Seconds a worker's pool may leave a received chunk untaken while one of its processes idles before "
+            "the worker restarts itself (0: never)."
+        ),
+    )
     # Every worker node writes a heartbeat row this often (the database's clock), and a node
     # not seen for dead_after_seconds is dead: the open chunks it held are re-sent at once,
     # by any live worker, the waiting producer or beat. 3 s costs one tiny UPDATE per node;

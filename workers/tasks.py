@@ -21,7 +21,7 @@ from ..storage import codec, pgvector
 from ..storage.engine import get_engine
 from ..storage.ledger import count_retry, start_collect, start_delivery, unstarted_halves
 from ..storage.safe_errors import error_type, redacted, safe_error
-from . import heartbeat
+from . import heartbeat, watchdog  # noqa: F401 (watchdog: its signal handler)
 from .collector import dead_letter_chunk, store_chunk
 from .deliveries import (
     COLLECTOR_CRASHED,

@@ -85,9 +85,16 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
     celery_sets_up_logging()
     app.worker_main(argv)
     from ..workers.resident import model_load_failed
+    from ..workers.watchdog import restart_requested
 
     if model_load_failed():
         sys.exit(1)  # a pool process could not load the model and stopped the worker; it logged why
+    if restart_requested():
+        # The pool lost a chunk and the node shut down to give it back (workers/watchdog.py):
+        # start again in this process, same command line and environment, with a fresh pool.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, sys.orig_argv)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
