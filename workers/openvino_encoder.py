@@ -305,6 +305,7 @@ class OpenVINOEncoder:
         self._meta = meta
         self._model = CompiledSentenceModel(self.entry, meta, precision, self.threads)
         self._pid = os.getpid()
+        self._inherited: list[CompiledSentenceModel] = []
         self.dimension = int(meta["dimension"])
         self.max_tokens = int(meta["max_tokens"])
         self.batch_size = settings.batch_size
@@ -316,10 +317,18 @@ class OpenVINOEncoder:
             self.dimension, self.max_tokens, self.threads, self.batch_size, self.batch_tokens,
         )
 
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer sentence-transformers configured, as saved with the converted model."""
+        return self._model.tokenizer
+
     def _compiled(self) -> CompiledSentenceModel:
         # Loaded before a fork and used after it (a pool created after the model was loaded):
         # the parent's Core and its threads are not in this process, so compile again here.
+        # The inherited model is kept, never freed: its destructor waits for the parent's
+        # threads, which a child does not have, and hangs (measured).
         if os.getpid() != self._pid:
+            self._inherited.append(self._model)
             self._model = CompiledSentenceModel(self.entry, self._meta, self.precision, self.threads)
             self._pid = os.getpid()
         return self._model
