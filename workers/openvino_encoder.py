@@ -209,12 +209,26 @@ def _traceable(model: Any, inputs: list[str]) -> Any:
 def convert(model_dir: Path, target: Path, precision: str, threads: int) -> dict[str, Any]:
     """Convert the model into target (model, tokenizer, meta) and check its vectors against
     torch fp32 on PROBE_TEXTS. Returns the meta, verdict included; writes meta.json last."""
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    silence_progress_bars()
+    torch.set_num_threads(threads)
+    # Tracing the model makes transformers print a config remark (`loss_type=None ...`) on the
+    # user's terminal, in the middle of `run`'s own lines: errors only while converting.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        return _convert(model_dir, target, precision, threads)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def _convert(model_dir: Path, target: Path, precision: str, threads: int) -> dict[str, Any]:
     import openvino as ov
     import torch
     from sentence_transformers import SentenceTransformer
 
-    silence_progress_bars()
-    torch.set_num_threads(threads)
     # fp32 on purpose: the conversion's source and the quality check's reference.
     model = SentenceTransformer(str(model_dir), device="cpu")
     model.eval()
