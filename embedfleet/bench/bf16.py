@@ -26,14 +26,16 @@ BF16_LOOP = "hand-written bf16 loop: SentenceTransformer(path).to(torch.bfloat16
 
 
 def _best(timed: dict[str, Callable[[], Any]]) -> tuple[dict[str, float], dict[str, Any]]:
-    """Each callable run ROUNDS times, the sides alternating: (best seconds, last result) by name."""
+    """Each callable run ROUNDS times, the sides alternating: (best seconds, that round's result) by name."""
     seconds = {name: float("inf") for name in timed}
     results: dict[str, Any] = {}
     for _ in range(ROUNDS):
         for name, call in timed.items():
             started = time.perf_counter()
-            results[name] = call()
-            seconds[name] = min(seconds[name], time.perf_counter() - started)
+            result = call()
+            elapsed = time.perf_counter() - started
+            if elapsed < seconds[name]:
+                seconds[name], results[name] = elapsed, result
     return seconds, results
 
 
