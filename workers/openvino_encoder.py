@@ -8,13 +8,15 @@ not re-implemented), the same length-sorted token-bounded batches, float32 unit 
 
 A cache entry is one directory per model (a hash of its files and of the converting
 libraries' versions) and precision, written in a temporary directory and renamed into place,
-so workers converting at once never see half an entry. Its meta.json, written last, holds
+so workers converting at once never see half an entry; a lock file makes the processes of
+one host wait for one conversion instead of each making its own. Its meta.json, written last, holds
 the verdict of the quality check made at conversion: a rejected model falls back to torch at
 every later start without converting or checking again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -24,7 +26,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -263,19 +266,17 @@ def _convert(model_dir: Path, target: Path, precision: str, threads: int) -> dic
     return meta
 
 
-def cached_entry(root: Path, model_dir: Path, precision: str, threads: int) -> tuple[Path, dict[str, Any], bool]:
-    """(entry, meta, whether this call converted): the whole entry if there is one, else a new
-    one converted in a temporary directory and renamed into place. A damaged entry is rebuilt."""
-    entry = root / entry_key(model_dir, precision)
-    meta = read_entry(entry)
-    if meta is not None:
-        return entry, meta, False
-    if entry.exists():
-        log.warning("OpenVINO cache entry %s is incomplete or damaged: converting again", entry)
-        discard(entry)
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(root)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
+def _build(entry: Path, model_dir: Path, precision: str, threads: int) -> dict[str, Any]:
+    """Convert into a temporary directory beside the entry and rename it into place: a reader
+    sees the whole entry or none (a rename within one file system is atomic)."""
+    temporary = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         started = time.perf_counter()
         meta = convert(model_dir, temporary, precision, threads)
@@ -285,14 +286,37 @@ def cached_entry(root: Path, model_dir: Path, precision: str, threads: int) -> t
         try:
             temporary.rename(entry)
         except OSError:
-            # Another process renamed its own conversion into place first: use that one.
+            # Another process (one the lock does not reach: another host on a shared
+            # directory) renamed its own conversion into place first: use that one.
             winner = read_entry(entry)
             if winner is None:
                 raise
             meta = winner
-        return entry, meta, True
+        return meta
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def cached_entry(root: Path, model_dir: Path, precision: str, threads: int) -> tuple[Path, dict[str, Any], bool]:
+    """(entry, meta, whether this call converted): the whole entry if there is one, else a new
+    one. A damaged entry is rebuilt."""
+    entry = root / entry_key(model_dir, precision)
+    meta = read_entry(entry)
+    if meta is not None:
+        return entry, meta, False
+    root.mkdir(parents=True, exist_ok=True)
+    # One conversion of an entry at a time: the pool processes of a worker starting on a cold
+    # cache wait for the first one's instead of each converting. The rename in _build keeps
+    # the entry whole without the lock too.
+    with _locked(root / f".{entry.name}.lock"):
+        meta = read_entry(entry)
+        if meta is not None:
+            return entry, meta, False
+        if entry.exists():
+            log.warning("OpenVINO cache entry %s is incomplete or damaged: converting again", entry)
+            discard(entry)
+        _remove_stale_temporaries(root)
+        return entry, _build(entry, model_dir, precision, threads), True
 
 
 class OpenVINOEncoder:

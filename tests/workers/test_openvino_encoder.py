@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,11 @@ def ov_encoder(cache: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def fp32_encoder() -> SentenceTransformerEncoder:
     return SentenceTransformerEncoder(Settings(precision="fp32", device="cpu"))
+
+
+def _entries(cache: Path) -> list[str]:
+    """What the cache holds besides its lock files."""
+    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
 
 
 def _entry_state(entry: Path) -> dict[str, int]:
@@ -177,7 +183,7 @@ def test_second_load_reads_the_cache(ov_encoder, cache: Path, texts) -> None:
     again = OpenVINOEncoder(Settings(device="cpu", openvino_cache=str(cache), torch_threads=1), "bf16")
     assert not again.converted and again.entry == ov_encoder.entry
     assert _entry_state(again.entry) == before
-    assert [p.name for p in cache.iterdir()] == [ov_encoder.entry.name]  # no temporaries left behind
+    assert _entries(cache) == [ov_encoder.entry.name]  # no temporaries left behind
     assert again._model.compiled.get_property("INFERENCE_NUM_THREADS") == 1
     np.testing.assert_allclose(again.encode_batch(texts[:8]), ov_encoder.encode_batch(texts[:8]), atol=1e-6)
 
@@ -222,7 +228,7 @@ def test_a_damaged_entry_is_rebuilt(ov_encoder, tmp_path: Path, texts, caplog: p
     with caplog.at_level(logging.WARNING):
         rebuilt = OpenVINOEncoder(Settings(device="cpu", openvino_cache=str(tmp_path)), "bf16")
     assert rebuilt.converted and "damaged" in caplog.text
-    assert [p.name for p in tmp_path.iterdir()] == [ov_encoder.entry.name]  # the damaged copy is gone
+    assert _entries(tmp_path) == [ov_encoder.entry.name]  # the damaged copy is gone, nothing half-written left
     np.testing.assert_allclose(rebuilt.encode_batch(texts[:8]), ov_encoder.encode_batch(texts[:8]), atol=1e-6)
 
 
@@ -237,9 +243,31 @@ def test_a_failed_quality_check_falls_back_and_is_remembered(monkeypatch: pytest
     with caplog.at_level(logging.WARNING):
         first = load_encoder(settings)
     assert isinstance(first, SentenceTransformerEncoder) and "encoding with torch instead" in caplog.text
-    (entry,) = tmp_path.iterdir()
+    (name,) = _entries(tmp_path)
+    entry = tmp_path / name
     assert json.loads((entry / "meta.json").read_text())["verdict"] == "rejected"
     before = _entry_state(entry)
     with pytest.raises(openvino_encoder.QualityRejected, match="verdict kept"):
         openvino_encoder.OpenVINOEncoder(settings, "bf16")
     assert _entry_state(entry) == before
+
+
+def test_two_processes_starting_on_a_cold_cache_convert_once(tmp_path: Path) -> None:
+    """Two processes loading at once on an empty cache: one converts, the other waits and reads its entry."""
+    pytest.importorskip("openvino")
+    script = textwrap.dedent(f"""
+        from embedfleet.config.settings import Settings
+        from embedfleet.workers.openvino_encoder import OpenVINOEncoder
+        encoder = OpenVINOEncoder(Settings(device="cpu", openvino_cache={str(tmp_path)!r}, torch_threads=1), "bf16")
+        print("converted" if encoder.converted else "cached", encoder.encode_batch(["one line"]).shape)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    processes = [subprocess.Popen([str(BIN / "python"), "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=240) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    assert sorted(out.split()[0] for out, _ in outputs) == ["cached", "converted"], outputs
+    (entry,) = _entries(tmp_path)
+    from embedfleet.workers.openvino_encoder import read_entry
+
+    assert read_entry(tmp_path / entry) is not None
