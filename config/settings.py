@@ -66,6 +66,28 @@ class Settings(BaseSettings):
             "whatever the model ran in. See docs/performance.md."
         ),
     )
+    # Which runtime runs the model: OpenVINO was measured 1.4x to 1.6x torch bf16 on a CPU
+    # with AVX-512 BF16 (docs/benchmarks.md); torch everywhere else, CUDA included.
+    backend: Literal["auto", "torch", "openvino"] = Field(
+        default="auto",
+        description=(
+            "The runtime of the built-in encoder. `auto`: OpenVINO in bf16 on a CPU with AMX or AVX-512 BF16 when "
+            "the `openvino` package is installed and the precision resolves to bf16, torch everywhere else (CUDA "
+            "always torch). `torch`, or `openvino` (CPU only; an error naming `pip install openvino` when the "
+            "package is missing). A converted model whose vectors are not within cosine 0.999 of torch fp32 falls "
+            "back to torch with a warning. Ignored when `encoder` is set. See docs/performance.md."
+        ),
+    )
+    # The OpenVINO conversion of each model (per weights and precision), made once and read
+    # at every later start; written atomically, so concurrent workers may share it.
+    openvino_cache: str = Field(
+        default="",
+        description=(
+            "Directory of the OpenVINO backend's converted models, one entry per model (a hash of its files) and "
+            "precision, with the verdict of its quality check. Empty means `$XDG_CACHE_HOME/embedfleet/openvino` "
+            "(`~/.cache/embedfleet/openvino`). Safe to share between worker processes; delete it to convert again."
+        ),
+    )
     # A batch holds at most batch_size texts and batch_tokens padded tokens (count x longest);
     # 0 means 4096 on a CPU (where throughput peaks, docs/benchmarks.md) and 65536 on a GPU.
     batch_size: int = Field(
@@ -86,8 +108,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=0,
         description=(
-            "Torch intra-op threads per worker process, CPU only. 0 means every core; `embedfleet worker` sets it to "
-            "cores // processes when it is unset."
+            "Torch intra-op threads per worker process, CPU only (also OpenVINO's `INFERENCE_NUM_THREADS`). 0 means "
+            "every core; `embedfleet worker` sets it to cores // processes when it is unset."
         ),
     )
 

@@ -1,8 +1,9 @@
 """Encoders: a batch API and a single-text API that give the same unit-normalised float32 vectors.
 
-EMBEDFLEET_ENCODER=module:Class swaps in another backend: a class taking the Settings, with
-`model_name`, `dimension`, `max_tokens`, `device`, `batch_size` and
-`encode_batch(texts, batch_size=None) -> (n, dimension)` float32 unit rows.
+The built-in encoder runs the model on torch or, where it wins, on OpenVINO
+(EMBEDFLEET_BACKEND; openvino_encoder.py). EMBEDFLEET_ENCODER=module:Class swaps in another
+backend: a class taking the Settings, with `model_name`, `dimension`, `max_tokens`, `device`,
+`batch_size` and `encode_batch(texts, batch_size=None) -> (n, dimension)` float32 unit rows.
 """
 
 from __future__ import annotations
@@ -185,11 +186,21 @@ class EncoderConfigError(Exception):
 
 
 def encoder_class(settings: Settings) -> type:
-    """The class EMBEDFLEET_ENCODER names (or sentence-transformers), checked without loading weights."""
+    """The class EMBEDFLEET_ENCODER names (or sentence-transformers), checked without loading weights.
+
+    The built-in encoder's runtime (torch or OpenVINO) is chosen by load_encoder, after fork:
+    this only refuses an OpenVINO backend that cannot be imported, without importing it."""
     if not settings.encoder:
         path = model_path(settings.model)
         if not Path(path).is_dir() and "/" not in path:
             raise EncoderConfigError(f"EMBEDFLEET_MODEL={settings.model!r} is neither a directory nor a model name")
+        from .precision import openvino_installed
+
+        if settings.backend == "openvino" and not openvino_installed():
+            raise EncoderConfigError(
+                "EMBEDFLEET_BACKEND=openvino needs the openvino package, which is not installed: "
+                "`pip install openvino`, or set EMBEDFLEET_BACKEND=auto (torch where OpenVINO is missing)"
+            )
         return SentenceTransformerEncoder
     module_name, _, class_name = settings.encoder.partition(":")
     if not class_name:
@@ -200,10 +211,39 @@ def encoder_class(settings: Settings) -> type:
         raise EncoderConfigError(f"EMBEDFLEET_ENCODER={settings.encoder!r} cannot be imported: {exc}") from exc
 
 
+def builtin_encoder(settings: Settings) -> Encoder:
+    """The model on the runtime EMBEDFLEET_BACKEND picks: OpenVINO where it wins (bf16 CPUs),
+    torch elsewhere, and torch again when the converted model fails its quality check."""
+    from .precision import pool_device, resolve_backend, resolve_device, resolve_precision
+
+    if settings.backend == "openvino":
+        if settings.device == "cuda":
+            raise EncoderConfigError("EMBEDFLEET_BACKEND=openvino runs on the CPU, not on EMBEDFLEET_DEVICE=cuda")
+        device = "cpu"
+    else:
+        device = pool_device(resolve_device(settings.device))
+    precision = resolve_precision(settings.precision, device.split(":")[0])
+    if resolve_backend(settings.backend, device, precision) == "torch":
+        return SentenceTransformerEncoder(settings)
+    from .openvino_encoder import OpenVINOEncoder, QualityRejected
+
+    try:
+        return OpenVINOEncoder(settings, precision)
+    except QualityRejected as exc:
+        log.warning("%s: encoding with torch instead", exc)
+    except Exception as exc:
+        if settings.backend == "openvino":
+            raise  # asked for by name: its failure is the answer, not a silent torch
+        # auto only takes OpenVINO because it is faster; a model it cannot convert runs on torch.
+        log.warning("cannot run %s on OpenVINO (%s: %s): encoding with torch instead", settings.model,
+                    type(exc).__name__, exc, exc_info=True)
+    return SentenceTransformerEncoder(settings)
+
+
 def load_encoder(settings: Settings) -> Encoder:
     cls = encoder_class(settings)
     if cls is SentenceTransformerEncoder:
-        return SentenceTransformerEncoder(settings)
+        return builtin_encoder(settings)
     encoder: Encoder = cls(settings)
     log.info("loaded encoder %s (%s, dim %d)", settings.encoder, encoder.model_name, encoder.dimension)
     return encoder

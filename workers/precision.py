@@ -1,7 +1,8 @@
-"""Which device and precision to encode with, chosen from what the hardware does well."""
+"""Which device, precision and runtime to encode with, chosen from what the hardware does well."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -37,6 +38,25 @@ def resolve_precision(setting: str, device: str) -> str:
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def openvino_installed() -> bool:
+    """Whether the openvino package can be imported, found without importing it: `embedfleet
+    worker` asks before it forks its pool, and OpenVINO's thread pool must start in a child."""
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install counts as missing
+        return False
+
+
+def resolve_backend(setting: str, device: str, precision: str) -> str:
+    """`torch` or `openvino`. auto takes OpenVINO only where it was measured to win: bf16 on a
+    CPU with AMX or AVX-512 BF16 (1.4x to 1.6x torch bf16, docs/benchmarks.md). CUDA stays on
+    torch; an fp32 CPU too (not measured to win, and fp32 is what such a user asked for)."""
+    if setting != "auto":
+        return setting
+    fast = device == "cpu" and precision == "bf16" and cpu_has_fast_bf16()
+    return "openvino" if fast and openvino_installed() else "torch"
 
 
 def gpu_count() -> int:

@@ -14,7 +14,8 @@ from ..producers.records import FieldSpec, Record
 from ..producers.validation import valid_records
 
 BIN = Path(sys.executable).parent
-SECTIONS = ("batching", "direct", "run", "fleet", "layout", "pipeline", "storage", "stress", "memory", "pgvector")
+SECTIONS = ("batching", "direct", "bf16", "run", "backends", "fleet", "layout", "pipeline", "storage", "stress",
+            "memory", "pgvector")
 
 
 @dataclass

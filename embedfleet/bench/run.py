@@ -1,8 +1,10 @@
 """`embedfleet bench`: everything measured side by side in one run, as ratios to a baseline.
 
 In-process sections: batching (the seed's table: one at a time vs batch sizes), direct (a
-plain fp32 SentenceTransformer.encode(batch_size=32), the user's alternative), run (the
-embedded default end to end, and the cosine of its vectors to the direct ones), stress
+plain fp32 SentenceTransformer.encode(batch_size=32), the user's alternative), bf16 (a
+hand-written bf16 loop against the torch and OpenVINO backends, embedfleet/bench/bf16.py),
+run (the embedded default end to end, and the cosine of its vectors to the direct ones),
+backends (`run` with EMBEDFLEET_BACKEND=torch against auto), stress
 (30,000 one-line records through `run`), memory (producer peak RSS). Fleet sections are in
 embedfleet/bench/fleet.py; what they share is in embedfleet/bench/common.py.
 """
@@ -72,24 +74,27 @@ def bench_direct(report: BenchReport, model: Any, texts: list[str]) -> tuple[flo
 
 
 
-def embedded_run(corpus: Path, db: str) -> tuple[float, dict[str, Any]]:
+def embedded_run(corpus: Path, db: str, **env: str) -> tuple[float, dict[str, Any]]:
     """`embedfleet run` as a user runs it: (wall seconds of the command, the job's figures)."""
     started = time.perf_counter()
     subprocess.run([str(BIN / "embedfleet"), "run", str(corpus), "--collection", "bench", "--db", db],
-                   check=True, capture_output=True, text=True, env=cli_env())
+                   check=True, capture_output=True, text=True, env=cli_env(**env))
     return time.perf_counter() - started, latest_job(db)
 
 
 def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float | None, reference: np.ndarray | None,
-              work: Path, section: str = "run") -> None:
+              work: Path, section: str = "run", bf16_baseline: float | None = None) -> None:
+    """The embedded default (EMBEDFLEET_BACKEND=auto: OpenVINO on a CPU with fast bf16): ratio
+    to the fp32 baseline, and vs_bf16_loop to the hand-written bf16 loop when that was measured."""
     db = f"sqlite:///{work / f'{section}.db'}"
     wall, stats = embedded_run(corpus, db)
     if stats["stored"] != len(ids):
         raise RuntimeError(f"run stored {stats['stored']} of {len(ids)} records: {stats}")
-    report.add(section, "embedfleet run, job (validation to last commit)", stats["seconds"], len(ids),
-               ratio=round(baseline / stats["seconds"], 2) if baseline else None)
-    report.add(section, "embedfleet run, whole command (imports, model load)", wall, len(ids),
-               ratio=round(baseline / wall, 2) if baseline else None)
+    for what, seconds in (("job (validation to last commit)", stats["seconds"]),
+                          ("whole command (imports, model load)", wall)):
+        report.add(section, f"embedfleet run, {what}", seconds, len(ids),
+                   ratio=round(baseline / seconds, 2) if baseline else None,
+                   vs_bf16_loop=round(bf16_baseline / seconds, 2) if bf16_baseline else None)
     if reference is not None:
         out = work / f"{section}.npy"
         subprocess.run([str(BIN / "embedfleet"), "export", "--collection", "bench", "--out", str(out), "--db", db],
@@ -187,8 +192,17 @@ def run_bench(corpus: str, spec: FieldSpec, sections: list[str], limit: int | No
             if "direct" in sections:
                 baseline, reference = bench_direct(report, model, texts)
             del model
+        bf16_baseline = None
+        if "bf16" in sections:
+            from .bf16 import bench_bf16
+
+            bf16_baseline = bench_bf16(report, texts, reference)
         if "run" in sections:
-            bench_run(report, bench_corpus, ids, baseline, reference, work)
+            bench_run(report, bench_corpus, ids, baseline, reference, work, bf16_baseline=bf16_baseline)
+        if "backends" in sections:
+            from .bf16 import bench_backends
+
+            bench_backends(report, bench_corpus, len(ids), bf16_baseline, work)
         if "fleet" in sections:
             bench_fleet.bench_fleet(report, bench_corpus, len(ids), baseline, work, broker_url, processes=2, threads=1)
         if "layout" in sections:

@@ -69,10 +69,13 @@ def error_map() -> list[tuple[tuple[type[BaseException], ...], Callable[[Any], s
     import redis.exceptions
     import sqlalchemy.exc
 
+    # numpy only, no torch: the model is imported inside the encoder's functions.
+    from ..workers.encoder import EncoderConfigError
+
     plain = str
     return [
         ((JobEnded,), plain, EXIT_FAILURE),
-        ((InvalidInput, CorpusError, LedgerError), plain, EXIT_INPUT),
+        ((InvalidInput, CorpusError, LedgerError, EncoderConfigError), plain, EXIT_INPUT),
         ((pydantic.ValidationError,), _settings_error, EXIT_INPUT),
         ((sqlalchemy.exc.ArgumentError,), lambda e: f"invalid database URL: {_reason(e)}", EXIT_INPUT),
         ((BrokerUnavailable, QueryUnanswered), plain, EXIT_FAILURE),

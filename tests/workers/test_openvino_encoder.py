@@ -1,0 +1,273 @@
+"""The OpenVINO backend: when it is chosen, that it keeps the torch encoder's contract on the
+real model, and that its on-disk cache is reused, rebuilt when damaged, and remembers a
+failed quality check. One conversion is shared by the module (a few seconds); the tests
+that must convert again use caches of their own."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedfleet.config.settings import Settings
+from embedfleet.workers import precision
+from embedfleet.workers.encoder import EncoderConfigError, SentenceTransformerEncoder, encoder_class, load_encoder
+from tests.conftest import BIN, SAMPLE, commit_text, read_records
+
+HIDE_OPENVINO = "import sys; sys.modules['openvino'] = None; from embedfleet.cli import main; main()"
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return [commit_text(r) for r in read_records(SAMPLE)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("openvino-cache")
+
+
+@pytest.fixture(scope="module")
+def ov_encoder(cache: Path):  # type: ignore[no-untyped-def]
+    pytest.importorskip("openvino")
+    from embedfleet.workers.openvino_encoder import OpenVINOEncoder
+
+    return OpenVINOEncoder(Settings(device="cpu", openvino_cache=str(cache)), "bf16")
+
+
+@pytest.fixture(scope="module")
+def fp32_encoder() -> SentenceTransformerEncoder:
+    return SentenceTransformerEncoder(Settings(precision="fp32", device="cpu"))
+
+
+def _entries(cache: Path) -> list[str]:
+    """What the cache holds besides its lock files."""
+    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
+
+
+def _entry_state(entry: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in entry.iterdir()}
+
+
+# --- choosing the backend (pure logic: the hardware and the package are stand-ins) ---------
+
+@pytest.mark.parametrize("fast, installed, device, dtype, expected", [
+    (True, True, "cpu", "bf16", "openvino"),
+    (True, False, "cpu", "bf16", "torch"),  # no package: torch, silently (auto)
+    (False, True, "cpu", "bf16", "torch"),  # no AMX / AVX-512 BF16: not measured to win
+    (True, True, "cpu", "fp32", "torch"),  # fp32 asked for: torch's exact fp32
+    (True, True, "cuda:0", "bf16", "torch"),  # CUDA is always torch
+])
+def test_auto_backend_choice(monkeypatch: pytest.MonkeyPatch, fast, installed, device, dtype, expected) -> None:
+    """auto takes OpenVINO only for bf16 on a CPU with fast bf16 and the package installed."""
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
+    monkeypatch.setattr(precision, "openvino_installed", lambda: installed)
+    assert precision.resolve_backend("auto", device, dtype) == expected
+
+
+def test_a_named_backend_is_kept() -> None:
+    """torch and openvino asked for by name are what is used."""
+    assert precision.resolve_backend("torch", "cpu", "bf16") == "torch"
+    assert precision.resolve_backend("openvino", "cpu", "fp32") == "openvino"
+
+
+# --- the package missing ----------------------------------------------------------------------
+
+def test_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend=openvino without the package names the fix; auto quietly keeps torch."""
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what an uninstalled package looks like to import
+    assert not precision.openvino_installed()
+    with pytest.raises(EncoderConfigError, match="pip install openvino"):
+        load_encoder(Settings(backend="openvino"))
+    assert encoder_class(Settings(backend="auto")) is SentenceTransformerEncoder
+    assert precision.resolve_backend("auto", "cpu", "bf16") == "torch"
+
+
+def test_missing_package_is_one_line_on_the_command_line(tmp_path: Path) -> None:
+    """`embedfleet run` with EMBEDFLEET_BACKEND=openvino and no package: one line, exit 2, no traceback."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "hello"}\n')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDFLEET_BACKEND": "openvino"}
+    done = subprocess.run([str(BIN / "python"), "-c", HIDE_OPENVINO, "run", str(corpus), "--collection", "c",
+                           "--db", f"sqlite:///{tmp_path / 'e.db'}"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "pip install openvino" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- the contract, on the real model ----------------------------------------------------------
+
+def test_auto_picks_openvino_on_a_fast_bf16_cpu(ov_encoder, cache: Path) -> None:
+    """Here (AVX-512 BF16 or AMX), the default settings load the OpenVINO backend in bf16."""
+    if not precision.cpu_has_fast_bf16():
+        pytest.skip("this CPU has no fast bf16: auto keeps torch")
+    encoder = load_encoder(Settings(device="cpu", openvino_cache=str(cache)))
+    assert type(encoder).__name__ == "OpenVINOEncoder"
+    assert encoder.precision == "bf16" and not encoder.converted  # type: ignore[attr-defined]
+
+
+def test_same_attributes_and_output_as_torch(ov_encoder, fp32_encoder, texts) -> None:
+    """The attributes the pipeline reads match the torch encoder's; output is (n, 384) float32 unit rows."""
+    for name in ("model_name", "dimension", "max_tokens", "device", "batch_size", "batch_tokens"):
+        assert getattr(ov_encoder, name) == getattr(fp32_encoder, name), name
+    matrix = ov_encoder.encode_batch(texts[:40])
+    assert matrix.shape == (40, 384) and matrix.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+    assert ov_encoder.encode_batch([]).shape == (0, 384)
+
+
+def test_same_tokens_as_sentence_transformers(ov_encoder, reference_model, texts) -> None:
+    """Every record of the sample gives the token ids sentence-transformers gives (window and truncation included)."""
+    for start in range(0, len(texts), 100):
+        batch = texts[start:start + 100]
+        expected = reference_model.tokenize(batch)["input_ids"].numpy()
+        got = ov_encoder.tokenizer(batch, padding=True, truncation="longest_first", max_length=ov_encoder.max_tokens,
+                                   return_tensors="np")["input_ids"]
+        np.testing.assert_array_equal(got, expected)
+    assert expected.shape[1] == 256  # the sample has records past the window: truncation was exercised
+
+
+def test_vectors_match_torch_fp32_on_the_sample(ov_encoder, fp32_encoder, texts) -> None:
+    """Cosine >= 0.999 to torch fp32 for every record of samples/celery_commits_500.jsonl."""
+    cosine = (ov_encoder.encode_batch(texts) * fp32_encoder.encode_batch(texts)).sum(axis=1)
+    print(f"OpenVINO bf16 vs torch fp32 on {len(texts)} records: min {cosine.min():.6f}, mean {cosine.mean():.6f}")
+    assert cosine.min() >= 0.999
+
+
+def test_batches_are_reported_and_padding_does_not_matter(ov_encoder, texts) -> None:
+    """on_batch hears every forward pass; a text alone gives its vector in a padded batch."""
+    heard: list[int] = []
+    ov_encoder.on_batch = heard.append
+    try:
+        batch = ov_encoder.encode_batch(texts[:48], batch_size=16)
+    finally:
+        ov_encoder.on_batch = None
+    assert len(heard) >= 3 and sum(heard) == 48
+    alone = np.stack([ov_encoder.encode_batch([t])[0] for t in texts[:6]])
+    assert (alone * batch[:6]).sum(axis=1).min() >= 0.9999
+
+
+def test_a_forked_child_compiles_its_own(ov_encoder, texts) -> None:
+    """A process forked after the load encodes on an OpenVINO Core of its own, with the same vectors."""
+    expected = ov_encoder.encode_batch(texts[:8])
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        send.send(ov_encoder.encode_batch(texts[:8]))
+
+    process = context.Process(target=child)
+    process.start()
+    assert receive.poll(60), "the child did not answer"
+    got = receive.recv()
+    process.join(10)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+# --- the cache --------------------------------------------------------------------------------
+
+def test_second_load_reads_the_cache(ov_encoder, cache: Path, texts) -> None:
+    """A second load converts nothing (entry untouched), gives the same vectors, and runs on torch_threads threads."""
+    from embedfleet.workers.openvino_encoder import OpenVINOEncoder
+
+    before = _entry_state(ov_encoder.entry)
+    again = OpenVINOEncoder(Settings(device="cpu", openvino_cache=str(cache), torch_threads=1), "bf16")
+    assert not again.converted and again.entry == ov_encoder.entry
+    assert _entry_state(again.entry) == before
+    assert _entries(cache) == [ov_encoder.entry.name]  # no temporaries left behind
+    assert again._model.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    np.testing.assert_allclose(again.encode_batch(texts[:8]), ov_encoder.encode_batch(texts[:8]), atol=1e-6)
+
+
+def _damage(entry: Path, how: str) -> None:
+    weights = entry / "model.bin"
+    if how == "truncated weights":
+        with weights.open("r+b") as f:
+            f.truncate(weights.stat().st_size // 2)
+    elif how == "changed weights":
+        with weights.open("r+b") as f:
+            f.seek(1000)
+            byte = f.read(1)
+            f.seek(1000)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    elif how == "no meta":
+        (entry / "meta.json").unlink()
+    elif how == "bad meta":
+        (entry / "meta.json").write_text('{"format": 1, "verd')
+    elif how == "no tokenizer":
+        shutil.rmtree(entry / "tokenizer")
+
+
+@pytest.mark.parametrize("how", ["truncated weights", "changed weights", "no meta", "bad meta", "no tokenizer"])
+def test_a_damaged_entry_is_not_read(ov_encoder, tmp_path: Path, how: str) -> None:
+    """A partial or damaged entry is not taken for a whole one."""
+    from embedfleet.workers.openvino_encoder import read_entry
+
+    copy = tmp_path / ov_encoder.entry.name
+    shutil.copytree(ov_encoder.entry, copy)
+    assert read_entry(copy) is not None
+    _damage(copy, how)
+    assert read_entry(copy) is None
+
+
+def test_a_damaged_entry_is_rebuilt(ov_encoder, tmp_path: Path, texts, caplog: pytest.LogCaptureFixture) -> None:
+    """Half-written weights in the cache: the next load converts again and encodes as before."""
+    from embedfleet.workers.openvino_encoder import OpenVINOEncoder
+
+    shutil.copytree(ov_encoder.entry, tmp_path / ov_encoder.entry.name)
+    _damage(tmp_path / ov_encoder.entry.name, "truncated weights")
+    with caplog.at_level(logging.WARNING):
+        rebuilt = OpenVINOEncoder(Settings(device="cpu", openvino_cache=str(tmp_path)), "bf16")
+    assert rebuilt.converted and "damaged" in caplog.text
+    assert _entries(tmp_path) == [ov_encoder.entry.name]  # the damaged copy is gone, nothing half-written left
+    np.testing.assert_allclose(rebuilt.encode_batch(texts[:8]), ov_encoder.encode_batch(texts[:8]), atol=1e-6)
+
+
+def test_a_failed_quality_check_falls_back_and_is_remembered(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A conversion under the cosine floor loads torch with a warning, and later starts neither convert nor check."""
+    pytest.importorskip("openvino")
+    from embedfleet.workers import openvino_encoder
+
+    monkeypatch.setattr(openvino_encoder, "MIN_COSINE", 1.01)  # a floor no conversion reaches
+    settings = Settings(device="cpu", precision="bf16", backend="openvino", openvino_cache=str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        first = load_encoder(settings)
+    assert isinstance(first, SentenceTransformerEncoder) and "encoding with torch instead" in caplog.text
+    (name,) = _entries(tmp_path)
+    entry = tmp_path / name
+    assert json.loads((entry / "meta.json").read_text())["verdict"] == "rejected"
+    before = _entry_state(entry)
+    with pytest.raises(openvino_encoder.QualityRejected, match="verdict kept"):
+        openvino_encoder.OpenVINOEncoder(settings, "bf16")
+    assert _entry_state(entry) == before
+
+
+def test_two_processes_starting_on_a_cold_cache_convert_once(tmp_path: Path) -> None:
+    """Two processes loading at once on an empty cache: one converts, the other waits and reads its entry."""
+    pytest.importorskip("openvino")
+    script = textwrap.dedent(f"""
+        from embedfleet.config.settings import Settings
+        from embedfleet.workers.openvino_encoder import OpenVINOEncoder
+        encoder = OpenVINOEncoder(Settings(device="cpu", openvino_cache={str(tmp_path)!r}, torch_threads=1), "bf16")
+        print("converted" if encoder.converted else "cached", encoder.encode_batch(["one line"]).shape)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    processes = [subprocess.Popen([str(BIN / "python"), "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=240) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    assert sorted(out.split()[0] for out, _ in outputs) == ["cached", "converted"], outputs
+    (entry,) = _entries(tmp_path)
+    from embedfleet.workers.openvino_encoder import read_entry
+
+    assert read_entry(tmp_path / entry) is not None

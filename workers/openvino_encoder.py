@@ -1,0 +1,384 @@
+"""The OpenVINO backend: the model's own transformer, pooling and normalisation converted once
+to an OpenVINO model, cached on disk, and run in bf16 on CPUs that do bf16 well.
+
+The output contract is SentenceTransformerEncoder's: the tokenizer sentence-transformers
+configured (its window and truncation included, saved with the converted model), the
+pooling and normalisation modules the model's modules.json lists (traced into the graph,
+not re-implemented), the same length-sorted token-bounded batches, float32 unit rows.
+
+A cache entry is one directory per model (a hash of its files and of the converting
+libraries' versions) and precision, written in a temporary directory and renamed into place,
+so workers converting at once never see half an entry; a lock file makes the processes of
+one host wait for one conversion instead of each making its own. Its meta.json, written last, holds
+the verdict of the quality check made at conversion: a rejected model falls back to torch at
+every later start without converting or checking again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config.settings import Settings
+from ..config.tokens import estimate_tokens
+from .encoder import model_path, normalise, silence_progress_bars, token_batches
+
+log = logging.getLogger(__name__)
+
+# Vectors within this cosine of torch fp32 for every probe text, or the model stays on torch.
+MIN_COSINE = 0.999
+# Bumped when an entry's layout or the conversion changes: older entries are then ignored.
+CACHE_FORMAT = 1
+# The converting libraries: another version may trace the model differently.
+CONVERTERS = ("openvino", "torch", "transformers", "sentence-transformers")
+MODEL_FILE, WEIGHTS_FILE, META_FILE, TOKENIZER_DIR = "model.xml", "model.bin", "meta.json", "tokenizer"
+# Half-written entries of a process killed mid-conversion are removed after this long.
+STALE_TEMP_SECONDS = 24 * 3600
+
+# Texts the quality check encodes with both runtimes: prose, code, paths, non-Latin text, a
+# one-word text, and one past the 256-token window so truncation is checked too. Encoded in
+# one padded batch, so the pooling's masking of padding is checked as well.
+PROBE_TEXTS = (
+    "Fix race condition in the result backend when the connection is lost",
+    "def encode(texts: list[str]) -> np.ndarray:\n    return model.encode(texts, batch_size=32)",
+    "celery/backends/redis.py\ncelery/app/task.py\nt/unit/backends/test_redis.py",
+    "Die Arbeiter laden das Modell nach dem Fork und behalten es für die Lebensdauer des Prozesses.",
+    "ワーカーはフォークの後にモデルを読み込みます。",
+    "retry",
+    "SELECT id, text FROM records WHERE job_id = :job ORDER BY position LIMIT 256",
+    "A chunk taken too many times without finishing is split in two, down to the one record "
+    "that kills its process, which becomes a dead letter instead of taking the fleet down. " * 12,
+)
+
+
+class QualityRejected(Exception):
+    """The converted model's vectors are not within MIN_COSINE of torch fp32's: use torch."""
+
+
+def cache_root(settings: Settings) -> Path:
+    if settings.openvino_cache:
+        return Path(settings.openvino_cache).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "embedfleet" / "openvino"
+
+
+def model_directory(name: str) -> Path:
+    """The model's files on disk: a directory as given, a hub name from the local cache (never
+    downloaded: HF_HUB_OFFLINE), so the cache entry can be keyed on their content."""
+    path = model_path(name)
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path, local_files_only=True))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def entry_key(model_dir: Path, precision: str) -> str:
+    """`<model dir name>-<16 hex>-<precision>`: the hash covers every file of the model (its
+    weights, tokenizer and module configs) and the converting libraries' versions."""
+    digest = hashlib.sha256(f"format {CACHE_FORMAT}\n".encode())
+    for package in CONVERTERS:
+        try:
+            digest.update(f"{package} {version(package)}\n".encode())
+        except PackageNotFoundError:
+            digest.update(f"{package} -\n".encode())
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file() and ".git" not in p.parts):
+        digest.update(f"{path.relative_to(model_dir)} {_sha256(path)}\n".encode())
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_dir.name)[:40] or "model"
+    return f"{slug}-{digest.hexdigest()[:16]}-{precision}"
+
+
+def read_entry(entry: Path) -> dict[str, Any] | None:
+    """The entry's meta when it is whole (meta.json readable, the model files there with the
+    recorded sizes and weights hash); None when missing, partial or damaged."""
+    try:
+        meta: dict[str, Any] = json.loads((entry / META_FILE).read_text())
+        if meta.get("format") != CACHE_FORMAT or meta.get("verdict") not in ("ok", "rejected"):
+            return None
+        for name, size in meta["sizes"].items():
+            if (entry / name).stat().st_size != size:
+                return None
+        if _sha256(entry / WEIGHTS_FILE) != meta["weights_sha256"]:
+            return None
+        if not (entry / TOKENIZER_DIR / "tokenizer_config.json").is_file():
+            return None
+        return meta
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def discard(entry: Path) -> None:
+    """Move a damaged entry aside (one atomic rename, so no reader sees half of it) and delete it."""
+    trash = entry.with_name(f".trash-{entry.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        entry.rename(trash)
+    except FileNotFoundError:
+        return  # another process moved it first
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    now = time.time()
+    for path in root.glob(".*"):
+        try:
+            if path.is_dir() and now - path.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+class CompiledSentenceModel:
+    """A cache entry's tokenizer and compiled model: raw (un-normalised) sentence embeddings
+    of one padded batch. Built in the process that runs it: OpenVINO's Core and thread pool
+    do not survive a fork, so a pool child compiles its own (resident.py loads after fork)."""
+
+    def __init__(self, entry: Path, meta: dict[str, Any], precision: str, threads: int) -> None:
+        import openvino as ov
+        from transformers import AutoTokenizer
+
+        silence_progress_bars()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(entry / TOKENIZER_DIR))
+        self.max_tokens = int(meta["max_tokens"])
+        self.inputs: list[str] = list(meta["inputs"])
+        core = ov.Core()
+        config = {
+            # bf16 is the measured win (docs/benchmarks.md); f32 keeps fp32 exact where asked.
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": threads,
+            # One request at a time per process, on all of its threads: latency, not streams.
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self.compiled = core.compile_model(core.read_model(str(entry / MODEL_FILE)), "CPU", config)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        # The call sentence-transformers makes for text (base/modules/transformer.py): pad to
+        # the batch's longest, truncate to the window the saved tokenizer carries.
+        features = self.tokenizer(list(texts), padding=True, truncation="longest_first", max_length=self.max_tokens,
+                                  return_tensors="np")
+        request = self.compiled.create_infer_request()  # one per call: encode_batch may run on two threads
+        request.infer({name: np.asarray(features[name], dtype=np.int64) for name in self.inputs})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+
+def _traceable(model: Any, inputs: list[str]) -> Any:
+    """The SentenceTransformer's transformer and every module after it (Pooling, Dense,
+    Normalize: whatever modules.json lists) as one module of tensors in, embedding out."""
+    import torch
+
+    class SentenceHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = model[0].auto_model
+            self.rest = torch.nn.ModuleList(list(model)[1:])
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, **extra)[0]
+            features = {"token_embeddings": hidden, "attention_mask": attention_mask}
+            for module in self.rest:
+                features = module(features)
+            return features["sentence_embedding"]
+
+    unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+    if unknown:
+        raise ValueError(f"the OpenVINO backend does not know the model inputs {sorted(unknown)}")
+    return SentenceHead().eval()
+
+
+def convert(model_dir: Path, target: Path, precision: str, threads: int) -> dict[str, Any]:
+    """Convert the model into target (model, tokenizer, meta) and check its vectors against
+    torch fp32 on PROBE_TEXTS. Returns the meta, verdict included; writes meta.json last."""
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    silence_progress_bars()
+    torch.set_num_threads(threads)
+    # Tracing the model makes transformers print a config remark (`loss_type=None ...`) on the
+    # user's terminal, in the middle of `run`'s own lines: errors only while converting.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        return _convert(model_dir, target, precision, threads)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def _convert(model_dir: Path, target: Path, precision: str, threads: int) -> dict[str, Any]:
+    import openvino as ov
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    # fp32 on purpose: the conversion's source and the quality check's reference.
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    model.eval()
+    tokenizer = model.tokenizer
+    inputs = [name for name in tokenizer.model_input_names if name in ("input_ids", "attention_mask", "token_type_ids")]
+    example = tokenizer(list(PROBE_TEXTS[:2]), padding=True, truncation="longest_first", return_tensors="pt")
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The tracer's warnings name branches on shapes that hold for every batch (a mask as
+        # long as the hidden states): noise on a user's terminal.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # Batch and sequence length stay dynamic ([?, ?]): one compiled model serves every batch.
+        converted = ov.convert_model(_traceable(model, inputs), example_input={k: example[k] for k in inputs})
+        reference = model.encode(list(PROBE_TEXTS), batch_size=len(PROBE_TEXTS), normalize_embeddings=True,
+                                 show_progress_bar=False)
+    # Full fp32 weights on disk: the precision is the compile's choice, not the file's.
+    ov.save_model(converted, str(target / MODEL_FILE), compress_to_fp16=False)
+    tokenizer.save_pretrained(str(target / TOKENIZER_DIR))
+    meta: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "model_dir": str(model_dir),
+        "precision": precision,
+        "inputs": inputs,
+        "dimension": int(reference.shape[1]),
+        "max_tokens": int(model.max_seq_length or 512),
+        "sizes": {name: (target / name).stat().st_size for name in (MODEL_FILE, WEIGHTS_FILE)},
+        "weights_sha256": _sha256(target / WEIGHTS_FILE),
+    }
+    candidate = normalise(CompiledSentenceModel(target, meta, precision, threads).embed(PROBE_TEXTS))
+    min_cosine = float((candidate * np.asarray(reference, dtype=np.float32)).sum(axis=1).min())
+    meta.update(min_cosine=round(min_cosine, 6), verdict="ok" if min_cosine >= MIN_COSINE else "rejected")
+    (target / META_FILE).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
+def _build(entry: Path, model_dir: Path, precision: str, threads: int) -> dict[str, Any]:
+    """Convert into a temporary directory beside the entry and rename it into place: a reader
+    sees the whole entry or none (a rename within one file system is atomic)."""
+    temporary = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        started = time.perf_counter()
+        meta = convert(model_dir, temporary, precision, threads)
+        log.info("converted %s to OpenVINO %s in %.1f s (min cosine to torch fp32 %.6f on the probe texts: %s)",
+                 model_dir, precision, time.perf_counter() - started, meta["min_cosine"], meta["verdict"])
+        temporary.chmod(0o755)  # mkdtemp's 0700 would keep the cache from a fleet's other users
+        try:
+            temporary.rename(entry)
+        except OSError:
+            # Another process (one the lock does not reach: another host on a shared
+            # directory) renamed its own conversion into place first: use that one.
+            winner = read_entry(entry)
+            if winner is None:
+                raise
+            meta = winner
+        return meta
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def cached_entry(root: Path, model_dir: Path, precision: str, threads: int) -> tuple[Path, dict[str, Any], bool]:
+    """(entry, meta, whether this call converted): the whole entry if there is one, else a new
+    one. A damaged entry is rebuilt."""
+    entry = root / entry_key(model_dir, precision)
+    meta = read_entry(entry)
+    if meta is not None:
+        return entry, meta, False
+    root.mkdir(parents=True, exist_ok=True)
+    # One conversion of an entry at a time: the pool processes of a worker starting on a cold
+    # cache wait for the first one's instead of each converting. The rename in _build keeps
+    # the entry whole without the lock too.
+    with _locked(root / f".{entry.name}.lock"):
+        meta = read_entry(entry)
+        if meta is not None:
+            return entry, meta, False
+        if entry.exists():
+            log.warning("OpenVINO cache entry %s is incomplete or damaged: converting again", entry)
+            discard(entry)
+        _remove_stale_temporaries(root)
+        return entry, _build(entry, model_dir, precision, threads), True
+
+
+class OpenVINOEncoder:
+    """The built-in encoder's model run by OpenVINO: SentenceTransformerEncoder's contract."""
+
+    on_batch: Callable[[int], None] | None = None
+    device = "cpu"
+    backend = "openvino"
+
+    def __init__(self, settings: Settings, precision: str) -> None:
+        started = time.perf_counter()
+        from .cpus import available_cpus
+
+        self.model_name = settings.model
+        self.precision = precision
+        self.threads = settings.torch_threads or available_cpus()
+        self.entry, meta, self.converted = cached_entry(cache_root(settings), model_directory(settings.model),
+                                                        precision, self.threads)
+        if meta["verdict"] != "ok":
+            raise QualityRejected(
+                f"OpenVINO {precision} vectors of {settings.model} reach only cosine {meta['min_cosine']} to torch "
+                f"fp32 (< {MIN_COSINE}; verdict kept in {self.entry})"
+            )
+        self._meta = meta
+        self._model = CompiledSentenceModel(self.entry, meta, precision, self.threads)
+        self._pid = os.getpid()
+        self._inherited: list[CompiledSentenceModel] = []
+        self.dimension = int(meta["dimension"])
+        self.max_tokens = int(meta["max_tokens"])
+        self.batch_size = settings.batch_size
+        self.batch_tokens = settings.batch_tokens or 4096
+        log.info(
+            "loaded %s on cpu with OpenVINO in %s in %.1f s (%s; dim %d, window %d tokens, %d threads, "
+            "batches of <= %d texts / %d tokens)",
+            self.model_name, precision, time.perf_counter() - started, "converted" if self.converted else "cached",
+            self.dimension, self.max_tokens, self.threads, self.batch_size, self.batch_tokens,
+        )
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer sentence-transformers configured, as saved with the converted model."""
+        return self._model.tokenizer
+
+    def _compiled(self) -> CompiledSentenceModel:
+        # Loaded before a fork and used after it (a pool created after the model was loaded):
+        # the parent's Core and its threads are not in this process, so compile again here.
+        # The inherited model is kept, never freed: its destructor waits for the parent's
+        # threads, which a child does not have, and hangs (measured).
+        if os.getpid() != self._pid:
+            self._inherited.append(self._model)
+            self._model = CompiledSentenceModel(self.entry, self._meta, self.precision, self.threads)
+            self._pid = os.getpid()
+        return self._model
+
+    def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        model = self._compiled()
+        lengths = [estimate_tokens(t, self.max_tokens) for t in texts]
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for batch in token_batches(lengths, batch_size or self.batch_size, self.batch_tokens):
+            out[batch] = model.embed([texts[i] for i in batch])
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+        return normalise(out)
