@@ -46,9 +46,10 @@ test-rabbitmq: install
 test-multihost: install
 	$(VENV)/bin/pytest -q -s -m multihost
 
-# The fast lane, for every edit: no worker processes, no Redis (tests marked `fleet`).
+# The fast lane, for every edit: no worker processes, no Redis (tests marked `fleet`), and
+# none of the real-model runs that take seconds each (marked `slow`; make test runs them).
 test-fast: lint
-	$(VENV)/bin/pytest -q -n 2 -m "not fleet"
+	$(VENV)/bin/pytest -q -n 2 -m "not fleet and not slow"
 
 # The benchmark on a corpus of your own: make bench CORPUS=path.jsonl FIELDS=title,body
 CORPUS ?= samples/celery_commits_500.jsonl

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from embedfleet.storage.export import read_ids
 from tests.conftest import (
@@ -28,6 +29,7 @@ def _run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_run_stores_every_record_in_corpus_order(small_corpus: Path, tmp_path: Path, reference_model) -> None:
     """run embeds every record once, export gives corpus order, vectors match SentenceTransformer;
     on stderr it says it loads the model, leaks no third-party bar, and prints the summary once."""
@@ -75,6 +77,7 @@ def test_run_refuses_bad_input_before_sending(tmp_path: Path) -> None:
     assert "read 4, stored 1, skipped 3, dead 0" in skipped.stdout
 
 
+@pytest.mark.slow
 def test_a_rerun_with_nothing_to_encode_never_imports_torch(small_corpus: Path, tmp_path: Path) -> None:
     """The model is loaded only when a chunk needs it: rerunning an unchanged corpus reads, compares
     and finishes without importing torch (seconds saved on every nightly rerun); a first run loads it

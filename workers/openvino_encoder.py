@@ -364,7 +364,9 @@ class OpenVINOEncoder:
         # Loaded before a fork and used after it (a pool created after the model was loaded):
         # the parent's Core and its threads are not in this process, so compile again here.
         # The inherited model is kept, never freed: its destructor waits for the parent's
-        # threads, which a child does not have, and hangs (measured).
+        # threads, which a child does not have, and hangs (measured). Best effort only: a fork
+        # of a process whose OpenVINO (or torch) threads are running can leave the child stuck
+        # on a lock one of them held (seen once under load), so fleet workers load after fork.
         if os.getpid() != self._pid:
             self._inherited.append(self._model)
             self._model = CompiledSentenceModel(self.entry, self._meta, self.precision, self.threads)

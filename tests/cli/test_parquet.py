@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from tests.cli.conftest import hash_cli
 from tests.conftest import COMMIT_FIELDS, SAMPLE, embedfleet
@@ -20,6 +21,7 @@ def sample_records(n: int) -> list[dict]:
         return [json.loads(line) for _, line in zip(range(n), lines, strict=False)]
 
 
+@pytest.mark.slow
 def test_a_parquet_corpus_gives_the_same_vectors_as_the_same_records_in_jsonl(tmp_path: Path) -> None:
     """60 commits (a list-of-strings field among the text fields) as JSONL and as Parquet in 3 row groups,
     each embedded by the real runner with the real model: the Parquet export (by its .parquet suffix) holds

@@ -205,6 +205,7 @@ def _streaming_peak(path) -> tuple[int, int, int]:
     return peak, seen, n_chunks
 
 
+@pytest.mark.slow
 def test_streaming_memory_stays_flat_with_corpus_size(tmp_path):
     """Validation plus chunking of 100k records peaks under 3 MB above 10k records: memory does not grow per record."""
     small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"

@@ -77,6 +77,7 @@ print(create_job(engine, name, version.key, "m", "s", {}, 1, 0))
 """
 
 
+@pytest.mark.slow
 def test_concurrent_first_opens_of_a_new_collection_share_one_version(db_url: str, tmp_path) -> None:
     """Three processes open a new collection (on a fresh file for SQLite) at the same instant, three times: all succeed, one version."""
     for attempt in range(3):

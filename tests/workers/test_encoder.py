@@ -45,12 +45,14 @@ def test_empty_input(fp32_encoder) -> None:
     assert fp32_encoder.encode_batch([]).shape == (0, 384)
 
 
+@pytest.mark.slow
 def test_matches_plain_sentence_transformers(fp32_encoder, texts, reference_model) -> None:
     """fp32 vectors are those of a direct SentenceTransformer.encode."""
     expected = reference_model.encode(texts, batch_size=32, normalize_embeddings=True)
     np.testing.assert_allclose(fp32_encoder.encode_batch(texts), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_default_precision_keeps_quality(fp32_encoder, texts) -> None:
     """The default (auto) precision stays at cosine >= 0.999 to fp32 for every record."""
     auto = SentenceTransformerEncoder(Settings(device="cpu"))
@@ -73,6 +75,7 @@ def test_bad_encoder_setting_is_explained() -> None:
         load_encoder(Settings(encoder="tests.workers.no_such_module:X"))
 
 
+@pytest.mark.slow
 def test_each_forward_pass_is_reported(fp32_encoder, texts) -> None:
     """on_batch hears every batch as it is encoded (the embedded run's progress moves within a chunk)."""
     heard: list[int] = []

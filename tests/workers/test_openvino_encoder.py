@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -106,6 +105,7 @@ def test_missing_package_is_one_line_on_the_command_line(tmp_path: Path) -> None
 
 # --- the contract, on the real model ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_auto_picks_openvino_on_a_fast_bf16_cpu(ov_encoder, cache: Path) -> None:
     """Here (AVX-512 BF16 or AMX), the default settings load the OpenVINO backend in bf16."""
     if not precision.cpu_has_fast_bf16():
@@ -115,6 +115,7 @@ def test_auto_picks_openvino_on_a_fast_bf16_cpu(ov_encoder, cache: Path) -> None
     assert encoder.precision == "bf16" and not encoder.converted  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_same_attributes_and_output_as_torch(ov_encoder, fp32_encoder, texts) -> None:
     """The attributes the pipeline reads match the torch encoder's; output is (n, 384) float32 unit rows."""
     for name in ("model_name", "dimension", "max_tokens", "device", "batch_size", "batch_tokens"):
@@ -125,6 +126,7 @@ def test_same_attributes_and_output_as_torch(ov_encoder, fp32_encoder, texts) ->
     assert ov_encoder.encode_batch([]).shape == (0, 384)
 
 
+@pytest.mark.slow
 def test_same_tokens_as_sentence_transformers(ov_encoder, reference_model, texts) -> None:
     """Every record of the sample gives the token ids sentence-transformers gives (window and truncation included)."""
     for start in range(0, len(texts), 100):
@@ -136,6 +138,7 @@ def test_same_tokens_as_sentence_transformers(ov_encoder, reference_model, texts
     assert expected.shape[1] == 256  # the sample has records past the window: truncation was exercised
 
 
+@pytest.mark.slow
 def test_vectors_match_torch_fp32_on_the_sample(ov_encoder, fp32_encoder, texts) -> None:
     """Cosine >= 0.999 to torch fp32 for every record of samples/celery_commits_500.jsonl."""
     cosine = (ov_encoder.encode_batch(texts) * fp32_encoder.encode_batch(texts)).sum(axis=1)
@@ -143,6 +146,7 @@ def test_vectors_match_torch_fp32_on_the_sample(ov_encoder, fp32_encoder, texts)
     assert cosine.min() >= 0.999
 
 
+@pytest.mark.slow
 def test_batches_are_reported_and_padding_does_not_matter(ov_encoder, texts) -> None:
     """on_batch hears every forward pass; a text alone gives its vector in a padded batch."""
     heard: list[int] = []
@@ -156,25 +160,9 @@ def test_batches_are_reported_and_padding_does_not_matter(ov_encoder, texts) -> 
     assert (alone * batch[:6]).sum(axis=1).min() >= 0.9999
 
 
-def test_a_forked_child_compiles_its_own(ov_encoder, texts) -> None:
-    """A process forked after the load encodes on an OpenVINO Core of its own, with the same vectors."""
-    expected = ov_encoder.encode_batch(texts[:8])
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-
-    def child() -> None:
-        send.send(ov_encoder.encode_batch(texts[:8]))
-
-    process = context.Process(target=child)
-    process.start()
-    assert receive.poll(60), "the child did not answer"
-    got = receive.recv()
-    process.join(10)
-    np.testing.assert_allclose(got, expected, atol=1e-6)
-
-
 # --- the cache --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_second_load_reads_the_cache(ov_encoder, cache: Path, texts) -> None:
     """A second load converts nothing (entry untouched), gives the same vectors, and runs on torch_threads threads."""
     from embedfleet.workers.openvino_encoder import OpenVINOEncoder
@@ -207,6 +195,7 @@ def _damage(entry: Path, how: str) -> None:
         shutil.rmtree(entry / "tokenizer")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated weights", "changed weights", "no meta", "bad meta", "no tokenizer"])
 def test_a_damaged_entry_is_not_read(ov_encoder, tmp_path: Path, how: str) -> None:
     """A partial or damaged entry is not taken for a whole one."""
@@ -219,6 +208,7 @@ def test_a_damaged_entry_is_not_read(ov_encoder, tmp_path: Path, how: str) -> No
     assert read_entry(copy) is None
 
 
+@pytest.mark.slow
 def test_a_damaged_entry_is_rebuilt(ov_encoder, tmp_path: Path, texts, caplog: pytest.LogCaptureFixture) -> None:
     """Half-written weights in the cache: the next load converts again and encodes as before."""
     from embedfleet.workers.openvino_encoder import OpenVINOEncoder
@@ -232,6 +222,7 @@ def test_a_damaged_entry_is_rebuilt(ov_encoder, tmp_path: Path, texts, caplog: p
     np.testing.assert_allclose(rebuilt.encode_batch(texts[:8]), ov_encoder.encode_batch(texts[:8]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_failed_quality_check_falls_back_and_is_remembered(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     """A conversion under the cosine floor loads torch with a warning, and later starts neither convert nor check."""
@@ -252,6 +243,7 @@ def test_a_failed_quality_check_falls_back_and_is_remembered(monkeypatch: pytest
     assert _entry_state(entry) == before
 
 
+@pytest.mark.slow
 def test_two_processes_starting_on_a_cold_cache_convert_once(tmp_path: Path) -> None:
     """Two processes loading at once on an empty cache: one converts, the other waits and reads its entry."""
     pytest.importorskip("openvino")
