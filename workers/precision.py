@@ -18,7 +18,16 @@ def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return any(flag in flags.split() for flag in BF16_CPU_FLAGS)
 
 
+def no_gpu_driver() -> bool:
+    """True when neither NVIDIA's nor AMD's (ROCm) kernel driver is present, or
+    CUDA_VISIBLE_DEVICES hides every GPU: torch could see no GPU either, so `auto` means the
+    CPU without importing torch (about 1.5 s, and the OpenVINO backend never needs it)."""
+    return gpu_count() == 0 and not Path("/dev/kfd").exists()
+
+
 def resolve_device(setting: str) -> str:
+    if setting == "auto" and no_gpu_driver():
+        return "cpu"
     import torch  # here, not at import: `embedfleet worker` reads gpu_count() before fork
 
     if setting == "auto":
