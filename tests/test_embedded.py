@@ -91,7 +91,8 @@ def test_a_rerun_with_nothing_to_encode_never_imports_torch(small_corpus: Path, 
               "print(stats.state, stats.stored, stats.skipped, 'torch' in sys.modules)\n")
     first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.split() == ["done", "150", "0", "True"]
+    # A first run loads the model (on OpenVINO, where auto picks it, torch is not even imported).
+    assert first.stdout.split()[:3] == ["done", "150", "0"]
     assert first.stderr.index("model loaded in") < first.stderr.index("job ")  # loaded before its job
     again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
