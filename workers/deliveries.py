@@ -92,3 +92,23 @@ def model_backoff(deliveries: int) -> float:
     which takes whole seconds and refuses int(countdown) == 0 ("countdown must be a positive
     number"), and the chunk's retry would be rejected instead of sent."""
     return max(1.0, min(60.0, 2.0 ** max(0, deliveries - 1)) * random.uniform(0.8, 1.2))
+
+
+def repeat_backoff(retries: int) -> float:
+    """Seconds before a collect whose repeated texts wait for their first record tries again:
+    1, 2, 4, ... at most 60 (never under 1 s, for RabbitMQ's delayed delivery: model_backoff)."""
+    return min(60.0, 2.0 ** max(0, retries))
+
+
+def repeat_wait_retries(settings: Settings) -> int:
+    """How many times such a collect tries again before its waiting repeats become
+    SourceNotStored dead letters: enough backoff to cover two leases (240 s by default).
+    The first record's chunk can be late by that much and still be stored: a dead worker's
+    chunk comes back within seconds, a lost one within a lease (the reconciler), and then it
+    is encoded. Never fewer than the transient errors' max_retries."""
+    retries, waited = 0, 0.0
+    while waited < 2 * settings.lease_seconds:
+        waited += repeat_backoff(retries)
+        retries += 1
+    return max(retries, settings.max_retries)
+

@@ -19,6 +19,7 @@ from ..config.sending import celery_sender, payload_sender
 from ..config.settings import get_settings
 from ..storage import codec, pgvector
 from ..storage.engine import get_engine
+from ..storage.errors import SourceNotStored
 from ..storage.ledger import count_retry, start_collect, start_delivery, unstarted_halves
 from ..storage.safe_errors import error_type, redacted, safe_error
 from . import heartbeat, watchdog  # noqa: F401 (watchdog: its signal handler)
@@ -30,6 +31,8 @@ from .deliveries import (
     crashed_too_often,
     isolate_crash,
     model_backoff,
+    repeat_backoff,
+    repeat_wait_retries,
     split_chunk,
 )
 from .isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
@@ -218,11 +221,16 @@ def collect_chunk(self: Task, chunk: dict[str, Any]) -> str:
         if dead:
             notify_dead_letters(vectors.job_id, vectors.seq, dead, COLLECTOR_CRASHED)
         return f"stored 0, dead {dead}"
-    # Repeated texts wait (by retrying) for their first record; on the last try they are
-    # dead-lettered instead, so the rest of the chunk is stored either way.
+    # Repeated texts wait (by retrying) for their first record, which a worker's death or a
+    # lost message can delay by minutes: they wait up to two leases, not the ~30 s of the
+    # transient errors' retries. On the last try they are dead-lettered instead, so the rest
+    # of the chunk is stored either way.
+    repeat_retries = repeat_wait_retries(settings)
     try:
-        stored = store_chunk(_engine(), vectors, last_attempt=self.request.retries >= (self.max_retries or 0),
+        stored = store_chunk(_engine(), vectors, last_attempt=self.request.retries >= repeat_retries,
                              on_job_done=send_index_build)
+    except SourceNotStored as exc:
+        raise self.retry(exc=exc, countdown=repeat_backoff(self.request.retries), max_retries=repeat_retries) from exc
     except Exception as exc:  # what Flower and the worker's log show: no record text, no SQL parameters
         raise redacted(exc, keep=self.autoretry_for) from None
     if stored is None:

@@ -15,6 +15,8 @@ from embedfleet.workers.deliveries import (
     halve,
     isolate_crash,
     model_backoff,
+    repeat_backoff,
+    repeat_wait_retries,
     split_chunk,
 )
 from tests.storage.helpers import live_job
@@ -68,3 +70,16 @@ def test_model_backoff_is_whole_seconds_at_least() -> None:
     the first backoff, 1 s with jitter, must not fall below it or the retry is rejected."""
     assert min(model_backoff(1) for _ in range(500)) >= 1.0
     assert max(model_backoff(30) for _ in range(500)) <= 60.0 * 1.2
+
+
+def test_repeats_wait_two_leases_for_their_first_record() -> None:
+    """A collect whose repeated texts wait for their first record backs off 1, 2, 4 ... 60 s and
+    gives up (SourceNotStored letters) only after two leases of waiting, never before the
+    transient errors' retries."""
+    assert [repeat_backoff(r) for r in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    settings = Settings()
+    retries = repeat_wait_retries(settings)
+    waited = sum(repeat_backoff(r) for r in range(retries))
+    assert waited >= 2 * settings.lease_seconds > sum(repeat_backoff(r) for r in range(retries - 1))
+    assert (retries, waited) == (9, 243.0)  # the defaults: lease 120 s
+    assert repeat_wait_retries(Settings(lease_seconds=1)) == settings.max_retries
