@@ -166,12 +166,16 @@ class FastTokenizer:
         pad_id = self._tokenizer.token_to_id(pad)
         if pad_id is None:
             raise ValueError(f"the tokenizer has no pad token {pad!r}")
-        self._pad = (pad, pad_id)
+        # Padding to the batch's longest, set once; the window is set when it changes (once per
+        # model), not per batch: encode_batch may run on two threads.
+        self._tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
+        self._window: tuple[int, str] | None = None
 
     def __call__(self, texts: list[str], padding: bool = True, truncation: str = "longest_first",
                  max_length: int = 512, return_tensors: str = "np") -> dict[str, np.ndarray]:
-        self._tokenizer.enable_truncation(max_length=max_length, strategy=truncation)
-        self._tokenizer.enable_padding(pad_id=self._pad[1], pad_token=self._pad[0])
+        if self._window != (max_length, truncation):
+            self._tokenizer.enable_truncation(max_length=max_length, strategy=truncation)
+            self._window = (max_length, truncation)
         encodings = self._tokenizer.encode_batch(texts)
         return {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),

@@ -45,6 +45,18 @@ def _kill_node(fleet, name: str) -> float:
     return killed_at
 
 
+def _kill_pool_child_mid_job(fleet, db_url: str, tmp_path) -> tuple[str, list[str], float]:  # type: ignore[no-untyped-def]
+    """Submit 120 records to the only worker, w1, and kill -9 its pool process once the job has
+    started: (job id, corpus ids, when it was killed)."""
+    corpus, ids = fault_corpus(tmp_path, 120)
+    job_id = submit_corpus(fleet, corpus)
+    wait_started(db_url, job_id)
+    (child,) = fleet.pool_children("w1")
+    killed_at = time.monotonic()
+    os.kill(child, signal.SIGKILL)
+    return job_id, ids, killed_at
+
+
 @BOTH_BROKERS
 def test_kill_9_pool_child_is_replaced(sqlite_url, make_fleet, tmp_path, recovery) -> None:
     """kill -9 the only worker's pool process mid-job: its replacement loads the model (6 s more
@@ -52,12 +64,7 @@ def test_kill_9_pool_child_is_replaced(sqlite_url, make_fleet, tmp_path, recover
     job finishes."""
     fleet = make_fleet(sqlite_url, **SLOW, EMBEDFLEET_TEST_LOAD_DELAY="6")
     start_workers(fleet, "w1")
-    corpus, ids = fault_corpus(tmp_path, 120)
-    job_id = submit_corpus(fleet, corpus)
-    wait_started(sqlite_url, job_id)
-    (child,) = fleet.pool_children("w1")
-    killed_at = time.monotonic()
-    os.kill(child, signal.SIGKILL)
+    job_id, ids, killed_at = _kill_pool_child_mid_job(fleet, sqlite_url, tmp_path)
     stats = wait_done(sqlite_url, job_id, timeout=180)
     recovery("kill -9 pool child", time.monotonic() - killed_at, 300)
     assert_accounted(sqlite_url, job_id, "faults", ids, tmp_path / "out.npy")
@@ -78,12 +85,7 @@ def test_pool_that_loses_a_chunk_restarts_its_worker(sqlite_url, make_fleet, tmp
     fleet = make_fleet(sqlite_url, **SLOW, EMBEDFLEET_TEST_STATE_DIR=str(state))
     fleet.start_worker("w1", "-I", "tests.fleet.pool_wedge")
     fleet.wait_ready(["w1"])
-    corpus, ids = fault_corpus(tmp_path, 120)
-    job_id = submit_corpus(fleet, corpus)
-    wait_started(sqlite_url, job_id)
-    (child,) = fleet.pool_children("w1")
-    killed_at = time.monotonic()
-    os.kill(child, signal.SIGKILL)
+    job_id, ids, killed_at = _kill_pool_child_mid_job(fleet, sqlite_url, tmp_path)
     stats = wait_done(sqlite_url, job_id, timeout=180)
     recovery("pool lost a chunk, worker restarted", time.monotonic() - killed_at, 300)
     assert (state / "pool-wedged").exists(), "the fault was not injected"

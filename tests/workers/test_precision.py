@@ -44,6 +44,21 @@ def test_device_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
         precision.resolve_device("cuda")
 
 
+def test_auto_without_a_gpu_driver_decides_without_torch(tmp_path: Path) -> None:
+    """No GPU visible (CUDA_VISIBLE_DEVICES empty): auto means the CPU and torch is never
+    imported, the start the OpenVINO backend relies on. In a fresh interpreter, the real check."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom embedfleet.workers.precision import resolve_device\n"
+              "print(resolve_device('auto'), 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["cpu", "False"]
+
+
 def test_gpu_count_reads_cuda_visible_devices_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """CUDA_VISIBLE_DEVICES decides the count when set (blank entries do not count)."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0, 1,")
