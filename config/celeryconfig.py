@@ -14,6 +14,9 @@ WORKER_TASK_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(task_na
 # Seconds between AMQP heartbeats on a worker's connection (see broker_heartbeat below).
 BROKER_HEARTBEAT_SECONDS = 10
 
+# How long a send waits for a broker that went away: sum(min(i, 5) for i in range(15)) = 60 s.
+PUBLISH_RETRY_POLICY = {"max_retries": 15, "interval_start": 0, "interval_step": 1, "interval_max": 5}
+
 
 def broker_config(settings: Settings) -> dict[str, Any]:
     """The settings that follow the broker's kind: its queues' declarations and its
@@ -80,6 +83,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "broker_connection_retry_on_startup": True,
+        # A send that finds the broker gone (restarted, failing over, a link flapping) keeps
+        # reconnecting for about a minute (1, 2, 3, 4 s, then every 5 s) before it fails.
+        # Celery's default gives up after 3 tries in under a second: a worker whose encode
+        # could not send its collect message during a 3-second broker restart lost that
+        # chunk until the reconciler re-sent it a whole lease (120 s) later, although the
+        # broker was back within seconds. `submit` checks the broker before it sends
+        # (producers/sending.py), so an unreachable broker still fails it at once.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         # RabbitMQ: a worker host cut off from the broker (its link down, the host frozen)
         # sends no heartbeat; RabbitMQ closes a connection two heartbeats after its last
         # frame and at once re-queues every message that connection held unacked, so its

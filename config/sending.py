@@ -24,15 +24,22 @@ def time_limit(records: int) -> float:
     return settings.chunk_time_limit + settings.chunk_time_per_record * records
 
 
-def celery_sender(app: Celery) -> Sender:
-    """Send by task name, so the sender needs no model and no worker code."""
+# Celery's own publish retry policy: three quick tries. For a sender that runs again soon
+# anyway (the heartbeat's sweep, every beat) and must not stall what else its thread does.
+QUICK_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+
+def celery_sender(app: Celery, retry_policy: dict[str, float] | None = None) -> Sender:
+    """Send by task name, so the sender needs no model and no worker code. retry_policy:
+    how long a send waits for a broker that went away; None means the app's
+    task_publish_retry_policy (about a minute, config/celeryconfig.py)."""
 
     def send(chunk: ChunkTexts) -> None:
         # kwargsrepr: Flower and logs show job and chunk, never the texts. time_limit: a
         # per-message hard limit (the prefork pool kills the process; the solo pool of the
         # embedded run ignores it).
         app.send_task(ENCODE_TASK, kwargs={"chunk": chunk.to_wire()}, kwargsrepr=chunk.label(),
-                      time_limit=time_limit(len(chunk.ids)))
+                      time_limit=time_limit(len(chunk.ids)), retry_policy=retry_policy)
 
     return send
 

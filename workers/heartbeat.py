@@ -28,7 +28,7 @@ from celery.signals import celeryd_init, task_received, worker_shutdown
 
 from ..config.celery_app import app
 from ..config.queues import COLLECT_TASK, ENCODE_TASK
-from ..config.sending import celery_sender, payload_sender
+from ..config.sending import QUICK_RETRY_POLICY, celery_sender, payload_sender
 from ..config.settings import get_settings
 from ..storage.engine import get_engine
 from ..storage.liveness import beat, hold, retire
@@ -52,7 +52,9 @@ class Heartbeat(threading.Thread):
         self.lease = settings.lease_seconds
         self.reconcile_every = settings.reconcile_every_seconds
         self.database_url = settings.database_url
-        self.send = payload_sender(celery_sender(app))
+        # Quick sends: a sweep that finds the broker gone tries again at the next beat, and a
+        # minute-long send here would stop this node's beats and make the fleet think it dead.
+        self.send = payload_sender(celery_sender(app, QUICK_RETRY_POLICY))
         self._received: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()

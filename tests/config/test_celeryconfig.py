@@ -154,3 +154,26 @@ def test_pointing_an_app_at_another_broker_changes_its_queues() -> None:
     assert not app.amqp.queues[EMBED_QUEUE].queue_arguments
     assert "visibility_timeout" in app.conf.broker_transport_options
     app.close()
+
+
+def _wait_seconds(policy: dict) -> float:
+    """How long kombu's retry_over_time sleeps in all before the send fails."""
+    from itertools import islice
+
+    from kombu.utils.functional import fxrange
+
+    steps = fxrange(policy["interval_start"], policy["interval_max"] + policy["interval_start"],
+                    policy["interval_step"], repeatlast=True)
+    return sum(islice(steps, policy["max_retries"]))
+
+
+def test_a_send_waits_out_a_broker_restart_but_the_sweep_does_not() -> None:
+    """A worker's send (a collect message, a retry) keeps trying for about a minute, so a
+    broker restart of a few seconds loses no chunk; the heartbeat's sweep, which runs again
+    at the next beat, gives up in under a second rather than stop the node's beats."""
+    from embedfleet.config.sending import QUICK_RETRY_POLICY
+
+    config = celery_config(Settings())
+    assert config["task_publish_retry"] is True
+    assert 45 <= _wait_seconds(config["task_publish_retry_policy"]) <= 90
+    assert _wait_seconds(QUICK_RETRY_POLICY) < 1 < Settings().heartbeat_seconds

@@ -25,7 +25,8 @@ def recovery(request: pytest.FixtureRequest) -> Callable[[str, float, float], No
     test checks its own time, so running one test alone checks it too. The time travels in the
     test's report (user_properties), so a run on several processes (pytest-xdist) lists it too."""
     # A test run on both brokers records one time per broker.
-    broker = getattr(getattr(request.node, "callspec", None), "params", {}).get("broker_url")
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    broker = params.get("broker_url") or params.get("fleet")  # the multi-host fleet's broker
 
     def record(name: str, seconds: float, bound: float) -> None:
         request.node.user_properties.append(("recovery", (f"{name} [{broker}]" if broker else name, seconds)))

@@ -253,3 +253,51 @@ def start_redis(cluster: Cluster, host: Host, data: Path) -> None:
                                   "--appendonly", "yes", "--appendfsync", "always", "--save", "",
                                   "--dir", str(data)])
     wait_port(cluster, host, 6379)
+
+
+RABBITMQ_CONF = """\
+listeners.tcp.default = 5672
+# guest may log in from other hosts: the broker serves only this private cluster.
+loopback_users = none
+"""
+
+
+def rabbitmq_env(data: Path) -> dict[str, str]:
+    """The private node's files. Its name, rabbit@localhost, and its epmd on 127.0.0.1 are
+    the namespace's own: the machine's RabbitMQ of the same name is never reached."""
+    return {**os.environ, "RABBITMQ_CONF_ENV_FILE": str(data / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(data / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(data / "enabled_plugins"),
+            "RABBITMQ_NODENAME": "rabbit@localhost", "RABBITMQ_MNESIA_BASE": str(data / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(data / "log"), "RABBITMQ_PID_FILE": str(data / "rabbit.pid"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1"}
+
+
+def start_rabbitmq(cluster: Cluster, host: Host, data: Path) -> None:
+    """RabbitMQ (the machine's 3.10 install) with its data dir kept across restarts: its
+    quorum queues come back from their logs. Runs as the rabbitmq user (the install's wrapper
+    switches to it), so the data dir is theirs."""
+    if not data.exists():
+        data.mkdir(parents=True)
+        (data / "rabbitmq.conf").write_text(RABBITMQ_CONF)
+        (data / "rabbitmq-env.conf").write_text("")
+        (data / "enabled_plugins").write_text("[].\n")
+        shutil.chown(data, "rabbitmq", "rabbitmq")
+        for path in data.iterdir():
+            shutil.chown(path, "rabbitmq", "rabbitmq")
+    cluster.spawn(host, "rabbitmq", ["rabbitmq-server"], env=rabbitmq_env(data))
+    wait_port(cluster, host, 5672, timeout=90)
+
+
+def stop_rabbitmq(cluster: Cluster, data: Path) -> None:
+    """kill -9 of the node (its process group, and the pid it wrote, in case it left it)."""
+    cluster.kill("rabbitmq")
+    pid_file = data / "rabbit.pid"
+    try:
+        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+def rabbitmqctl(cluster: Cluster, host: Host, data: Path, *args: str) -> subprocess.CompletedProcess:
+    return cluster.run(host, ["rabbitmqctl", "-q", "-n", "rabbit@localhost", *args], env=rabbitmq_env(data))

@@ -155,11 +155,12 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[str, object]]:
-    """A redis-server of our own, keeping nothing on disk, that the test can restart."""
+def _own_redis(tmp_path: Path, keep: bool) -> Iterator[tuple[str, object]]:
+    """A redis-server of our own that the test can restart (kill -9, then start again):
+    keep=False keeps nothing on disk, keep=True an append-only file written on every command."""
     port = _free_port()
-    args = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if keep else ["--appendonly", "no"]
+    args = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", *persistence,
             "--dir", str(tmp_path)]
     state = {"proc": subprocess.Popen(args, stdout=subprocess.DEVNULL)}
     time.sleep(0.5)
@@ -174,6 +175,47 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, object]]:
     yield f"redis://127.0.0.1:{port}/0", restart
     state["proc"].kill()
     state["proc"].wait()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, object]]:
+    yield from _own_redis(tmp_path, keep=False)
+
+
+@pytest.fixture
+def own_redis_aof(tmp_path: Path) -> Iterator[tuple[str, object]]:
+    yield from _own_redis(tmp_path, keep=True)
+
+
+def test_broker_restarted_with_its_data_mid_job(sqlite_url, own_redis_aof, tmp_path, recovery) -> None:
+    """Redis (append-only file) is killed and started again mid-job, with the product's
+    defaults: chunks being encoded meanwhile cannot send their collect message until it is
+    back; their sends keep trying (task_publish_retry_policy, about a minute), so the job ends
+    seconds after the restart. Before, each such chunk waited a whole lease (120 s) for the
+    reconciler: the bound below is under that lease, so it pins the difference."""
+    url, restart = own_redis_aof
+    # RT_DELAY: each chunk takes 0.3 s, so chunks are being encoded when the broker goes.
+    fleet = Fleet(url, sqlite_url, tmp_path, {**ONE_THREAD, "EMBEDFLEET_ENCODER": f"{ENCODERS}:NoopCrash",
+                                              "RT_DELAY": "0.3"})
+    try:
+        start(fleet, "w1", "w2")
+        path, ids = corpus(tmp_path, plain(160))
+        waiting = subprocess.Popen([str(BIN / "embedfleet"), "submit", str(path), "--collection", "rt",
+                                    "--chunk-size", "4", "--wait"], env=fleet.env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        time.sleep(4)
+        restart()  # type: ignore[operator]
+        restarted = time.monotonic()
+        out, err = waiting.communicate(timeout=180)
+        recovery("broker restarted with its data (AOF), defaults (restart -> job end)",
+                 time.monotonic() - restarted, 60)
+        assert waiting.returncode == 0, err[-2000:]
+        assert "Traceback" not in err
+        job_id = out.split()[0]
+        assert job_stats(get_engine(sqlite_url), job_id).state == "done"
+        assert_accounted(sqlite_url, job_id, "rt", ids, tmp_path / "out.npy")
+    finally:
+        fleet.stop()
 
 
 def test_broker_restarted_empty_mid_job(sqlite_url, own_redis, tmp_path) -> None:
