@@ -259,6 +259,11 @@ def finish(waiting: subprocess.Popen, timeout: float = 240) -> str:
 
 
 def check(fleet: Fleet, job_id: str, ids: list[str], tmp_path: Path, n: int, collection: str = COLLECTION) -> JobStats:
+    # Fresh connections for the observer: the product asks the server to drop a session whose
+    # peer is silent for ~25 s (storage/engine.py, POSTGRES_SESSION), so one this process
+    # pooled before a cut of the database host's link is gone, and the check's first
+    # statement would fail on it ("server closed the connection unexpectedly").
+    get_engine(fleet.db_url).dispose()
     stats = assert_accounted(fleet.db_url, job_id, collection, ids, tmp_path / f"{collection}.npy")
     assert stats.records_read == n
     split = fleet.split(job_id)

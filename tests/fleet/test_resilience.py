@@ -187,6 +187,27 @@ def own_redis_aof(tmp_path: Path) -> Iterator[tuple[str, object]]:
     yield from _own_redis(tmp_path, keep=True)
 
 
+def job_through_a_broker_restart(fleet: Fleet, restart: object, after: float, tmp_path: Path) -> float:
+    """160 records in chunks of 4 on workers w1 and w2, `submit --wait`, the broker restarted
+    `after` seconds in: the job ends, every record accounted for. Seconds from restart to end."""
+    start(fleet, "w1", "w2")
+    path, ids = corpus(tmp_path, plain(160))
+    waiting = subprocess.Popen([str(BIN / "embedfleet"), "submit", str(path), "--collection", "rt",
+                                "--chunk-size", "4", "--wait"], env=fleet.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(after)
+    restart()  # type: ignore[operator]
+    restarted = time.monotonic()
+    out, err = waiting.communicate(timeout=180)
+    seconds = time.monotonic() - restarted
+    assert waiting.returncode == 0, err[-2000:]
+    assert "Traceback" not in err
+    job_id = out.split()[0]
+    assert job_stats(get_engine(fleet.database_url), job_id).state == "done"
+    assert_accounted(fleet.database_url, job_id, "rt", ids, tmp_path / "out.npy")
+    return seconds
+
+
 def test_broker_restarted_with_its_data_mid_job(sqlite_url, own_redis_aof, tmp_path, recovery) -> None:
     """Redis (append-only file) is killed and started again mid-job, with the product's
     defaults: chunks being encoded meanwhile cannot send their collect message until it is
@@ -198,22 +219,8 @@ def test_broker_restarted_with_its_data_mid_job(sqlite_url, own_redis_aof, tmp_p
     fleet = Fleet(url, sqlite_url, tmp_path, {**ONE_THREAD, "EMBEDFLEET_ENCODER": f"{ENCODERS}:NoopCrash",
                                               "RT_DELAY": "0.3"})
     try:
-        start(fleet, "w1", "w2")
-        path, ids = corpus(tmp_path, plain(160))
-        waiting = subprocess.Popen([str(BIN / "embedfleet"), "submit", str(path), "--collection", "rt",
-                                    "--chunk-size", "4", "--wait"], env=fleet.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        time.sleep(4)
-        restart()  # type: ignore[operator]
-        restarted = time.monotonic()
-        out, err = waiting.communicate(timeout=180)
-        recovery("broker restarted with its data (AOF), defaults (restart -> job end)",
-                 time.monotonic() - restarted, 60)
-        assert waiting.returncode == 0, err[-2000:]
-        assert "Traceback" not in err
-        job_id = out.split()[0]
-        assert job_stats(get_engine(sqlite_url), job_id).state == "done"
-        assert_accounted(sqlite_url, job_id, "rt", ids, tmp_path / "out.npy")
+        seconds = job_through_a_broker_restart(fleet, restart, 4, tmp_path)
+        recovery("broker restarted with its data (AOF), defaults (restart -> job end)", seconds, 60)
     finally:
         fleet.stop()
 
@@ -228,21 +235,7 @@ def test_broker_restarted_empty_mid_job(sqlite_url, own_redis, tmp_path) -> None
                                               "RT_DELAY": "0.3", "EMBEDFLEET_LEASE_SECONDS": "10",
                                               "EMBEDFLEET_RECONCILE_EVERY_SECONDS": "3"})
     try:
-        start(fleet, "w1", "w2")
-        path, ids = corpus(tmp_path, plain(160))
-        waiting = subprocess.Popen([str(BIN / "embedfleet"), "submit", str(path), "--collection", "rt",
-                                    "--chunk-size", "4", "--wait"], env=fleet.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        time.sleep(6)
-        restart()  # type: ignore[operator]
-        restarted = time.monotonic()
-        out, err = waiting.communicate(timeout=180)
-        record("broker restarted empty (lease 10 s)", time.monotonic() - restarted)
-        assert waiting.returncode == 0, err[-2000:]
-        assert "Traceback" not in err
-        job_id = out.split()[0]
-        assert job_stats(get_engine(sqlite_url), job_id).state == "done"
-        assert_accounted(sqlite_url, job_id, "rt", ids, tmp_path / "out.npy")
+        record("broker restarted empty (lease 10 s)", job_through_a_broker_restart(fleet, restart, 6, tmp_path))
     finally:
         fleet.stop()
 
