@@ -386,23 +386,23 @@ def database_view(fleet: Fleet, job_id: str) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.skipif(not ALL, reason="known stall, 3+ minutes: set EMBEDFLEET_MULTIHOST_ALL=1")
-@pytest.mark.xfail(strict=False, reason="open, intermittent: stalled past 180 s in one of three runs (the others: "
-                                        "17 s, 27 s); cause not settled")
+@BOTH
 def test_worker_host_cut_inside_a_collect_transaction(fleet: Fleet, tmp_path: Path,
                                                       recovery: Callable[[str, float, float], None]) -> None:
     """A host cut off inside a collect's transaction (after the statement that locks the
     chunk's row, before COMMIT): its session stays open on the database, holding the lock,
-    until the server's TCP keepalive gives the peer up, and the sweep that would re-send the
-    chunk waits on that lock. The cut lands at that moment only by chance in scenario 2 (it
-    did once, and the job had not ended 240 s later), so here a session on the cut host
-    takes the lock as the collector does (SELECT ... FOR UPDATE on the chunk's row) just
-    before the cut. Expected: with the database host's keepalives (netns.PG_KEEPALIVES: a
-    dead peer found in 25 s) the lock goes and the job ends. Seen: once the job ended 17 s
-    after the cut; once the server dropped two of the cut host's sessions ~25 s after the
-    cut, yet no live worker logged a re-send and the job had not ended 180 s after the cut.
-    With tcp_user_timeout added as well: 27 s. On a stall the test prints the database's
+    until the server gives the silent peer up, and the sweep that would re-send the chunk
+    waits on that lock. The cut lands at that moment only by chance in scenario 2 (it did
+    once, before the fix, and the job had not ended 240 s later), so here a session on the
+    cut host, set up as the product sets up its own (storage/engine.py: POSTGRES_SESSION,
+    keepalives and tcp_user_timeout that find a dead peer in ~25 s), locks the rows of the
+    open chunks the cut host holds, as the collector does (SELECT ... FOR UPDATE), just
+    before the cut. With the kernel's keepalive defaults the server would keep that lock
+    for 2 h 11 min. Expected: about 25 s after the cut the server drops the session, the
+    sweep claims the chunk and the job ends. On a stall the test prints the database's
     sessions, open chunks and nodes."""
+    from embedfleet.storage.engine import POSTGRES_SESSION
+
     path, ids = corpus(tmp_path, 240)
     fleet.start_workers(*WORKERS)
     waiting = fleet.submit(path)
@@ -410,15 +410,28 @@ def test_worker_host_cut_inside_a_collect_transaction(fleet: Fleet, tmp_path: Pa
     fleet.wait_chunks(job_id, 2)
     victim, seq = held_chunk(fleet, job_id)
     cluster, host = fleet.net.cluster, fleet.net.host(victim)
-    locker = (f"import psycopg, time; c = psycopg.connect({fleet.db_url!r}); "
-              f"c.execute('SELECT seq FROM chunks WHERE job_id = %s AND seq = %s FOR UPDATE', ({job_id!r}, {seq})); "
-              "print('locked', flush=True); time.sleep(900)")
-    cluster.spawn(host, "locker", [sys.executable, "-c", locker], env=fleet.env)
-    deadline = time.monotonic() + 30
-    while "locked" not in cluster.log("locker"):
-        assert time.monotonic() < deadline, cluster.log("locker")
-        time.sleep(0.05)
+    # Every open chunk the victim's node holds (the one it encodes may be done by the time
+    # the locker runs; the next one it took is then open), locked in one transaction.
+    locker = (f"import psycopg, time; c = psycopg.connect({fleet.db_url!r}); c.execute({POSTGRES_SESSION!r}); "
+              "rows = c.execute('SELECT seq FROM chunks WHERE job_id = %s AND state = %s AND holder = "
+              "(SELECT holder FROM chunks WHERE job_id = %s AND seq = %s) FOR UPDATE', "
+              f"({job_id!r}, 'queued', {job_id!r}, {seq})).fetchall(); "
+              "print('locked', len(rows), [r[0] for r in rows], flush=True); time.sleep(900)")
+    deadline = time.monotonic() + 60
+    while True:  # until the lock holds an open chunk of the victim's
+        cluster.spawn(host, "locker", [sys.executable, "-c", locker], env=fleet.env)
+        while "locked" not in cluster.log("locker"):
+            assert time.monotonic() < deadline, cluster.log("locker")
+            time.sleep(0.05)
+        if "locked 0" not in cluster.log("locker"):
+            break
+        cluster.kill("locker")
+        (cluster.root / "locker.log").unlink()
+        victim, seq = held_chunk(fleet, job_id)
+        assert fleet.net.host(victim) == host, "the victim moved on to another host's chunk"
+    locked = [int(n) for n in cluster.log("locker").split("[", 1)[1].split("]")[0].split(",")]
     cluster.link_down(host)
+    cut_wall = time.time()
     cut = time.monotonic()
     try:
         for _ in range(3):  # what the database shows while the job waits, for the report
@@ -431,6 +444,13 @@ def test_worker_host_cut_inside_a_collect_transaction(fleet: Fleet, tmp_path: Pa
             raise AssertionError("the job did not end within 180 s of the cut")
     finally:
         cluster.kill("locker")
+    # The locked chunks really were held through the cut: done only once the lock went.
+    with get_engine(fleet.db_url).connect() as conn:
+        done_at = dict(conn.execute(select(chunks.c.seq, chunks.c.done_at).where(
+            chunks.c.job_id == job_id, chunks.c.seq.in_(locked))).all())
+    after = {seq: round(float(at) - cut_wall, 1) for seq, at in done_at.items()}
+    print(f"locked chunks {locked} done this many seconds after the cut: {after}")
+    assert all(seconds > 0 for seconds in after.values()), after
     recovery("multihost: worker host cut inside a collect transaction (cut -> job end)", time.monotonic() - cut, 120)
     stats = check(fleet, job_id, ids, tmp_path, 240)
     assert (stats.stored, stats.dead) == (240, 0)
