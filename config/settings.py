@@ -112,6 +112,18 @@ class Settings(BaseSettings):
             "every core; `embedfleet worker` sets it to cores // processes when it is unset."
         ),
     )
+    # Batches the OpenVINO backend infers at once in one process, its threads shared among
+    # them; 0 means 2 when the process has 2 threads or more, else 1 (docs/performance.md).
+    openvino_streams: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "OpenVINO inference streams per process: batches inferred at once, each on threads // streams threads "
+            "(at most one stream per thread). 0 means 2 when the process has 2 threads or more (`embedfleet run`, a "
+            "worker with fewer processes than cores) and 1 otherwise; 1 is one batch at a time on all the threads "
+            "(OpenVINO's LATENCY hint). Ignored by the torch backend."
+        ),
+    )
 
     # A chunk closes at this many records or this many estimated tokens, whichever first.
     chunk_size: int = Field(

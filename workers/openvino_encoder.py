@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -197,33 +198,73 @@ def load_tokenizer(directory: Path) -> Any:
 
 class CompiledSentenceModel:
     """A cache entry's tokenizer and compiled model: raw (un-normalised) sentence embeddings
-    of one padded batch. Built in the process that runs it: OpenVINO's Core and thread pool
-    do not survive a fork, so a pool child compiles its own (resident.py loads after fork)."""
+    of padded batches. Built in the process that runs it: OpenVINO's Core and thread pool
+    do not survive a fork, so a pool child compiles its own (resident.py loads after fork).
 
-    def __init__(self, entry: Path, meta: dict[str, Any], precision: str, threads: int) -> None:
+    streams: batches inferred at once. One stream is the LATENCY hint, each batch on all the
+    threads; several are the THROUGHPUT hint with NUM_STREAMS, each stream on its share of
+    the threads (2 streams of 2 threads: one thread each). In `embedfleet run` on 2 cores,
+    2 streams of one thread beat one batch on both threads by 4-6% (docs/benchmarks.md): the
+    producer and collector share the process, and a stream keeps working while the other
+    thread does their work, where one batch on two threads waits for both at every layer.
+    encode_batch alone showed no consistent gain."""
+
+    def __init__(self, entry: Path, meta: dict[str, Any], precision: str, threads: int, streams: int = 1) -> None:
         import openvino as ov
 
         self.tokenizer = load_tokenizer(entry / TOKENIZER_DIR)
         self.max_tokens = int(meta["max_tokens"])
         self.inputs: list[str] = list(meta["inputs"])
         core = ov.Core()
-        config = {
+        config: dict[str, Any] = {
             # bf16 is the measured win (docs/benchmarks.md); f32 keeps fp32 exact where asked.
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": threads,
-            # One request at a time per process, on all of its threads: latency, not streams.
-            "PERFORMANCE_HINT": "LATENCY",
         }
+        if streams > 1:
+            config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams)
+        else:
+            config.update(PERFORMANCE_HINT="LATENCY")  # one request at a time, on all the threads
         self.compiled = core.compile_model(core.read_model(str(entry / MODEL_FILE)), "CPU", config)
+        self.streams = int(self.compiled.get_property("NUM_STREAMS"))
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def features(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         # The call sentence-transformers makes for text (base/modules/transformer.py): pad to
         # the batch's longest, truncate to the window the saved tokenizer carries.
         features = self.tokenizer(list(texts), padding=True, truncation="longest_first", max_length=self.max_tokens,
                                   return_tensors="np")
-        request = self.compiled.create_infer_request()  # one per call: encode_batch may run on two threads
-        request.infer({name: np.asarray(features[name], dtype=np.int64) for name in self.inputs})
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+        return {name: np.asarray(features[name], dtype=np.int64) for name in self.inputs}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """One batch, inferred now."""
+        (vectors,) = self.embed_batches([texts])
+        return vectors
+
+    def embed_batches(self, batches: Sequence[Sequence[str]]) -> Iterator[np.ndarray]:
+        """Each batch's embeddings, in the order given. Up to `streams` batches infer at once,
+        and the next batch is tokenized while they do; the oldest is waited for first, so
+        results come back in order, on the calling thread. The requests are this call's own:
+        encode_batch may run on two threads at once."""
+        requests = [self.compiled.create_infer_request() for _ in range(max(1, min(self.streams, len(batches))))]
+        in_flight: deque[Any] = deque()
+        try:
+            for index, texts in enumerate(batches):
+                features = self.features(texts)
+                if len(in_flight) == len(requests):
+                    yield self._result(in_flight.popleft())
+                request = requests[index % len(requests)]  # the one just waited for, once all are busy
+                request.start_async(features)
+                in_flight.append(request)
+            while in_flight:
+                yield self._result(in_flight.popleft())
+        finally:
+            for request in in_flight:  # the caller stopped early (an error): no request left running
+                request.wait()
+
+    @staticmethod
+    def _result(request: Any) -> np.ndarray:
+        request.wait()
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the request is reused
 
 
 def _traceable(model: Any, inputs: list[str]) -> Any:
@@ -362,6 +403,30 @@ def cached_entry(root: Path, model_dir: Path, precision: str, threads: int) -> t
         return entry, _build(entry, model_dir, precision, threads), True
 
 
+def streams_for(threads: int, setting: int) -> int:
+    """OpenVINO streams of a process with this many threads: the setting (EMBEDFLEET_OPENVINO_STREAMS)
+    when it is not 0, else 2 where there are 2 threads or more (the measured win on 2 cores,
+    docs/benchmarks.md) and 1 on one thread. Not one per thread on larger machines: a chunk of
+    256 texts or 16,384 tokens makes as few as 4 batches, and a stream without a batch idles
+    its threads. Never more streams than threads."""
+    streams = setting or (2 if threads >= 2 else 1)
+    return max(1, min(streams, threads))
+
+
+def spread(batches: list[list[int]], streams: int) -> list[list[int]]:
+    """Fewer batches than streams (a short chunk, a query): the largest are halved until each
+    stream has one, so all the threads work. Otherwise the batches as they are."""
+    batches = list(batches)
+    while len(batches) < streams:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        batch = batches[largest]
+        if len(batch) < 2:
+            break
+        half = (len(batch) + 1) // 2
+        batches[largest:largest + 1] = [batch[:half], batch[half:]]
+    return batches
+
+
 class OpenVINOEncoder:
     """The built-in encoder's model run by OpenVINO: SentenceTransformerEncoder's contract."""
 
@@ -376,6 +441,7 @@ class OpenVINOEncoder:
         self.model_name = settings.model
         self.precision = precision
         self.threads = settings.torch_threads or available_cpus()
+        self.streams = streams_for(self.threads, settings.openvino_streams)
         self.entry, meta, self.converted = cached_entry(cache_root(settings), model_directory(settings.model),
                                                         precision, self.threads)
         if meta["verdict"] != "ok":
@@ -384,7 +450,7 @@ class OpenVINOEncoder:
                 f"fp32 (< {MIN_COSINE}; verdict kept in {self.entry})"
             )
         self._meta = meta
-        self._model = CompiledSentenceModel(self.entry, meta, precision, self.threads)
+        self._model = CompiledSentenceModel(self.entry, meta, precision, self.threads, self.streams)
         self._pid = os.getpid()
         self._inherited: list[CompiledSentenceModel] = []
         self.dimension = int(meta["dimension"])
@@ -392,10 +458,10 @@ class OpenVINOEncoder:
         self.batch_size = settings.batch_size
         self.batch_tokens = settings.batch_tokens or 4096
         log.info(
-            "loaded %s on cpu with OpenVINO in %s in %.1f s (%s; dim %d, window %d tokens, %d threads, "
-            "batches of <= %d texts / %d tokens)",
+            "loaded %s on cpu with OpenVINO in %s in %.1f s (%s; dim %d, window %d tokens, %d threads in %d "
+            "streams, batches of <= %d texts / %d tokens)",
             self.model_name, precision, time.perf_counter() - started, "converted" if self.converted else "cached",
-            self.dimension, self.max_tokens, self.threads, self.batch_size, self.batch_tokens,
+            self.dimension, self.max_tokens, self.threads, self._model.streams, self.batch_size, self.batch_tokens,
         )
 
     @property
@@ -412,7 +478,8 @@ class OpenVINOEncoder:
         # on a lock one of them held (seen once under load), so fleet workers load after fork.
         if os.getpid() != self._pid:
             self._inherited.append(self._model)
-            self._model = CompiledSentenceModel(self.entry, self._meta, self.precision, self.threads)
+            self._model = CompiledSentenceModel(self.entry, self._meta, self.precision, self.threads,
+                                                self.streams)
             self._pid = os.getpid()
         return self._model
 
@@ -421,9 +488,10 @@ class OpenVINOEncoder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         model = self._compiled()
         lengths = [estimate_tokens(t, self.max_tokens) for t in texts]
+        batches = spread(token_batches(lengths, batch_size or self.batch_size, self.batch_tokens), model.streams)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for batch in token_batches(lengths, batch_size or self.batch_size, self.batch_tokens):
-            out[batch] = model.embed([texts[i] for i in batch])
+        for batch, vectors in zip(batches, model.embed_batches([[texts[i] for i in b] for b in batches]), strict=True):
+            out[batch] = vectors
             if self.on_batch is not None:
                 self.on_batch(len(batch))
         return normalise(out)
