@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import celery.contrib.testing.tasks  # noqa: F401  registers celery.ping, used to wake the worker
 from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
 from celery.worker import state as worker_state
 from sqlalchemy import Engine
 
@@ -98,14 +98,46 @@ class _Model:
             self.encoder.on_batch = None
 
 
+class _TaskEnds:
+    """Counts the tasks the in-process worker finished (Celery's task_postrun, sent in the
+    worker's thread), so the pacer waits for one instead of polling the ledger: a count of a
+    job's chunks every 10 ms took 8-9% of the process's CPU (py-spy), from the encoder."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.count = 0
+
+    def __enter__(self) -> _TaskEnds:
+        task_postrun.connect(self._ended, weak=False)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        task_postrun.disconnect(self._ended)
+
+    def _ended(self, **_: Any) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Until a task ended after `seen` was read, or timeout."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.count != seen, timeout)
+
+
 class _Pacer:
     """Keeps at most `window` chunks ahead of the in-process worker (memory stays flat)
     and drives the progress display while the producer waits."""
 
-    def __init__(self, engine: Engine, window: int, model: _Model) -> None:
+    # The longest the pacer waits without looking at the ledger: the progress display's pace,
+    # and a bound in case a chunk ends without a task ending here (it cannot, in-process).
+    LOOK_EVERY = 0.25
+
+    def __init__(self, engine: Engine, window: int, model: _Model, ends: _TaskEnds) -> None:
         self.engine = engine
         self.window = window
         self.model = model
+        self.ends = ends
         self.progress: JobProgress | None = None
 
     def _progress(self, job_id: str) -> JobProgress:
@@ -117,11 +149,12 @@ class _Pacer:
         self.model.load()  # before the first chunk is written: the model is needed from now on
         progress = self._progress(job_id)
         while True:
+            seen = self.ends.count  # read before the ledger: a task ending meanwhile is not missed
             done, written = chunk_counts(self.engine, job_id)
             if written - done < self.window:
                 return
             progress.poll()
-            time.sleep(0.01)
+            self.ends.wait(seen, self.LOOK_EVERY)
 
     def follow(self, job_id: str, timeout: float | None) -> JobStats:
         try:
@@ -207,8 +240,8 @@ def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple
         model.start_loading()  # while the corpus is validated; the job starts once it is loaded
     request = dataclasses.replace(request, window=window)
     try:
-        with in_process_worker():
-            pacer = _Pacer(engine, settings.embedded_window, model)
+        with in_process_worker(), _TaskEnds() as ends:
+            pacer = _Pacer(engine, settings.embedded_window, model, ends)
             try:
                 submission = submit(engine, request, celery_sender(app), wait_for_room=pacer,
                                     before_job=model.load if first_job else None)

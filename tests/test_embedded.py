@@ -98,3 +98,22 @@ def test_a_rerun_with_nothing_to_encode_never_imports_torch(small_corpus: Path, 
     assert again.returncode == 0, again.stderr
     assert again.stdout.split() == ["done", "0", "150", "False"]
     assert "loading model" not in again.stderr
+
+
+def test_run_keeps_at_most_its_window_of_chunks_ahead_of_the_worker(tmp_path: Path) -> None:
+    """The producer writes a chunk only while fewer than EMBEDFLEET_EMBEDDED_WINDOW are open
+    (so memory stays flat on any corpus), and is woken when the in-process worker ends a
+    task: 40 chunks of 0.05 s each end in seconds, never more than the window open."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(f'{{"id": "r{i}", "text": "text number {i}"}}\n' for i in range(160)))
+    watch = tmp_path / "watch.txt"
+    db = tmp_path / "e.db"
+    run = _run("run", str(corpus), "--collection", "c", "--chunk-size", "4", "--db", f"sqlite:///{db}", cwd=tmp_path,
+               EMBEDFLEET_ENCODER="tests.workers.fake_encoders:LedgerWatchingEncoder", WATCH_FILE=str(watch),
+               WATCH_DELAY="0.05", EMBEDFLEET_EMBEDDED_WINDOW="2", EMBEDFLEET_DATABASE_URL=f"sqlite:///{db}")
+    assert run.returncode == 0, run.stderr
+    assert "read 160, stored 160, skipped 0, dead 0" in run.stdout
+    open_at_each_encode = [int(n) for n in watch.read_text().split()]
+    assert len(open_at_each_encode) == 40
+    # The chunk being encoded is open, and so is at most one more (window 2).
+    assert 1 <= max(open_at_each_encode) <= 2, open_at_each_encode

@@ -26,3 +26,26 @@ class HashEncoder:
         rows = [np.frombuffer(hashlib.sha256(t.encode()).digest()[:32], dtype=np.uint8)[:8] for t in texts]
         matrix = np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dimension) + 1.0
         return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+class LedgerWatchingEncoder(HashEncoder):
+    """HashEncoder that notes, at each call, how many chunks the ledger holds written but not
+    done (EMBEDFLEET_DATABASE_URL, one job in it), one line per call in WATCH_FILE, and takes
+    WATCH_DELAY seconds: for the embedded run's back-pressure."""
+
+    def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        import os
+        import time
+
+        from sqlalchemy import func, select
+
+        from embedfleet.storage.engine import get_engine
+        from embedfleet.storage.ledger import OPEN_CHUNK_STATES
+        from embedfleet.storage.schema import chunks
+
+        with get_engine(os.environ["EMBEDFLEET_DATABASE_URL"]).connect() as conn:
+            ahead = conn.execute(select(func.count()).where(chunks.c.state.in_(OPEN_CHUNK_STATES))).scalar_one()
+        with open(os.environ["WATCH_FILE"], "a") as out:
+            out.write(f"{ahead}\n")
+        time.sleep(float(os.environ.get("WATCH_DELAY", "0")))
+        return super().encode_batch(texts, batch_size)
