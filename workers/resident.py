@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 # One encoder per model name, kept for the process's life: the configured model is loaded
 # at start; a migration's model is loaded by its first chunk and then stays resident too.
 _encoders: dict[str, Any] = {}
+# One load per model even when two threads ask at once (the embedded run's pool threads, its
+# loading thread): the second waits for the first's encoder instead of loading its own.
+_loading = threading.Lock()
 # Set by a pool process that cannot load the worker's model: shared memory made before the
 # pool forks, read by `embedfleet worker` when Celery returns, so the worker exits 1.
 _load_failed = multiprocessing.RawValue("b", 0)
@@ -39,20 +43,24 @@ def get_encoder(model: str | None = None, announce: bool = False) -> Any:
     weights take. Workers log the load instead (encoder.py)."""
     settings = get_settings()
     name = model or settings.model
-    if name not in _encoders:
-        from .encoder import (
-            load_encoder,  # torch is imported here, in the child, not before fork
-        )
+    if name in _encoders:
+        return _encoders[name]
+    with _loading:
+        return _encoders[name] if name in _encoders else _load(settings, name, announce)
 
-        if announce:
-            what = f"encoder {settings.encoder} ({name})" if settings.encoder else f"model {name}"
-            sys.stderr.write(f"loading {what}...\n")
-            sys.stderr.flush()
-        started = time.perf_counter()
-        _encoders[name] = load_encoder(settings.model_copy(update={"model": name}))
-        if announce:
-            sys.stderr.write(f"model loaded in {time.perf_counter() - started:.1f} s\n")
-            sys.stderr.flush()
+
+def _load(settings: Any, name: str, announce: bool) -> Any:
+    from .encoder import load_encoder  # torch is imported here, in the child, not before fork
+
+    if announce:
+        what = f"encoder {settings.encoder} ({name})" if settings.encoder else f"model {name}"
+        sys.stderr.write(f"loading {what}...\n")
+        sys.stderr.flush()
+    started = time.perf_counter()
+    _encoders[name] = load_encoder(settings.model_copy(update={"model": name}))
+    if announce:
+        sys.stderr.write(f"model loaded in {time.perf_counter() - started:.1f} s\n")
+        sys.stderr.flush()
     return _encoders[name]
 
 
