@@ -113,15 +113,18 @@ class Settings(BaseSettings):
         ),
     )
     # Batches the OpenVINO backend infers at once in one process, its threads shared among
-    # them; 0 means 2 when the process has 2 threads or more, else 1 (docs/performance.md).
+    # them. One by default: 2 measured 0-6% faster in `embedfleet run`, but OpenVINO's
+    # asynchronous path with a new input shape per batch has a reported thread-pool deadlock
+    # and we saw a hang with it (docs/performance.md), so more is opt-in.
     openvino_streams: int = Field(
-        default=0,
+        default=1,
         ge=0,
         description=(
             "OpenVINO inference streams per process: batches inferred at once, each on threads // streams threads "
-            "(at most one stream per thread). 0 means 2 when the process has 2 threads or more (`embedfleet run`, a "
-            "worker with fewer processes than cores) and 1 otherwise; 1 is one batch at a time on all the threads "
-            "(OpenVINO's LATENCY hint). Ignored by the torch backend."
+            "(at most one stream per thread). 1 (the default) is one batch at a time on all the threads (OpenVINO's "
+            "LATENCY hint); 0 means 2 when the process has 2 threads or more. More than one is opt-in: 0-6% faster "
+            "in `embedfleet run` on 2 cores, and OpenVINO's asynchronous path has a reported deadlock with "
+            "changing input shapes. Ignored by the torch backend."
         ),
     )
 

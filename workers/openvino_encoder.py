@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections import deque
@@ -204,10 +205,8 @@ class CompiledSentenceModel:
     streams: batches inferred at once. One stream is the LATENCY hint, each batch on all the
     threads; several are the THROUGHPUT hint with NUM_STREAMS, each stream on its share of
     the threads (2 streams of 2 threads: one thread each). In `embedfleet run` on 2 cores,
-    2 streams of one thread beat one batch on both threads by 4-6% (docs/benchmarks.md): the
-    producer and collector share the process, and a stream keeps working while the other
-    thread does their work, where one batch on two threads waits for both at every layer.
-    encode_batch alone showed no consistent gain."""
+    2 streams of one thread beat one batch on both threads by 0-6% (docs/benchmarks.md);
+    encode_batch alone showed no consistent gain. One stream is the default: see `lock`."""
 
     def __init__(self, entry: Path, meta: dict[str, Any], precision: str, threads: int, streams: int = 1) -> None:
         import openvino as ov
@@ -227,6 +226,13 @@ class CompiledSentenceModel:
             config.update(PERFORMANCE_HINT="LATENCY")  # one request at a time, on all the threads
         self.compiled = core.compile_model(core.read_model(str(entry / MODEL_FILE)), "CPU", config)
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
+        # One caller at a time. Two threads inferring at once (the embedded run's two pool
+        # threads) hung both inside start_async, in the input tensors' update, with 2
+        # streams: every batch has a new sequence length, each request re-specialises the
+        # model for it, and concurrent specialisations can deadlock the CPU plugin's thread
+        # pool (reported with dynamic shapes: ultralytics/ultralytics#25923). Holding this
+        # for a whole encode_batch keeps one request per stream in flight at most.
+        self.lock = threading.Lock()
 
     def features(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         # The call sentence-transformers makes for text (base/modules/transformer.py): pad to
@@ -237,7 +243,8 @@ class CompiledSentenceModel:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One batch, inferred now."""
-        (vectors,) = self.embed_batches([texts])
+        with self.lock:
+            (vectors,) = self.embed_batches([texts])
         return vectors
 
     def embed_batches(self, batches: Sequence[Sequence[str]]) -> Iterator[np.ndarray]:
@@ -404,9 +411,9 @@ def cached_entry(root: Path, model_dir: Path, precision: str, threads: int) -> t
 
 
 def streams_for(threads: int, setting: int) -> int:
-    """OpenVINO streams of a process with this many threads: the setting (EMBEDFLEET_OPENVINO_STREAMS)
-    when it is not 0, else 2 where there are 2 threads or more (the measured win on 2 cores,
-    docs/benchmarks.md) and 1 on one thread. Not one per thread on larger machines: a chunk of
+    """OpenVINO streams of a process with this many threads: the setting (EMBEDFLEET_OPENVINO_STREAMS,
+    1 by default) when it is not 0, else 2 where there are 2 threads or more and 1 on one
+    thread. Not one per thread on larger machines: a chunk of
     256 texts or 16,384 tokens makes as few as 4 batches, and a stream without a batch idles
     its threads. Never more streams than threads."""
     streams = setting or (2 if threads >= 2 else 1)
@@ -490,8 +497,10 @@ class OpenVINOEncoder:
         lengths = [estimate_tokens(t, self.max_tokens) for t in texts]
         batches = spread(token_batches(lengths, batch_size or self.batch_size, self.batch_tokens), model.streams)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for batch, vectors in zip(batches, model.embed_batches([[texts[i] for i in b] for b in batches]), strict=True):
-            out[batch] = vectors
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
+        with model.lock:  # see CompiledSentenceModel: one caller at a time
+            for batch, vectors in zip(batches, model.embed_batches([[texts[i] for i in b] for b in batches]),
+                                      strict=True):
+                out[batch] = vectors
+                if self.on_batch is not None:
+                    self.on_batch(len(batch))
         return normalise(out)

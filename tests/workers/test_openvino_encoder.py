@@ -163,9 +163,11 @@ def test_batches_are_reported_and_padding_does_not_matter(ov_encoder, texts) -> 
 # --- streams: several batches in flight in one process ---------------------------------------
 
 def test_streams_follow_the_threads_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    """0 (auto) is 2 streams from 2 threads up and 1 on one thread; a setting wins, capped at one per thread."""
+    """One stream by default; 0 is 2 streams from 2 threads up and 1 on one thread; a setting wins, capped at
+    one per thread."""
     from embedfleet.workers.openvino_encoder import streams_for
 
+    assert Settings().openvino_streams == 1
     assert [streams_for(threads, 0) for threads in (1, 2, 3, 16)] == [1, 2, 2, 2]
     assert streams_for(2, 1) == 1 and streams_for(16, 4) == 4 and streams_for(2, 8) == 2
     monkeypatch.setenv("EMBEDFLEET_OPENVINO_STREAMS", "3")
@@ -274,6 +276,32 @@ def test_streams_are_safe_from_two_threads_at_once(two_streams, uneven) -> None:
         got = list(pool.map(lambda h: two_streams.encode_batch(h, batch_size=8), halves * 2))
     for vectors, reference in zip(got, expected * 2, strict=True):
         assert (vectors * reference).sum(axis=1).min() >= 0.9999
+
+
+@pytest.mark.slow
+def test_one_caller_infers_at_a_time(two_streams, uneven, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads calling encode_batch at once (the embedded run's pool) take turns: two callers'
+    requests in flight at once hung both in start_async (see CompiledSentenceModel.lock)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = two_streams._model
+    real = model.embed_batches
+    inside, most = [0], [0]
+
+    def counting(batches):  # type: ignore[no-untyped-def]
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        try:
+            yield from real(batches)
+            time.sleep(0.05)  # a wide window for the other thread to come in, were it let
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(model, "embed_batches", counting)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda h: two_streams.encode_batch(h, batch_size=8), [uneven[::2], uneven[1::2]] * 2))
+    assert most[0] == 1
 
 
 # --- the cache --------------------------------------------------------------------------------
