@@ -36,8 +36,8 @@ def celery_sender(app: Celery, retry_policy: dict[str, float] | None = None) -> 
 
     def send(chunk: ChunkTexts) -> None:
         # kwargsrepr: Flower and logs show job and chunk, never the texts. time_limit: a
-        # per-message hard limit (the prefork pool kills the process; the thread pool of
-        # the embedded run ignores it).
+        # per-message hard limit (the prefork pool kills the process; the solo pool of the
+        # embedded run ignores it).
         app.send_task(ENCODE_TASK, kwargs={"chunk": chunk.to_wire()}, kwargsrepr=chunk.label(),
                       time_limit=time_limit(len(chunk.ids)), retry_policy=retry_policy)
 

@@ -1,7 +1,7 @@
 """The embedded default: the same Celery tasks on an in-process worker, no server at all.
 
 The broker is kombu's in-memory transport and the worker is a real Celery WorkController
-(a pool of two threads) in a thread of this process, so `run` exercises the fleet's code path.
+(solo pool) in a thread of this process, so `run` exercises the fleet's code path.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 class BatchCounter:
-    """Texts the in-process encoder has encoded, counted after each forward pass (two pool
-    threads add, so under a lock; the display reads an int)."""
+    """Texts the in-process encoder has encoded, counted after each forward pass (added
+    under a lock, so an encoder calling back from several threads counts right; the display
+    reads an int)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -185,18 +186,13 @@ def use_memory_broker() -> None:
     )
 
 
-# Two tasks at once: a chunk's collect (SQL writes) runs while the next chunk encodes, and
-# two chunks' encodes fill each other's gaps (a chunk's last batches, a tokenizer pass).
-# Measured against one at a time (the solo pool), alternating, 2 cores, OpenVINO: 3,000
-# one-liners 17-24% faster, 1,500 prose texts 6%; torch: no change. The encoders are
-# thread-safe (each call makes its own inference requests; torch inference is).
-EMBEDDED_THREADS = 2
-
-
 @contextmanager
 def in_process_worker() -> Iterator[None]:
-    """A real Celery worker in a thread of this process, on the memory broker, running
-    EMBEDDED_THREADS tasks at once."""
+    """A real Celery worker (solo pool) in a thread of this process, on the memory broker.
+
+    One task at a time. A pool of two threads was measured: 17-24% faster on one-liners while
+    two OpenVINO encodes ran at once, which hung both once (CompiledSentenceModel.lock);
+    with the encodes taking turns, overlapping a collect with an encode gave nothing."""
     use_memory_broker()
     stop = threading.Event()
 
@@ -209,8 +205,7 @@ def in_process_worker() -> Iterator[None]:
     try:
         with start_worker(
             app,
-            pool="threads",
-            concurrency=EMBEDDED_THREADS,
+            pool="solo",
             perform_ping_check=False,
             queues=[EMBED_QUEUE, COLLECT_QUEUE],
             loglevel="WARNING",

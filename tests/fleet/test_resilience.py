@@ -240,7 +240,7 @@ def test_broker_restarted_empty_mid_job(sqlite_url, own_redis, tmp_path) -> None
         fleet.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the embedded run encodes in its own process (a thread pool), so "
+@pytest.mark.xfail(strict=True, reason="known gap: the embedded run encodes in its own process (solo pool), so "
                                        "a record that kills the process kills `run`; crash isolation needs "
                                        "the fleet (`embedfleet worker`)")
 def test_embedded_run_with_a_record_that_exits_the_process(tmp_path) -> None:
