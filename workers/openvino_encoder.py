@@ -250,8 +250,8 @@ class CompiledSentenceModel:
     def embed_batches(self, batches: Sequence[Sequence[str]]) -> Iterator[np.ndarray]:
         """Each batch's embeddings, in the order given. Up to `streams` batches infer at once,
         and the next batch is tokenized while they do; the oldest is waited for first, so
-        results come back in order, on the calling thread. The requests are this call's own:
-        encode_batch may run on two threads at once."""
+        results come back in order, on the calling thread. Callers hold `lock` (one caller
+        at a time); the requests are made per call all the same, so none is shared."""
         requests = [self.compiled.create_infer_request() for _ in range(max(1, min(self.streams, len(batches))))]
         in_flight: deque[Any] = deque()
         try:
@@ -411,11 +411,11 @@ def cached_entry(root: Path, model_dir: Path, precision: str, threads: int) -> t
 
 
 def streams_for(threads: int, setting: int) -> int:
-    """OpenVINO streams of a process with this many threads: the setting (EMBEDFLEET_OPENVINO_STREAMS,
-    1 by default) when it is not 0, else 2 where there are 2 threads or more and 1 on one
-    thread. Not one per thread on larger machines: a chunk of
-    256 texts or 16,384 tokens makes as few as 4 batches, and a stream without a batch idles
-    its threads. Never more streams than threads."""
+    """OpenVINO streams of a process with this many threads: the setting
+    (EMBEDFLEET_OPENVINO_STREAMS, 1 by default) when it is not 0, else 2 where there are 2
+    threads or more and 1 on one thread. 0 does not mean one per thread on larger machines:
+    a chunk of 256 texts or 16,384 tokens makes as few as 4 batches, and a stream without a
+    batch idles its threads. Never more streams than threads."""
     streams = setting or (2 if threads >= 2 else 1)
     return max(1, min(streams, threads))
 
