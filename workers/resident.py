@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 # One encoder per model name, kept for the process's life: the configured model is loaded
 # at start; a migration's model is loaded by its first chunk and then stays resident too.
 _encoders: dict[str, Any] = {}
-# One load per model even when two threads ask at once (the embedded run's pool threads, its
-# loading thread): the second waits for the first's encoder instead of loading its own.
+# One load per model even when two threads ask at once (the embedded run's loading thread
+# and its worker thread, or any threaded caller): the second waits for the first's encoder.
 _loading = threading.Lock()
 # Set by a pool process that cannot load the worker's model: shared memory made before the
 # pool forks, read by `embedfleet worker` when Celery returns, so the worker exits 1.

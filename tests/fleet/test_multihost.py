@@ -54,8 +54,6 @@ pytestmark = [pytest.mark.fleet, pytest.mark.multihost, pytest.mark.timeout(400)
 WORKERS = ("w1", "w2", "w3")
 FIELDS = "title,description,files_touched"
 COLLECTION = "mh"
-# Every scenario with the product's defaults, where the default run shortens one (see the test).
-ALL = os.environ.get("EMBEDFLEET_MULTIHOST_ALL") == "1"
 # A scenario on each broker: the fleet fixture's parameter.
 BOTH = pytest.mark.parametrize("fleet", ["redis", "rabbitmq"], indirect=True)
 
