@@ -98,9 +98,56 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def entry_key(model_dir: Path, precision: str) -> str:
+class FileDigests:
+    """Files' sha256, remembered in the cache root under each file's size, modification time
+    (ns), inode and device: a start hashes again only the files that changed. Hashing the
+    model's files and the entry's weights (about 180 MB) took 0.15 s of every start on 2 cores.
+
+    The file is a cache of a cache: unreadable, it is ignored; unwritable, starts hash as
+    before. Writers replace it whole (a rename), so a reader never sees half of it."""
+
+    FILE = ".digests.json"
+
+    def __init__(self, root: Path | None) -> None:
+        self.path = root / self.FILE if root is not None else None
+        self.known: dict[str, list[Any]] = {}
+        self.changed = False
+        if self.path is not None:
+            try:
+                loaded = json.loads(self.path.read_text())
+                self.known = loaded if isinstance(loaded, dict) else {}
+            except (OSError, ValueError):
+                pass
+
+    def sha256(self, path: Path) -> str:
+        stat = path.stat()
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev]
+        key = str(path.resolve())
+        seen = self.known.get(key)
+        if isinstance(seen, list) and seen[:4] == stamp and len(seen) == 5:
+            return str(seen[4])
+        digest = _sha256(path)
+        self.known[key] = [*stamp, digest]
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        if self.path is None or not self.changed:
+            return
+        try:
+            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, prefix=f"{self.FILE}.", delete=False) as out:
+                json.dump(self.known, out)
+            os.chmod(out.name, 0o644)  # the cache root is shared by a fleet's users (see _build)
+            os.replace(out.name, self.path)
+            self.changed = False
+        except OSError:
+            pass
+
+
+def entry_key(model_dir: Path, precision: str, digests: FileDigests | None = None) -> str:
     """`<model dir name>-<16 hex>-<precision>`: the hash covers every file of the model (its
     weights, tokenizer and module configs) and the converting libraries' versions."""
+    digests = digests or FileDigests(None)
     digest = hashlib.sha256(f"format {CACHE_FORMAT}\n".encode())
     for package in CONVERTERS:
         try:
@@ -108,14 +155,15 @@ def entry_key(model_dir: Path, precision: str) -> str:
         except PackageNotFoundError:
             digest.update(f"{package} -\n".encode())
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file() and ".git" not in p.parts):
-        digest.update(f"{path.relative_to(model_dir)} {_sha256(path)}\n".encode())
+        digest.update(f"{path.relative_to(model_dir)} {digests.sha256(path)}\n".encode())
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_dir.name)[:40] or "model"
     return f"{slug}-{digest.hexdigest()[:16]}-{precision}"
 
 
-def read_entry(entry: Path) -> dict[str, Any] | None:
+def read_entry(entry: Path, digests: FileDigests | None = None) -> dict[str, Any] | None:
     """The entry's meta when it is whole (meta.json readable, the model files there with the
     recorded sizes and weights hash); None when missing, partial or damaged."""
+    digests = digests or FileDigests(None)
     try:
         meta: dict[str, Any] = json.loads((entry / META_FILE).read_text())
         if meta.get("format") != CACHE_FORMAT or meta.get("verdict") not in ("ok", "rejected"):
@@ -123,7 +171,7 @@ def read_entry(entry: Path) -> dict[str, Any] | None:
         for name, size in meta["sizes"].items():
             if (entry / name).stat().st_size != size:
                 return None
-        if _sha256(entry / WEIGHTS_FILE) != meta["weights_sha256"]:
+        if digests.sha256(entry / WEIGHTS_FILE) != meta["weights_sha256"]:
             return None
         if not (entry / TOKENIZER_DIR / "tokenizer_config.json").is_file():
             return None
@@ -391,8 +439,10 @@ def _build(entry: Path, model_dir: Path, precision: str, threads: int) -> dict[s
 def cached_entry(root: Path, model_dir: Path, precision: str, threads: int) -> tuple[Path, dict[str, Any], bool]:
     """(entry, meta, whether this call converted): the whole entry if there is one, else a new
     one. A damaged entry is rebuilt."""
-    entry = root / entry_key(model_dir, precision)
-    meta = read_entry(entry)
+    digests = FileDigests(root if root.is_dir() else None)
+    entry = root / entry_key(model_dir, precision, digests)
+    meta = read_entry(entry, digests)
+    digests.save()
     if meta is not None:
         return entry, meta, False
     root.mkdir(parents=True, exist_ok=True)

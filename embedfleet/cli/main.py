@@ -5,6 +5,7 @@ package is imported. Commands that need the model import it inside themselves, s
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -29,6 +30,17 @@ def cli(verbose: bool) -> None:
 def main() -> None:
     """Every error a user can cause or meet (a service down) ends as one line on stderr and
     an exit code, never a traceback; `-v` logs the traceback too."""
+    try:
+        _run()
+    finally:
+        # The interpreter's last garbage collection walks every object the command made
+        # (the model, SQLAlchemy's and Celery's state): 0.35-0.45 s of each `embedfleet run`'s
+        # exit on 2 cores. Frozen objects are not collected, only freed with the process;
+        # atexit handlers still run (the database file is still checkpointed and closed).
+        gc.freeze()
+
+
+def _run() -> None:
     try:
         # Not standalone: errors come here to be mapped to one line and an exit code.
         code = cli(standalone_mode=False)

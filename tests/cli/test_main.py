@@ -117,3 +117,22 @@ def test_reading_commands_never_create_a_database(tmp_path: Path, args: list[str
     result = embedfleet(*args, "--db", f"sqlite:///{elsewhere}", cwd=tmp_path, check=False)
     assert result.returncode == 2 and f"no database at {elsewhere}" in result.stderr
     assert not elsewhere.exists() and not (tmp_path / "embedfleet.db").exists()
+
+
+def test_the_entry_point_freezes_the_heap_on_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() leaves its objects to the process's end instead of the interpreter's last
+    garbage collection (about 0.4 s of every run's exit), on success and on error alike."""
+    import gc
+
+    from embedfleet.cli import main
+
+    for argv, code in ((["embedfleet", "--version"], 0), (["embedfleet", "no-such-command"], 2)):
+        monkeypatch.setattr("sys.argv", argv)
+        gc.unfreeze()
+        try:
+            with pytest.raises(SystemExit) as exited:
+                main()
+            assert exited.value.code == code
+            assert gc.get_freeze_count() > 0
+        finally:
+            gc.unfreeze()  # this pytest process goes on: its garbage is collected again

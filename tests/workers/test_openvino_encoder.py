@@ -49,8 +49,8 @@ def fp32_encoder() -> SentenceTransformerEncoder:
 
 
 def _entries(cache: Path) -> list[str]:
-    """What the cache holds besides its lock files."""
-    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
+    """What the cache holds besides its lock files and its file digests."""
+    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock") and p.name != ".digests.json")
 
 
 def _entry_state(entry: Path) -> dict[str, int]:
@@ -409,3 +409,39 @@ def test_two_processes_starting_on_a_cold_cache_convert_once(tmp_path: Path) -> 
     from embedfleet.workers.openvino_encoder import read_entry
 
     assert read_entry(tmp_path / entry) is not None
+
+
+def test_file_digests_hash_a_file_again_only_when_it_changed(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start reads the model's digests from the cache root instead of hashing 180 MB again;
+    a file changed in place (same size) is hashed again, and so is one the memo got wrong."""
+    import hashlib
+
+    from embedfleet.workers import openvino_encoder as ov
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights").write_bytes(b"a" * 1000)
+    (model / "config.json").write_text("{}")
+    hashed: list[str] = []
+    real = ov._sha256
+    monkeypatch.setattr(ov, "_sha256", lambda path: hashed.append(path.name) or real(path))
+
+    first = ov.FileDigests(tmp_path)
+    key = ov.entry_key(model, "bf16", first)
+    first.save()
+    assert sorted(hashed) == ["config.json", "weights"]
+    assert ov.entry_key(model, "bf16", ov.FileDigests(tmp_path)) == key
+    assert len(hashed) == 2  # the second start hashed nothing
+    assert ov.entry_key(model, "bf16") == key  # nor does the memo change the key
+    hashed.clear()
+
+    os.utime(model / "weights", ns=(0, 1))  # as an edit in place that keeps the size would
+    (model / "weights").write_bytes(b"b" * 1000)
+    again = ov.FileDigests(tmp_path)
+    assert ov.entry_key(model, "bf16", again) != key
+    assert hashed == ["weights"]
+    assert again.sha256(model / "weights") == hashlib.sha256(b"b" * 1000).hexdigest()
+
+    (tmp_path / ov.FileDigests.FILE).write_text("[not, json")  # damaged: ignored, hashed as before
+    assert ov.entry_key(model, "bf16", ov.FileDigests(tmp_path)) == ov.entry_key(model, "bf16")
