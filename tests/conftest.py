@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "celery_commits_500.jsonl"
 BIN = Path(sys.executable).parent
+# The CLI's subprocesses get a HOME of their own per test, but share the converted OpenVINO
+# model, as a fleet host's worker starts share it: converting it in each test's fresh HOME
+# cost 7-15 s a test. The entry's key covers the model and the libraries, so a cache left by
+# an earlier run is as good as a new one. Tests of the cache itself use their own directory.
+OPENVINO_CACHE = Path(tempfile.gettempdir()) / f"embedfleet-tests-openvino-{os.getuid()}"
 # In CI the services must be there: a missing one fails the run instead of skipping tests.
 REQUIRE_SERVICES = os.environ.get("EMBEDFLEET_REQUIRE_SERVICES") == "1"
 
@@ -85,6 +91,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # the fault suite, a lane of its own (`make test-rabbitmq`) so `make test` stays in budget.
         if "amqp_url" in fixtures or params.get("broker_url") == "rabbitmq":
             item.add_marker(pytest.mark.rabbitmq)
+    # Longest first: pytest-xdist hands tests out in this order, so the fleet's and the real
+    # model's tests (10-60 s each) overlap the many short ones instead of leaving one worker
+    # alone with them at the end. Stable: each group keeps its files' order.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("fleet") else 1 if item.get_closest_marker("slow") else 2)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -404,7 +414,7 @@ def embedfleet(*args: str, cwd: Path, check: bool = True, **env: str) -> subproc
     result = subprocess.run(
         [str(BIN / "embedfleet"), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
         env={"HF_HUB_OFFLINE": "1", "PATH": str(BIN) + ":/usr/bin:/bin", "HOME": str(cwd), "PYTHONPATH": str(REPO),
-             **env},
+             "EMBEDFLEET_OPENVINO_CACHE": str(OPENVINO_CACHE), **env},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"embedfleet {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")

@@ -12,6 +12,7 @@ import pytest
 from embedfleet.storage.export import read_ids
 from tests.conftest import (
     BIN,
+    OPENVINO_CACHE,
     REPO,
     assert_matches_reference,
     commit_text,
@@ -25,7 +26,8 @@ HASH = {"EMBEDFLEET_ENCODER": "tests.workers.fake_encoders:HashEncoder"}
 def _run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "embedfleet"), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-        env={"HF_HUB_OFFLINE": "1", "PATH": str(BIN), "HOME": str(cwd), "PYTHONPATH": str(REPO), **env},
+        env={"HF_HUB_OFFLINE": "1", "PATH": str(BIN), "HOME": str(cwd), "PYTHONPATH": str(REPO),
+             "EMBEDFLEET_OPENVINO_CACHE": str(OPENVINO_CACHE), **env},
     )
 
 
