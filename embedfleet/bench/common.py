@@ -15,7 +15,7 @@ from ..producers.validation import valid_records
 
 BIN = Path(sys.executable).parent
 SECTIONS = ("batching", "direct", "bf16", "run", "backends", "fleet", "layout", "pipeline", "storage", "stress",
-            "memory", "pgvector")
+            "noop", "memory", "pgvector")
 
 
 @dataclass

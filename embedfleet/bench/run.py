@@ -5,7 +5,9 @@ plain fp32 SentenceTransformer.encode(batch_size=32), the user's alternative), b
 hand-written bf16 loop against the torch and OpenVINO backends, embedfleet/bench/bf16.py),
 run (the embedded default end to end, and the cosine of its vectors to the direct ones),
 backends (`run` with EMBEDFLEET_BACKEND=torch against auto), stress
-(30,000 one-line records through `run`), memory (producer peak RSS). Fleet sections are in
+(30,000 one-line records through `run`), noop (60,000 through `run` with a no-op encoder),
+memory (producer peak RSS). The run section also times the command's start to its first
+chunk encoded, and an unchanged rerun. Fleet sections are in
 embedfleet/bench/fleet.py; what they share is in embedfleet/bench/common.py.
 """
 
@@ -75,11 +77,28 @@ def bench_direct(report: BenchReport, model: Any, texts: list[str]) -> tuple[flo
 
 
 def embedded_run(corpus: Path, db: str, **env: str) -> tuple[float, dict[str, Any]]:
-    """`embedfleet run` as a user runs it: (wall seconds of the command, the job's figures)."""
-    started = time.perf_counter()
+    """`embedfleet run` as a user runs it: (wall seconds of the command, the job's figures,
+    with `first_encoded_after`: seconds from the command's start to its first chunk encoded)."""
+    started_at, started = time.time(), time.perf_counter()
     subprocess.run([str(BIN / "embedfleet"), "run", str(corpus), "--collection", "bench", "--db", db],
                    check=True, capture_output=True, text=True, env=cli_env(**env))
-    return time.perf_counter() - started, latest_job(db)
+    wall = time.perf_counter() - started
+    stats = latest_job(db)
+    first = first_chunk_encoded(db, stats["job_id"])
+    return wall, {**stats, "first_encoded_after": None if first is None else round(first - started_at, 2)}
+
+
+def first_chunk_encoded(db: str, job_id: str) -> float | None:
+    """When the job's first chunk came out of the encoder (epoch seconds): the ledger's
+    encode start plus encode time, earliest first; None when no chunk was encoded."""
+    from sqlalchemy import func, select
+
+    from ..storage.engine import get_engine
+    from ..storage.schema import chunks
+
+    with get_engine(db).connect() as conn:
+        return conn.execute(select(func.min(chunks.c.started_at + chunks.c.encode_seconds))
+                            .where(chunks.c.job_id == job_id)).scalar()
 
 
 def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float | None, reference: np.ndarray | None,
@@ -95,6 +114,12 @@ def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float
         report.add(section, f"embedfleet run, {what}", seconds, len(ids),
                    ratio=round(baseline / seconds, 2) if baseline else None,
                    vs_bf16_loop=round(bf16_baseline / seconds, 2) if bf16_baseline else None)
+    report.add(section, "command start to first chunk encoded", stats["first_encoded_after"], None)
+    # The same corpus again: nothing to encode, so no model is imported or loaded.
+    rerun, again = embedded_run(corpus, db)
+    if again["stored"]:
+        raise RuntimeError(f"an unchanged rerun encoded records: {again}")
+    report.add(section, "unchanged corpus rerun, whole command", rerun, len(ids), skipped=again["skipped"])
     if reference is not None:
         out = work / f"{section}.npy"
         subprocess.run([str(BIN / "embedfleet"), "export", "--collection", "bench", "--out", str(out), "--db", db],
@@ -160,6 +185,23 @@ def bench_stress(report: BenchReport, records: list[Record], work: Path) -> None
                job_seconds=stats["seconds"], stored=stats["stored"], deduplicated=stats["deduplicated"])
 
 
+NOOP = "embedfleet.workers.encoder:NoopEncoder"
+
+
+def bench_noop(report: BenchReport, records: list[Record], work: Path, total: int = 60_000) -> None:
+    """`embedfleet run` with a no-op encoder (a fixed vector per text, no model): what the
+    embedded pipeline itself carries (reading, validation, chunking, the in-process broker,
+    the collector and SQLite), the ceiling a faster encoder would meet."""
+    one_liners = [r for r in records if "\n" not in r.text] or records
+    corpus = work / "noop.jsonl"
+    ids = write_corpus(one_liners, corpus, total=total)
+    wall, stats = embedded_run(corpus, f"sqlite:///{work / 'noop.db'}", EMBEDFLEET_ENCODER=NOOP)
+    if stats["stored"] + stats["skipped"] != len(ids):
+        raise RuntimeError(f"the no-op run stored {stats['stored']} of {len(ids)} records: {stats}")
+    report.add("noop", f"{total:,} one-line records, no-op encoder, embedfleet run, job", stats["seconds"], len(ids),
+               whole_command_s=round(wall, 2))
+
+
 def print_table(report: BenchReport) -> None:
     print(f"corpus {report.corpus}: {report.records} records")
     print(f"{'section':9} {'what':58} {'seconds':>9} {'rec/s':>9} {'ratio':>7}  extra")
@@ -213,6 +255,8 @@ def run_bench(corpus: str, spec: FieldSpec, sections: list[str], limit: int | No
             bench_fleet.bench_storage(report, work, pg_url)
         if "stress" in sections:
             bench_stress(report, records, work)
+        if "noop" in sections:
+            bench_noop(report, records, work)
         if "memory" in sections:
             bench_memory(report, records, work, broker_url)
         if "pgvector" in sections:

@@ -70,3 +70,29 @@ def test_batching_rows_compare_against_one_at_a_time(capsys: pytest.CaptureFixtu
     assert [w.split("batch_size=")[1].rstrip(")") for w in whats[1:]] == ["1", "8", "16", "32", "64"]
     speedups = [row["speedup"] for row in report.rows]
     assert speedups[0] == 1.0 and all(s > 0 for s in speedups) and speedups[-1] > 2 * speedups[1]
+
+
+def test_run_rows_time_the_start_and_an_unchanged_rerun(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The real `embedfleet run` (a no-op encoder: no model to wait for): the run section adds
+    the command's start to its first chunk encoded, and a rerun that encodes nothing; the
+    noop section stores every record."""
+    from embedfleet.bench.common import load_records, write_corpus
+    from embedfleet.bench.run import NOOP, bench_noop, bench_run
+
+    monkeypatch.setenv("EMBEDFLEET_ENCODER", NOOP)
+    records = load_records(str(SAMPLE), FieldSpec("id", ("title",)), 120)
+    corpus = tmp_path / "corpus.jsonl"
+    ids = write_corpus(records, corpus)
+    report = BenchReport(corpus=str(corpus), records=len(ids))
+    bench_run(report, corpus, ids, None, None, tmp_path)
+    bench_noop(report, records, tmp_path, total=3000)
+    rows = {row["what"]: row for row in report.rows}
+    job = rows["embedfleet run, job (validation to last commit)"]
+    whole = rows["embedfleet run, whole command (imports, model load)"]
+    first = rows["command start to first chunk encoded"]["seconds"]
+    assert 0 < job["seconds"] < whole["seconds"]
+    assert 0 < first < whole["seconds"]
+    rerun = rows["unchanged corpus rerun, whole command"]
+    assert rerun["skipped"] == len(ids) and rerun["seconds"] > 0
+    noop = rows["3,000 one-line records, no-op encoder, embedfleet run, job"]
+    assert noop["records_per_s"] > 0 and noop["whole_command_s"] > noop["seconds"]
