@@ -91,10 +91,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # the fault suite, a lane of its own (`make test-rabbitmq`) so `make test` stays in budget.
         if "amqp_url" in fixtures or params.get("broker_url") == "rabbitmq":
             item.add_marker(pytest.mark.rabbitmq)
-    # Longest first: pytest-xdist hands tests out in this order, so the fleet's and the real
-    # model's tests (10-60 s each) overlap the many short ones instead of leaving one worker
-    # alone with them at the end. Stable: each group keeps its files' order.
-    items.sort(key=lambda item: 0 if item.get_closest_marker("fleet") else 1 if item.get_closest_marker("slow") else 2)
 
 
 @pytest.hookimpl(wrapper=True)
