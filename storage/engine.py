@@ -7,6 +7,7 @@ import os
 import sqlite3
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from threading import Lock
 
@@ -24,6 +25,64 @@ _engines: dict[tuple[int, str], Engine] = {}
 _lock = Lock()
 # A worker's heartbeat thread may hold the lock when the pool forks: the child gets a new one.
 os.register_at_fork(after_in_child=lambda: globals().update(_lock=Lock()))
+
+
+class ForkGuard:
+    """fork() copies SQLite's per-process lock table: a child forked while another thread of
+    its parent is inside a SQLite write transaction inherits that transaction's WAL write
+    lock, which nothing in the child ever releases, so every write the child makes waits
+    busy_timeout and fails "database is locked". Seen when a worker's pool replaced a
+    process killed at its time limit while the heartbeat thread was marking chunks held: the
+    new process's first chunk could not be started (tests/storage/test_engine.py shows it).
+
+    A thread that writes SQLite beside a forking thread (the heartbeat, beside the pool)
+    holds the guard around its database work; a fork waits for it, at most `wait` seconds,
+    then forks anyway rather than stall the worker's main loop (a warning says so). Only
+    such threads take it: a forking thread that held it would wait the full `wait`."""
+
+    def __init__(self, wait: float = 10.0) -> None:
+        self.wait = wait
+        self._lock = Lock()
+        self._held_for_fork = False
+        self._missed = False
+
+    def __enter__(self) -> ForkGuard:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+    def before_fork(self) -> None:
+        self._held_for_fork = self._lock.acquire(timeout=self.wait)
+        self._missed = not self._held_for_fork
+
+    def after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._lock.release()
+        if self._missed:  # logged here, not before the fork, where logging's own locks are taken
+            self._missed = False
+            log.warning("forked while a thread was still in a SQLite transaction after %.0f s: the new process "
+                        "may find the database locked", self.wait)
+
+    def after_fork_in_child(self) -> None:
+        # The child's copy of the lock is held by its only thread (the one that forked) or by
+        # a thread that does not exist there: either way, a fresh one.
+        self._lock = Lock()
+        self._held_for_fork = self._missed = False
+
+
+FORK_GUARD = ForkGuard()
+os.register_at_fork(before=FORK_GUARD.before_fork, after_in_parent=FORK_GUARD.after_fork_in_parent,
+                    after_in_child=FORK_GUARD.after_fork_in_child)
+
+
+def fork_guard(url: str) -> ForkGuard | nullcontext[None]:
+    """The guard for a thread's work on the database at `url` beside a forking thread:
+    SQLite's only (a PostgreSQL connection is a socket of this process, and a fork need not
+    wait for it)."""
+    return FORK_GUARD if url.startswith("sqlite") else nullcontext()
 
 
 def normalise_url(url: str) -> str:

@@ -30,7 +30,7 @@ from ..config.celery_app import app
 from ..config.queues import COLLECT_TASK, ENCODE_TASK
 from ..config.sending import QUICK_RETRY_POLICY, celery_sender, payload_sender
 from ..config.settings import get_settings
-from ..storage.engine import get_engine
+from ..storage.engine import fork_guard, get_engine
 from ..storage.liveness import beat, hold, retire
 from ..storage.resend import reconcile, resend_stranded
 
@@ -85,7 +85,8 @@ class Heartbeat(threading.Thread):
         with self._lock:
             keys, self._received = self._received, []
         try:
-            hold(self.engine, self.incarnation, keys)
+            with fork_guard(self.database_url):  # the pool may fork right now (storage/engine.py: ForkGuard)
+                hold(self.engine, self.incarnation, keys)
         except Exception as exc:  # the pool process writes the holder again when it starts the chunk
             log.warning("could not mark %d chunks held: %s: %s", len(keys), type(exc).__name__, exc)
 
@@ -97,13 +98,14 @@ class Heartbeat(threading.Thread):
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.interval
-                # Only a node that could write its own beat just now judges others.
-                if self.beat():
-                    if now >= next_reconcile:
-                        next_reconcile = now + self.reconcile_every * random.uniform(0.8, 1.2)
-                        self.reconcile()
-                    else:
-                        self.sweep()
+                with fork_guard(self.database_url):
+                    # Only a node that could write its own beat just now judges others.
+                    if self.beat():
+                        if now >= next_reconcile:
+                            next_reconcile = now + self.reconcile_every * random.uniform(0.8, 1.2)
+                            self.reconcile()
+                        else:
+                            self.sweep()
             self._wake.wait(timeout=max(0.0, next_beat - time.monotonic()))
             self._wake.clear()
             if self._received:
@@ -127,7 +129,8 @@ class Heartbeat(threading.Thread):
         self._wake.set()
         self.join(timeout=5)
         try:
-            retire(self.engine, self.incarnation)
+            with fork_guard(self.database_url):
+                retire(self.engine, self.incarnation)
         except Exception as exc:
             log.warning("could not retire %s: %s", self.node, exc)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy import exc as sa_exc
@@ -64,3 +66,95 @@ def test_postgres_sessions_ask_the_server_to_find_dead_peers_soon(pg_url: str) -
     assert {name: value.removesuffix("s") for name, value in shown.items()} == {
         "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3",
         "tcp_user_timeout": "25000"} or shown["tcp_user_timeout"] == "25s"
+
+
+def _fork_and_write(path: str) -> tuple[int, float]:
+    """Fork; the child writes the SQLite file once (waiting at most 2 s for its lock).
+    Returns the child's exit code (0: it wrote) and the seconds the fork call took."""
+    import os
+    import sqlite3
+    import time
+
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest, no cleanup, one write and out
+        try:
+            conn = sqlite3.connect(path, timeout=2, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO probe VALUES (2)")
+            conn.execute("COMMIT")
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    forked = time.monotonic() - started
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), forked
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_fork_waits_for_a_thread_inside_a_sqlite_transaction(tmp_path, guarded: bool) -> None:
+    """fork() copies SQLite's lock table: a child forked while another thread is inside a
+    write transaction inherits its write lock and can never write (the unguarded case: a
+    worker's replacement pool process, forked while the heartbeat marked chunks held). A
+    thread that takes fork_guard() around its transaction makes the fork wait for it."""
+    import threading
+
+    from embedfleet.storage.engine import fork_guard
+
+    path = tmp_path / "fork.db"
+    url = f"sqlite:///{path}"
+    engine = get_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE probe (x INTEGER)"))
+    inside, leave = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with fork_guard(url) if guarded else contextlib.nullcontext(), engine.begin() as conn:
+            conn.execute(text("INSERT INTO probe VALUES (1)"))
+            inside.set()
+            leave.wait(5)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert inside.wait(5)
+    threading.Timer(0.5, leave.set).start()  # the transaction ends 0.5 s from now
+    code, forked = _fork_and_write(str(path))
+    thread.join(5)
+    if guarded:
+        assert forked >= 0.4, "the fork did not wait for the transaction"
+        assert code == 0, "the child could not write"
+    else:
+        assert forked < 0.4
+        assert code == 1, "the child wrote: SQLite no longer hands a fork its parent's locks?"
+
+
+def test_a_fork_waits_for_the_guard_no_longer_than_its_limit(caplog: pytest.LogCaptureFixture) -> None:
+    """A thread stuck inside the guard does not stall the forking thread for good: the fork
+    goes ahead after `wait` seconds, and says so."""
+    import threading
+    import time
+
+    from embedfleet.storage.engine import ForkGuard
+
+    guard = ForkGuard(wait=0.2)
+    entered, leave = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        with guard:
+            entered.set()
+            leave.wait(5)
+
+    thread = threading.Thread(target=stuck)
+    thread.start()
+    assert entered.wait(5)
+    started = time.monotonic()
+    guard.before_fork()
+    guard.after_fork_in_parent()
+    assert 0.15 <= time.monotonic() - started < 2
+    assert "forked while a thread was still in a SQLite transaction" in caplog.text
+    leave.set()
+    thread.join(5)
+    guard.before_fork()  # free again: taken at once, and given back
+    guard.after_fork_in_parent()
+    with guard:
+        pass
