@@ -44,7 +44,6 @@ class ForkGuard:
         self.wait = wait
         self._lock = Lock()
         self._held_for_fork = False
-        self._missed = False
 
     def __enter__(self) -> ForkGuard:
         self._lock.acquire()
@@ -55,14 +54,11 @@ class ForkGuard:
 
     def before_fork(self) -> None:
         self._held_for_fork = self._lock.acquire(timeout=self.wait)
-        self._missed = not self._held_for_fork
 
     def after_fork_in_parent(self) -> None:
         if self._held_for_fork:
-            self._held_for_fork = False
             self._lock.release()
-        if self._missed:  # logged here, not before the fork, where logging's own locks are taken
-            self._missed = False
+        else:  # logged here, not before the fork, where logging's own locks are taken
             log.warning("forked while a thread was still in a SQLite transaction after %.0f s: the new process "
                         "may find the database locked", self.wait)
 
@@ -70,7 +66,6 @@ class ForkGuard:
         # The child's copy of the lock is held by its only thread (the one that forked) or by
         # a thread that does not exist there: either way, a fresh one.
         self._lock = Lock()
-        self._held_for_fork = self._missed = False
 
 
 FORK_GUARD = ForkGuard()

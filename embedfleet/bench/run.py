@@ -174,12 +174,20 @@ def bench_memory(report: BenchReport, records: list[Record], work: Path, broker_
     report.add("memory", "producer peak RSS, 100k / 10k", ratio=round(peaks[100_000] / peaks[10_000], 3))
 
 
+def one_liners_run(records: list[Record], work: Path, name: str, total: int,
+                   **env: str) -> tuple[list[str], float, dict[str, Any]]:
+    """`run` over `total` one-line records cycled from the corpus's (all records if it has
+    none): (ids, wall seconds, the job's figures)."""
+    one_liners = [r for r in records if "\n" not in r.text] or records
+    corpus = work / f"{name}.jsonl"
+    ids = write_corpus(one_liners, corpus, total=total)
+    wall, stats = embedded_run(corpus, f"sqlite:///{work / f'{name}.db'}", **env)
+    return ids, wall, stats
+
+
 def bench_stress(report: BenchReport, records: list[Record], work: Path) -> None:
     """The seed's stress test: 30,000 one-line records embedded and stored by `run`."""
-    one_liners = [r for r in records if "\n" not in r.text] or records
-    corpus = work / "stress.jsonl"
-    ids = write_corpus(one_liners, corpus, total=30_000)
-    wall, stats = embedded_run(corpus, f"sqlite:///{work / 'stress.db'}")
+    ids, wall, stats = one_liners_run(records, work, "stress", 30_000)
     assert stats["stored"] + stats["skipped"] == len(ids), stats
     report.add("stress", "30,000 one-line records, embedfleet run, whole command", wall, len(ids),
                job_seconds=stats["seconds"], stored=stats["stored"], deduplicated=stats["deduplicated"])
@@ -192,10 +200,7 @@ def bench_noop(report: BenchReport, records: list[Record], work: Path, total: in
     """`embedfleet run` with a no-op encoder (a fixed vector per text, no model): what the
     embedded pipeline itself carries (reading, validation, chunking, the in-process broker,
     the collector and SQLite), the ceiling a faster encoder would meet."""
-    one_liners = [r for r in records if "\n" not in r.text] or records
-    corpus = work / "noop.jsonl"
-    ids = write_corpus(one_liners, corpus, total=total)
-    wall, stats = embedded_run(corpus, f"sqlite:///{work / 'noop.db'}", EMBEDFLEET_ENCODER=NOOP)
+    ids, wall, stats = one_liners_run(records, work, "noop", total, EMBEDFLEET_ENCODER=NOOP)
     if stats["stored"] + stats["skipped"] != len(ids):
         raise RuntimeError(f"the no-op run stored {stats['stored']} of {len(ids)} records: {stats}")
     report.add("noop", f"{total:,} one-line records, no-op encoder, embedfleet run, job", stats["seconds"], len(ids),
