@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy import exc as sa_exc
 
-from embedfleet.storage.engine import get_engine, normalise_url, redact
+from embedfleet.storage.engine import SQLITE_CACHE_KIB, get_engine, normalise_url, redact
 from tests.storage.helpers import SECRET
 
 
@@ -24,6 +24,18 @@ def test_engine_hides_parameters(sqlite_url):
     with pytest.raises(sa_exc.StatementError) as caught, engine.connect() as conn:
         conn.execute(text("INSERT INTO no_such_table VALUES (:t)"), {"t": SECRET})
     assert SECRET not in str(caught.value)
+
+
+def test_sqlite_connections_keep_a_large_page_cache_in_wal_mode(sqlite_url) -> None:
+    """Every SQLite connection the engine opens (the pool makes several) runs in WAL mode with
+    synchronous=NORMAL and a page cache of SQLITE_CACHE_KIB, not SQLite's 2 MiB."""
+    engine = get_engine(sqlite_url)
+    with engine.connect() as first, engine.connect() as second:
+        for conn in (first, second):
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    assert SQLITE_CACHE_KIB > 2_000  # larger than SQLite's own default
 
 
 @pytest.fixture
