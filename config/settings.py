@@ -66,16 +66,18 @@ class Settings(BaseSettings):
             "whatever the model ran in. See docs/performance.md."
         ),
     )
-    # Which runtime runs the model: OpenVINO was measured 1.4x to 1.6x torch bf16 on a CPU
-    # with AVX-512 BF16 (docs/benchmarks.md); torch everywhere else, CUDA included.
+    # Which runtime runs the model: OpenVINO was measured 1.4x to 1.8x torch bf16 on a CPU
+    # with AVX-512 BF16 and 1.3x to 2.2x torch fp32 in fp32, on AVX2 too (docs/benchmarks.md);
+    # torch on CUDA and on CPUs other than x86.
     backend: Literal["auto", "torch", "openvino"] = Field(
         default="auto",
         description=(
-            "The runtime of the built-in encoder. `auto`: OpenVINO in bf16 on a CPU with AMX or AVX-512 BF16 when "
-            "the `openvino` package is installed and the precision resolves to bf16, torch everywhere else (CUDA "
-            "always torch). `torch`, or `openvino` (CPU only; an error naming `pip install openvino` when the "
-            "package is missing). A converted model whose vectors are not within cosine 0.999 of torch fp32 falls "
-            "back to torch with a warning. Ignored when `encoder` is set. See docs/performance.md."
+            "The runtime of the built-in encoder. `auto`: OpenVINO on an x86 CPU when the `openvino` package is "
+            "installed, in the precision `precision` resolves to (bf16 on a CPU with AMX or AVX-512 BF16, fp32 "
+            "elsewhere), torch everywhere else (CUDA always torch). `torch`, or `openvino` (CPU only; an error "
+            "naming `pip install openvino` when the package is missing). A converted model whose vectors are not "
+            "within cosine 0.999 of torch fp32 falls back to torch with a warning. Ignored when `encoder` is set. "
+            "See docs/performance.md."
         ),
     )
     # The OpenVINO conversion of each model (per weights and precision), made once and read

@@ -212,7 +212,7 @@ def encoder_class(settings: Settings) -> type:
 
 
 def builtin_encoder(settings: Settings) -> Encoder:
-    """The model on the runtime EMBEDFLEET_BACKEND picks: OpenVINO where it wins (bf16 CPUs),
+    """The model on the runtime EMBEDFLEET_BACKEND picks: OpenVINO where it wins (x86 CPUs),
     torch elsewhere, and torch again when the converted model fails its quality check."""
     from .precision import pool_device, resolve_backend, resolve_device, resolve_precision
 

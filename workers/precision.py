@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 from pathlib import Path
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+X86_MACHINES = ("x86_64", "amd64")  # platform.machine(), lowercased
 
 
 def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -59,13 +61,15 @@ def openvino_installed() -> bool:
 
 
 def resolve_backend(setting: str, device: str, precision: str) -> str:
-    """`torch` or `openvino`. auto takes OpenVINO only where it was measured to win: bf16 on a
-    CPU with AMX or AVX-512 BF16 (1.4x to 1.6x torch bf16, docs/benchmarks.md). CUDA stays on
-    torch; an fp32 CPU too (not measured to win, and fp32 is what such a user asked for)."""
+    """`torch` or `openvino`. auto takes OpenVINO on an x86 CPU, where it was measured to win
+    in both precisions (docs/benchmarks.md): bf16 on a CPU with AMX or AVX-512 BF16 (1.4x to
+    1.8x torch bf16), fp32 everywhere else (1.3x to 2.2x torch fp32, AVX2 and AVX-512 alike;
+    f32 inference, cosine to torch fp32 >= 0.99999). CUDA stays on torch, and so does a CPU of
+    another architecture (OpenVINO there is not measured)."""
     if setting != "auto":
         return setting
-    fast = device == "cpu" and precision == "bf16" and cpu_has_fast_bf16()
-    return "openvino" if fast and openvino_installed() else "torch"
+    measured = device == "cpu" and platform.machine().lower() in X86_MACHINES and precision in ("bf16", "fp32")
+    return "openvino" if measured and openvino_installed() else "torch"
 
 
 def gpu_count() -> int:
