@@ -106,11 +106,13 @@ class SentenceTransformerEncoder:
         silence_progress_bars()
 
         from .cpus import available_cpus
-        from .precision import pool_device, resolve_device, resolve_precision
+        from .precision import pool_device, resolve_device, resolve_precision, slow_bf16_warning
 
         self._torch = torch
         self.device = pool_device(resolve_device(settings.device))
         self.precision = resolve_precision(settings.precision, self.device.split(":")[0])
+        if warning := slow_bf16_warning(self.device, self.precision):
+            log.warning(warning)
         if self.device == "cpu":
             torch.set_num_threads(settings.torch_threads or available_cpus())
         # Half-precision weights are the fast path on GPUs and on CPUs with AMX or

@@ -51,6 +51,16 @@ def resolve_precision(setting: str, device: str) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def slow_bf16_warning(device: str, precision: str) -> str | None:
+    """What to tell a user who asked torch for bf16 on a CPU without AMX or AVX-512 BF16:
+    torch emulates it there, measured 6-7x slower than fp32 on an AVX2-only EPYC
+    (docs/benchmarks.md). None where bf16 is not slow."""
+    if device != "cpu" or precision != "bf16" or cpu_has_fast_bf16():
+        return None
+    return ("bf16 was asked for, but this CPU has neither AMX nor AVX-512 BF16: torch emulates bf16 here, "
+            "several times slower than fp32 (EMBEDFLEET_PRECISION=auto picks fp32 on this CPU)")
+
+
 def openvino_installed() -> bool:
     """Whether the openvino package can be imported, found without importing it: `embedfleet
     worker` asks before it forks its pool, and OpenVINO's thread pool must start in a child."""

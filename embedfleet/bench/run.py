@@ -103,7 +103,7 @@ def first_chunk_encoded(db: str, job_id: str) -> float | None:
 
 def bench_run(report: BenchReport, corpus: Path, ids: list[str], baseline: float | None, reference: np.ndarray | None,
               work: Path, section: str = "run", bf16_baseline: float | None = None) -> None:
-    """The embedded default (EMBEDFLEET_BACKEND=auto: OpenVINO on a CPU with fast bf16): ratio
+    """The embedded default (EMBEDFLEET_BACKEND=auto: OpenVINO on an x86 CPU): ratio
     to the fp32 baseline, and vs_bf16_loop to the hand-written bf16 loop when that was measured."""
     db = f"sqlite:///{work / f'{section}.db'}"
     wall, stats = embedded_run(corpus, db)

@@ -29,6 +29,18 @@ def test_auto_precision_on_the_cpu_follows_the_flags(monkeypatch: pytest.MonkeyP
     assert precision.resolve_precision("bf16", "cpu") == "bf16"
 
 
+def test_torch_bf16_on_a_cpu_without_fast_bf16_is_warned_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 asked of torch on a CPU without AMX or AVX-512 BF16 (emulated, several times slower
+    than fp32) gets a warning that names the way out; nowhere else."""
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    warning = precision.slow_bf16_warning("cpu", "bf16")
+    assert warning is not None and "EMBEDFLEET_PRECISION=auto" in warning
+    assert precision.slow_bf16_warning("cpu", "fp32") is None
+    assert precision.slow_bf16_warning("cuda:0", "bf16") is None
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    assert precision.slow_bf16_warning("cpu", "bf16") is None
+
+
 def test_fp16_on_the_cpu_is_refused() -> None:
     """fp16 is for CUDA: asking for it on the CPU says so."""
     with pytest.raises(RuntimeError, match="fp16 is for CUDA"):
