@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         ),
     )
     # Batches the OpenVINO backend infers at once in one process, its threads shared among
-    # them. One by default: 2 measured 0-6% faster in `embedfleet run`, but OpenVINO's
+    # them. One by default: 2 measured 0-17% faster in `embedfleet run`, but OpenVINO's
     # asynchronous path with a new input shape per batch has a reported thread-pool deadlock
     # and we saw a hang with it (docs/performance.md), so more is opt-in.
     openvino_streams: int = Field(
@@ -124,8 +124,8 @@ class Settings(BaseSettings):
         description=(
             "OpenVINO inference streams per process: batches inferred at once, each on threads // streams threads "
             "(at most one stream per thread). 1 (the default) is one batch at a time on all the threads (OpenVINO's "
-            "LATENCY hint); 0 means 2 when the process has 2 threads or more. More than one is opt-in: 0-6% faster "
-            "in `embedfleet run` on 2 cores, and OpenVINO's asynchronous path has a reported deadlock with "
+            "LATENCY hint); 0 means 2 when the process has 2 threads or more. More than one is opt-in: 0-17% faster "
+            "in `embedfleet run` on 2 cores (most on short texts with AMX), and OpenVINO's asynchronous path has a reported deadlock with "
             "changing input shapes. Ignored by the torch backend."
         ),
     )
