@@ -125,8 +125,8 @@ class Settings(BaseSettings):
             "OpenVINO inference streams per process: batches inferred at once, each on threads // streams threads "
             "(at most one stream per thread). 1 (the default) is one batch at a time on all the threads (OpenVINO's "
             "LATENCY hint); 0 means 2 when the process has 2 threads or more. More than one is opt-in: 0-17% faster "
-            "in `embedfleet run` on 2 cores (most on short texts with AMX), and OpenVINO's asynchronous path has a reported deadlock with "
-            "changing input shapes. Ignored by the torch backend."
+            "in `embedfleet run` on 2 cores (most on short texts with AMX), and OpenVINO's asynchronous path has "
+            "a reported deadlock with changing input shapes. Ignored by the torch backend."
         ),
     )
 

@@ -267,6 +267,12 @@ class CompiledSentenceModel:
             # bf16 is the measured win (docs/benchmarks.md); f32 keeps fp32 exact where asked.
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": threads,
+            # OpenVINO pins its threads to cores by default, counting from the first core in
+            # every process alike: `embedfleet worker`'s processes of one thread each all ran
+            # on core 0 (2 x 1 thread: 0.69x one process of 2 threads; unpinned each process
+            # 2x faster). The kernel's scheduler spreads them, and in the embedded run (one
+            # process) pinning was measured to give nothing (docs/benchmarks.md).
+            "ENABLE_CPU_PINNING": False,
         }
         if streams > 1:
             config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams)
