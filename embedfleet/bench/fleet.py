@@ -65,7 +65,7 @@ def bench_fleet(report: BenchReport, corpus: Path, records: int, baseline: float
         stats = submit_and_wait(corpus, broker_url, db)
     if stats["stored"] != records:
         raise RuntimeError(f"fleet stored {stats['stored']} of {records}: {stats}")
-    report.add(section, f"{processes} worker process(es) x {threads} torch thread(s) on Redis, job", stats["seconds"],
+    report.add(section, f"{processes} worker process(es) x {threads} encoder thread(s) on Redis, job", stats["seconds"],
                records, ratio=round(baseline / stats["seconds"], 2) if baseline else None)
     return float(stats["seconds"])
 
