@@ -22,6 +22,7 @@ from dataclasses import asdict
 
 import msgpack
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..config.messages import ChunkTexts, ChunkVectors
 from ..storage import codec
@@ -32,13 +33,19 @@ from ..storage.errors import SourceNotStored
 from ..storage.ledger import ChunkCancelled, Collected, finish_if_complete, locked_payload, mark_collected
 from ..storage.pgvector import BYTEA
 from ..storage.safe_errors import safe_error
-from ..storage.vectors import bulk_write, check_version, embeddings_by_hash
+from ..storage.vectors import analyze, bulk_write, check_version, embeddings_by_hash
 
 log = logging.getLogger(__name__)
 # The error type of a record the database refused to store (too long an id, a NUL, ...).
 STORAGE_REJECTED = "StorageRejected"
 REPEAT_OF_DEAD_LETTER = "RepeatOfDeadLetter"
 SOURCE_NOT_STORED = "SourceNotStored"
+# After these chunks of a job are stored (at 256 records a chunk: about 1,000, 8,000 and
+# 65,000 rows of the version), the collector has PostgreSQL analyze the vectors table, so a
+# version new to it (a first load, a migration beside millions of older rows) becomes
+# visible to the planner before autovacuum gets to it. ANALYZE samples 30,000 rows: 0.4 s
+# at 100,000 rows, taken three times a job.
+ANALYZE_AFTER_SEQS = frozenset({4, 32, 256})
 
 
 def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True,
@@ -76,6 +83,11 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True,
         return None
     if finish_if_complete(engine, chunk.job_id) and on_job_done is not None and kind != BYTEA:
         on_job_done(chunk.version_key)
+    if chunk.seq in ANALYZE_AFTER_SEQS:
+        try:
+            analyze(engine)
+        except SQLAlchemyError as exc:  # the chunk is committed: a failed ANALYZE costs speed only
+            log.warning("job=%s chunk=%d: ANALYZE vectors failed: %s", chunk.job_id, chunk.seq, safe_error(exc))
     return stored
 
 

@@ -130,3 +130,38 @@ def test_reindex_wait_prints_its_final_line_once(tmp_path: Path, redis_url: str)
     job_id = again.stdout.split()[0]
     assert len(re.findall(r"job [0-9a-f]+ done", again.stdout + again.stderr)) == 1, again
     assert f"job {job_id} done: read 20, stored 0, skipped 20" in again.stdout
+
+
+def test_a_version_storing_nothing_is_not_asked_about_each_batch(tmp_path: Path, monkeypatch) -> None:
+    """A first load adds every record without a stored-state query per batch (the query
+    PostgreSQL plans as a scan while the table is unanalyzed); a version that stores
+    something is asked again, and its unchanged records are still found."""
+    from embedfleet.producers import incremental
+    from embedfleet.producers.incremental import Changes, detect_changes
+    from embedfleet.producers.records import Record, content_hash
+    from embedfleet.producers.validation import Scan
+    from embedfleet.storage.bulk import upsert_rows
+    from embedfleet.storage.codec import pack
+    from embedfleet.storage.collections import open_collection
+    from embedfleet.storage.vectors import bulk_write
+
+    engine = get_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    key = open_collection(engine, "c", "m", {}, {}).key
+    records = [Record(f"r{i}", i, f"text {i}", content_hash(f"text {i}"), line=i + 1) for i in range(1200)]
+    asked: list[int] = []
+    real_stored_state = incremental.stored_state
+
+    def counting_stored_state(engine, version_key, record_ids):  # type: ignore[no-untyped-def]
+        asked.append(1)
+        return real_stored_state(engine, version_key, record_ids)
+
+    monkeypatch.setattr(incremental, "stored_state", counting_stored_state)
+    changes = Changes()
+    assert [r.record_id for r in detect_changes(engine, key, records, Scan(), changes)] == [r.record_id for r in records]
+    assert (asked, changes.added) == ([], 1200)
+
+    with bulk_write(engine) as conn:
+        upsert_rows(conn, [(key, "r0", 0, records[0].content_hash, "m", pack([[1.0]]), 0.0, None, None)])
+    changes = Changes()
+    assert len(list(detect_changes(engine, key, records, Scan(), changes))) == 1199
+    assert (len(asked), changes.unchanged, changes.added) == (3, 1, 1199)  # 1,200 records: 3 batches of 512

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from embedfleet.config.messages import DeadRecord
 from embedfleet.storage.dead_letters import list_letters
@@ -40,6 +40,24 @@ def test_store_is_idempotent_and_finishes_job(db_url: str) -> None:
         assert conn.execute(select(func.count()).select_from(vectors)).scalar_one() == 5
     stats = job_stats(engine, job_id)
     assert (stats.state, stats.stored, stats.chunks_done) == ("done", 5, 2)
+
+
+def test_postgres_statistics_are_refreshed_early_in_a_load(pg_url: str) -> None:
+    """Storing one of the first chunks of a job analyzes the vectors table (see
+    ANALYZE_AFTER_SEQS), so the version's look-ups are planned on its real size; other
+    chunks do not."""
+    engine = get_engine(pg_url)
+    job_id = job_with_chunks(engine, {seq: [2 * seq, 2 * seq + 1] for seq in range(5)})
+
+    def analyzed_rows() -> float:
+        with engine.connect() as conn:
+            return float(conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = 'vectors'")).scalar_one())
+
+    for seq in range(4):
+        store_chunk(engine, chunk_vectors(job_id, seq, [2 * seq, 2 * seq + 1]))
+    assert analyzed_rows() == -1  # never analyzed (PostgreSQL 14 and newer)
+    store_chunk(engine, chunk_vectors(job_id, 4, [8, 9]))
+    assert analyzed_rows() == 10
 
 
 def test_reads_follow_corpus_order_not_arrival(db_url: str) -> None:
