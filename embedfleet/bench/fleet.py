@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import time
 import uuid
@@ -111,15 +112,25 @@ def bench_pipeline(report: BenchReport, records: list[Any], work: Path, broker_u
     producer, Redis, the collector and PostgreSQL."""
     corpus = work / "pipeline.jsonl"
     write_corpus(records, corpus, total=total)
-    for chunk_size in (256, 1024):
+    # The same records with the last 40% repeating the texts of the first 40%: each repeat
+    # is stored by copying its first record's vector (the collector's look-up by hash).
+    repeats = work / "pipeline-repeats.jsonl"
+    lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)
+    first = int(total * 0.6)
+    with repeats.open("w", encoding="utf-8") as out:
+        out.writelines(lines[:first])
+        for i in range(total - first):
+            out.write(json.dumps({"id": f"repeat-{i}", "text": json.loads(lines[i])["text"]}) + "\n")
+    for source, chunk_size, what in ((corpus, 256, ""), (corpus, 1024, ""),
+                                     (repeats, 256, ", 40% repeated texts")):
         with scratch_postgres(pg_url) as db:
             with fleet_workers(broker_url, db, 2, 1, EMBEDFLEET_ENCODER=NOOP):
-                stats = submit_and_wait(corpus, broker_url, db, EMBEDFLEET_CHUNK_SIZE=str(chunk_size))
+                stats = submit_and_wait(source, broker_url, db, EMBEDFLEET_CHUNK_SIZE=str(chunk_size))
             consume = consume_seconds(db, stats["job_id"])
         if stats["stored"] + stats["skipped"] != total:
             raise RuntimeError(f"pipeline stored {stats['stored']} of {total}: {stats}")
-        report.add("pipeline", f"no-op encoder, Redis -> collector -> PostgreSQL, chunks of {chunk_size}",
-                   stats["seconds"], total, stored=stats["stored"],
+        report.add("pipeline", f"no-op encoder, Redis -> collector -> PostgreSQL, chunks of {chunk_size}{what}",
+                   stats["seconds"], total, stored=stats["stored"], deduplicated=stats["deduplicated"],
                    consume_records_per_s=round(total / consume, 1))
 
 

@@ -209,11 +209,12 @@ def bench_noop(report: BenchReport, records: list[Record], work: Path, total: in
 
 def print_table(report: BenchReport) -> None:
     print(f"corpus {report.corpus}: {report.records} records")
-    print(f"{'section':9} {'what':58} {'seconds':>9} {'rec/s':>9} {'ratio':>7}  extra")
+    width = max([4] + [len(row["what"]) for row in report.rows])  # every row's whole description
+    print(f"{'section':9} {'what':{width}} {'seconds':>9} {'rec/s':>9} {'ratio':>7}  extra")
     for row in report.rows:
         extra = {k: v for k, v in row.items() if k not in ("section", "what", "seconds", "records_per_s", "ratio")}
         ratio = row.get("ratio")
-        print(f"{row['section']:9} {row['what'][:58]:58} {row.get('seconds', ''):>9} {row.get('records_per_s', ''):>9} "
+        print(f"{row['section']:9} {row['what']:{width}} {row.get('seconds', ''):>9} {row.get('records_per_s', ''):>9} "
               f"{'' if ratio is None else str(ratio) + 'x':>7}  {extra or ''}")
 
 
