@@ -73,18 +73,21 @@ def embeddings_by_hash(conn: Connection, version_key: str, hashes: Collection[st
                        kind: str = BYTEA) -> dict[str, bytes]:
     """content hash -> stored vector as float32 bytes, for the hashes the version stores.
 
-    One index lookup per hash, taking the first row: a text stored 100,000 times is read
-    once, not 100,000 times per chunk. Shaped so the plan does not depend on statistics: in
-    a bulk load nothing has analyzed the table yet, and PostgreSQL planned `content_hash IN
-    (256 hashes)` as a scan of the whole version (80 ms a chunk at 100,000 rows, growing
-    with it); the correlated subquery's two equalities pick ix_vectors_version_hash."""
+    One index probe per hash, taking the first row: a text stored 100,000 times is read
+    once, not 100,000 times per chunk. On a table nothing has analyzed yet (a first load),
+    PostgreSQL planned `content_hash IN (256 hashes)` as a scan of the whole version (80 ms
+    a chunk at 100,000 rows, growing with it); the probe's two equalities pick
+    ix_vectors_version_hash there. A version new to an analyzed table (a migration) is
+    planned as about one row, where the position index could look as cheap: the ORDER BY,
+    which only the hash index gives for free, tips it, and the collector's ANALYZE
+    (workers/collector.py: ANALYZE_AFTER_SEQS) settles it."""
     if not hashes:
         return {}
     wanted = values(column("content_hash", vectors.c.content_hash.type), name="wanted").data(
         [(content_hash,) for content_hash in hashes]).cte("wanted")
     first = (select(embedding_column(kind))
              .where(and_(vectors.c.version_key == version_key, vectors.c.content_hash == wanted.c.content_hash))
-             .limit(1).scalar_subquery())
+             .order_by(vectors.c.version_key, vectors.c.content_hash).limit(1).scalar_subquery())
     return {content_hash: to_float32(blob, kind)
             for content_hash, blob in conn.execute(select(wanted.c.content_hash, first)).all()
             if blob is not None}
