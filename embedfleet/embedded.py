@@ -28,7 +28,7 @@ from .producers.sending import use_broker
 from .producers.submit import JobRequest, Submission, submit
 from .storage.engine import get_engine
 from .storage.jobs import JobStats
-from .storage.ledger import chunk_counts
+from .storage.ledger import open_chunk_count
 from .workers.availability import declared_max_tokens
 from .workers.resident import get_encoder
 
@@ -153,8 +153,7 @@ class _Pacer:
         progress = self._progress(job_id)
         while True:
             seen = self.ends.count  # read before the ledger: a task ending meanwhile is not missed
-            done, written = chunk_counts(self.engine, job_id)
-            if written - done < self.window:
+            if open_chunk_count(self.engine, job_id) < self.window:
                 return
             progress.poll()
             self.ends.wait(seen, self.LOOK_EVERY)

@@ -103,16 +103,16 @@ def finish_if_complete(engine: Engine, job_id: str) -> bool:
     return bool(finished)
 
 
-def chunk_counts(engine: Engine, job_id: str) -> tuple[int, int]:
-    """(chunks finished, chunks in the ledger): the embedded producer's back-pressure gauge."""
+def open_chunk_count(engine: Engine, job_id: str) -> int:
+    """How many of the job's chunks are still open: the embedded producer's back-pressure
+    gauge, asked once per chunk. Counted on ix_chunks_job_state, so it reads the open
+    chunks only (a handful). Counting every chunk of the job instead costs in proportion
+    to the job: 7.9% of py-spy's samples in a 300,000-record no-op run (its wall time was
+    within noise of this), and more the longer the job."""
     with engine.connect() as conn:
-        row = conn.execute(
-            select(
-                func.count().filter(chunks.c.state.notin_(OPEN_CHUNK_STATES)),
-                func.count(),
-            ).where(chunks.c.job_id == job_id)
-        ).one()
-    return int(row[0]), int(row[1])
+        return int(conn.execute(
+            select(func.count()).where(and_(chunks.c.job_id == job_id, chunks.c.state.in_(OPEN_CHUNK_STATES)))
+        ).scalar_one())
 
 
 def open_chunk_payloads(engine: Engine, job_id: str) -> list[tuple[int, bytes]]:

@@ -14,13 +14,13 @@ from embedfleet.storage.ledger import (
     LedgerError,
     add_chunk,
     cancel_job,
-    chunk_counts,
     close_submission,
     count_retry,
     create_job,
     finish_if_complete,
     job_state,
     mark_resent,
+    open_chunk_count,
     open_chunk_payloads,
     start_delivery,
 )
@@ -149,7 +149,7 @@ def test_each_delivery_of_an_open_chunk_is_counted_until_it_is_done(db_url: str)
     assert start_delivery(engine, job_id, 0) == 2
     store_chunk(engine, chunk_vectors(job_id, 0, [0, 1]))
     assert start_delivery(engine, job_id, 0) is None
-    assert chunk_counts(engine, job_id) == (1, 2)
+    assert open_chunk_count(engine, job_id) == 1
 
 
 def test_open_chunks_are_there_to_resend_in_seq_order(sqlite_url: str) -> None:
