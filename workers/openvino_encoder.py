@@ -39,6 +39,7 @@ import numpy as np
 from ..config.settings import Settings
 from ..config.tokens import estimate_tokens
 from .encoder import model_path, normalise, silence_progress_bars, token_batches
+from .window import WindowCutter, backend_of
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,7 @@ class CompiledSentenceModel:
 
         self.tokenizer = load_tokenizer(entry / TOKENIZER_DIR)
         self.max_tokens = int(meta["max_tokens"])
+        self.cutter = WindowCutter(backend_of(self.tokenizer), self.max_tokens)
         self.inputs: list[str] = list(meta["inputs"])
         core = ov.Core()
         config: dict[str, Any] = {
@@ -550,6 +552,7 @@ class OpenVINOEncoder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         model = self._compiled()
+        texts = model.cutter.cut(texts)
         lengths = [estimate_tokens(t, self.max_tokens) for t in texts]
         batches = spread(token_batches(lengths, batch_size or self.batch_size, self.batch_tokens), model.streams)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)

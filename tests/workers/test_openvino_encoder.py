@@ -145,6 +145,15 @@ def test_same_tokens_as_sentence_transformers(ov_encoder, reference_model, texts
     assert expected.shape[1] == 256  # the sample has records past the window: truncation was exercised
 
 
+def test_a_huge_text_is_embedded_as_its_window(ov_encoder) -> None:
+    """OpenVINO cuts long texts before its tokenizer too (workers/window.py): a 2 MB text's
+    vector is the vector of the text cut by hand well past the window."""
+    huge = " ".join(["search", "vector", "índex", "fleet", "日本"][i % 5] for i in range(400_000))
+    vectors = ov_encoder.encode_batch([huge, huge[:20_000], "short"])
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    assert ov_encoder._compiled().cutter.cut([huge])[0] != huge  # the cut is what made it cheap
+
+
 @pytest.mark.slow
 def test_vectors_match_torch_fp32_on_the_sample(ov_encoder, fp32_encoder, texts) -> None:
     """Cosine >= 0.999 to torch fp32 for every record of samples/celery_commits_500.jsonl."""

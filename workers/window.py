@@ -1,0 +1,88 @@
+"""A long text cut to a prefix that still holds the model's whole window, so the tokenizer
+reads kilobytes instead of megabytes, and the vector is exactly the full text's.
+
+The model reads a text's first `window` tokens; the tokenizer, though, tokenizes the whole
+text before it truncates. A 5 MB text took about 4 s and gigabytes of memory to be cut to
+256 tokens. Cutting first is exact when the tokenizer splits words at spaces and normalises
+each character on its own (BERT's and the usual whitespace / SentencePiece-style
+pre-tokenizers): then the tokens of `text[:i]`, cut at a space, are the first tokens of
+`text`. A prefix is used only when its own tokens, counted, fill the window; otherwise it
+doubles, up to the whole text. Any other tokenizer gets every text whole, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+# A text this many characters per window token long, or longer, is worth cutting: far
+# above any language's average (4-6 characters a token), so a prefix of this length almost
+# always holds the window at the first count.
+CHARS_PER_WINDOW_TOKEN = 32
+
+# Components under which a cut at a space is exact (see the module's docstring).
+SPLIT_AT_SPACES = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Metaspace"})
+PER_CHARACTER = frozenset({"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents", "Strip"})
+
+
+def _types(component: dict[str, Any] | None, key: str) -> list[str]:
+    """The component's type, or its members' types for a Sequence. A Metaspace that does not
+    split (the whole text one piece for the model) counts as an unknown type."""
+    if component is None:
+        return []
+    if component.get("type") == "Sequence":
+        return [t for member in component.get(key, []) for t in _types(member, key)]
+    if component.get("type") == "Metaspace" and not component.get("split", True):
+        return ["Metaspace(split=false)"]
+    return [str(component.get("type"))]
+
+
+def cuts_exactly(backend: Any) -> bool:
+    """Whether a `tokenizers.Tokenizer` splits at spaces and normalises per character."""
+    config = json.loads(backend.to_str())
+    splits = _types(config.get("pre_tokenizer"), "pretokenizers")
+    normalizers = _types(config.get("normalizer"), "normalizers")
+    return bool(splits) and all(t in SPLIT_AT_SPACES for t in splits) and all(t in PER_CHARACTER for t in normalizers)
+
+
+class WindowCutter:
+    """Cuts texts longer than the window could use; `None` backend or one that does not cut
+    exactly: every text is left whole."""
+
+    def __init__(self, backend: Any | None, window: int) -> None:
+        self.window = window
+        self.min_chars = window * CHARS_PER_WINDOW_TOKEN
+        self._counter = None
+        if backend is not None and cuts_exactly(backend):
+            from tokenizers import Tokenizer
+
+            # A copy: counting must see every token (no truncation, no padding), and the
+            # encoder's own tokenizer keeps its settings.
+            self._counter = Tokenizer.from_str(backend.to_str())
+            self._counter.no_truncation()
+            self._counter.no_padding()
+
+    def cut(self, texts: Sequence[str]) -> Sequence[str]:
+        if self._counter is None or all(len(text) < self.min_chars for text in texts):
+            return texts
+        return [self.prefix(text) if len(text) >= self.min_chars else text for text in texts]
+
+    def prefix(self, text: str) -> str:
+        """The shortest prefix cut at a space (doubling from min_chars) whose tokens fill the
+        window; the text itself when none does."""
+        assert self._counter is not None
+        length = self.min_chars
+        while length < len(text):
+            space = text.rfind(" ", 0, length)
+            if space > 0:
+                head = text[:space]
+                if len(self._counter.encode(head, add_special_tokens=False).ids) >= self.window:
+                    return head
+            length *= 2
+        return text
+
+
+def backend_of(tokenizer: Any) -> Any | None:
+    """The `tokenizers.Tokenizer` inside a transformers fast tokenizer or our FastTokenizer."""
+    return getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
