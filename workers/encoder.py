@@ -135,7 +135,8 @@ class SentenceTransformerEncoder:
         self.max_tokens = int(self._model.max_seq_length or 512)
         self.batch_size = settings.batch_size
         self.batch_tokens = settings.batch_tokens or (65536 if self.device.startswith("cuda") else 4096)
-        self._cutter = WindowCutter(backend_of(self._model.tokenizer), self.max_tokens)
+        self._cutter = WindowCutter(backend_of(self._model.tokenizer), self.max_tokens,
+                                    getattr(self._model.tokenizer, "truncation_side", "right"))
         log.info(
             "loaded %s on %s in %s in %.1f s (dim %d, window %d tokens, %d threads, "
             "batches of <= %d texts / %d tokens)",

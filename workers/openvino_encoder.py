@@ -220,12 +220,15 @@ class FastTokenizer:
         # Padding to the batch's longest, set once; the window is set when it changes (once per
         # model), not per batch: encode_batch may run on two threads.
         self._tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
+        # transformers' side to cut a text past the window: most models keep the head.
+        self.truncation_side = str(config.get("truncation_side") or "right")
         self._window: tuple[int, str] | None = None
 
     def __call__(self, texts: list[str], padding: bool = True, truncation: str = "longest_first",
                  max_length: int = 512, return_tensors: str = "np") -> dict[str, np.ndarray]:
         if self._window != (max_length, truncation):
-            self._tokenizer.enable_truncation(max_length=max_length, strategy=truncation)
+            self._tokenizer.enable_truncation(max_length=max_length, strategy=truncation,
+                                              direction=self.truncation_side)
             self._window = (max_length, truncation)
         encodings = self._tokenizer.encode_batch(texts)
         return {
@@ -262,7 +265,8 @@ class CompiledSentenceModel:
 
         self.tokenizer = load_tokenizer(entry / TOKENIZER_DIR)
         self.max_tokens = int(meta["max_tokens"])
-        self.cutter = WindowCutter(backend_of(self.tokenizer), self.max_tokens)
+        self.cutter = WindowCutter(backend_of(self.tokenizer), self.max_tokens,
+                                   getattr(self.tokenizer, "truncation_side", "right"))
         self.inputs: list[str] = list(meta["inputs"])
         core = ov.Core()
         config: dict[str, Any] = {

@@ -39,22 +39,32 @@ def _types(component: dict[str, Any] | None, key: str) -> list[str]:
 
 
 def cuts_exactly(backend: Any) -> bool:
-    """Whether a `tokenizers.Tokenizer` splits at spaces and normalises per character."""
+    """Whether a `tokenizers.Tokenizer` splits at spaces and normalises per character, with
+    no added token that reaches across a space (one holding whitespace, or one that strips
+    the spaces beside it)."""
     config = json.loads(backend.to_str())
     splits = _types(config.get("pre_tokenizer"), "pretokenizers")
     normalizers = _types(config.get("normalizer"), "normalizers")
-    return bool(splits) and all(t in SPLIT_AT_SPACES for t in splits) and all(t in PER_CHARACTER for t in normalizers)
+    if not splits or not all(t in SPLIT_AT_SPACES for t in splits) or not all(t in PER_CHARACTER for t in normalizers):
+        return False
+    # Metaspace splits at ASCII spaces only, so a tab or newline before the cut belongs to
+    # the last word, and Strip would take it off the prefix alone.
+    if "Metaspace" in splits and "Strip" in normalizers:
+        return False
+    return not any(token.get("lstrip") or token.get("rstrip") or any(c.isspace() for c in token.get("content", ""))
+                   for token in config.get("added_tokens") or [])
 
 
 class WindowCutter:
-    """Cuts texts longer than the window could use; `None` backend or one that does not cut
-    exactly: every text is left whole."""
+    """Cuts texts longer than the window could use. Every text is left whole for a `None`
+    backend, one that does not cut exactly, or a tokenizer that truncates on the left (it
+    keeps the text's end)."""
 
-    def __init__(self, backend: Any | None, window: int) -> None:
+    def __init__(self, backend: Any | None, window: int, truncation_side: str = "right") -> None:
         self.window = window
         self.min_chars = window * CHARS_PER_WINDOW_TOKEN
         self._counter = None
-        if backend is not None and cuts_exactly(backend):
+        if backend is not None and truncation_side == "right" and cuts_exactly(backend):
             from tokenizers import Tokenizer
 
             # A copy: counting must see every token (no truncation, no padding), and the
@@ -69,17 +79,19 @@ class WindowCutter:
         return [self.prefix(text) if len(text) >= self.min_chars else text for text in texts]
 
     def prefix(self, text: str) -> str:
-        """The shortest prefix cut at a space (doubling from min_chars) whose tokens fill the
-        window; the text itself when none does."""
+        """A prefix cut at a space whose tokens fill the window, from min_chars on; the text
+        itself when none does. A prefix short of the window grows by what its own tokens per
+        character say it needs (at least double), and the search stops before counting more
+        than half the text: a text of spaces, with almost no tokens, costs one short count
+        before it is tokenized whole, not a count of every doubling."""
         assert self._counter is not None
         length = self.min_chars
-        while length < len(text):
+        while length <= len(text) // 2:
             space = text.rfind(" ", 0, length)
-            if space > 0:
-                head = text[:space]
-                if len(self._counter.encode(head, add_special_tokens=False).ids) >= self.window:
-                    return head
-            length *= 2
+            tokens = len(self._counter.encode(text[:space], add_special_tokens=False).ids) if space > 0 else 0
+            if tokens >= self.window:
+                return text[:space]
+            length = max(2 * length, length * 3 * self.window // (2 * max(tokens, 1)))
         return text
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import BPE, WordLevel
 
 from embedfleet.config.settings import Settings
 from embedfleet.workers.encoder import SentenceTransformerEncoder, model_path
-from embedfleet.workers.window import CHARS_PER_WINDOW_TOKEN, WindowCutter, cuts_exactly
+from embedfleet.workers.window import CHARS_PER_WINDOW_TOKEN, WindowCutter, backend_of, cuts_exactly
 
 WINDOW = 256
 
@@ -96,9 +97,65 @@ def test_only_tokenizers_that_split_at_spaces_are_cut(tokenizer: Tokenizer) -> N
     sequence.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
     sequence.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     assert [cuts_exactly(t) for t in (byte_level, no_split, replacing, sequence)] == [False, False, False, True]
+    # Found by a red team: tokens that reach across the cut's space, and Strip under a
+    # Metaspace (which splits at ASCII spaces only, so a newline before the cut would go).
+    across_space = Tokenizer.from_str(tokenizer.to_str())
+    across_space.add_tokens(["a" * 40 + " b"])
+    strips_beside = Tokenizer(WordLevel({"a": 0, "<mask>": 1}, unk_token="a"))
+    strips_beside.pre_tokenizer = pre_tokenizers.Metaspace()
+    strips_beside.add_special_tokens([AddedToken("<mask>", lstrip=True)])
+    stripped = Tokenizer(WordLevel({"a": 0}, unk_token="a"))
+    stripped.pre_tokenizer = pre_tokenizers.Metaspace()
+    stripped.normalizer = normalizers.Strip()
+    assert [cuts_exactly(t) for t in (across_space, strips_beside, stripped)] == [False, False, False]
     long_text = "word " * (WINDOW * CHARS_PER_WINDOW_TOKEN)
     assert WindowCutter(byte_level, WINDOW).cut([long_text]) == [long_text]
     assert WindowCutter(None, WINDOW).cut([long_text]) == [long_text]
+
+
+def test_a_text_of_spaces_is_counted_once_then_left_whole(tokenizer: Tokenizer) -> None:
+    """No prefix of a text that is almost all spaces fills the window: the cutter must give
+    up after one short count, not count every doubling before the whole text is tokenized."""
+    counts: list[int] = []
+    cutter = WindowCutter(tokenizer, WINDOW)
+    real = cutter._counter
+    assert real is not None
+
+    class Counting:
+        def encode(self, text: str, add_special_tokens: bool = True):  # type: ignore[no-untyped-def]
+            counts.append(len(text))
+            return real.encode(text, add_special_tokens=add_special_tokens)
+
+    cutter._counter = Counting()
+    spaces = "a" + " " * 2_000_000 + " tail words here"
+    assert cutter.cut([spaces]) == [spaces]
+    assert sum(counts) <= WINDOW * CHARS_PER_WINDOW_TOKEN, counts
+
+
+def test_a_tokenizer_that_keeps_the_end_is_not_cut(tmp_path: Path) -> None:
+    """A model whose tokenizer truncates on the left reads a long text's end: the cutter
+    leaves its texts whole, and both backends' tokenizers keep the end as transformers does."""
+    from transformers import AutoTokenizer
+
+    from embedfleet.workers.openvino_encoder import FastTokenizer
+
+    source = Path(model_path("all-MiniLM-L6-v2"))
+    left = tmp_path / "left"
+    left.mkdir()
+    for item in source.iterdir():
+        (left / item.name).symlink_to(item)
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    (left / "tokenizer_config.json").unlink()
+    (left / "tokenizer_config.json").write_text(json.dumps({**config, "truncation_side": "left"}))
+    long_text = " ".join(["alpha", "beta", "gamma"] * 3000) + " " + " ".join(["search", "vector"] * 300)
+    transformers_ids = AutoTokenizer.from_pretrained(str(left))([long_text], truncation=True, max_length=WINDOW)
+    ours = FastTokenizer(left)
+    assert ours.truncation_side == "left"
+    assert WindowCutter(backend_of(ours), WINDOW, ours.truncation_side).cut([long_text]) == [long_text]
+    got = ours([long_text], max_length=WINDOW)["input_ids"][0].tolist()
+    assert got == transformers_ids["input_ids"][0]
+    encoder = SentenceTransformerEncoder(Settings(model=str(left), precision="fp32", device="cpu"))
+    assert encoder._cutter.cut([long_text]) == [long_text]
 
 
 def test_the_encoder_embeds_a_huge_text_as_its_window() -> None:
