@@ -8,6 +8,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# A chunk's record ids, hashes or repeats go to the database as one statement's bound
+# parameters: SQLite's stock limit is 32,766 and PostgreSQL's 65,535, so a chunk stays
+# well below both.
+MAX_CHUNK_SIZE = 16_384
 
 
 class Settings(BaseSettings):
@@ -133,8 +137,10 @@ class Settings(BaseSettings):
     # A chunk closes at this many records or this many estimated tokens, whichever first.
     chunk_size: int = Field(
         default=256,
+        ge=1,
+        le=MAX_CHUNK_SIZE,
         description=(
-            "Most records per chunk (producer). `--chunk-size` overrides it."
+            f"Most records per chunk (producer), at most {MAX_CHUNK_SIZE:,}. `--chunk-size` overrides it."
         ),
     )
     chunk_token_budget: int = Field(

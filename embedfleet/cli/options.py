@@ -17,7 +17,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from ..config.settings import Settings, set_settings
+from ..config.settings import MAX_CHUNK_SIZE, Settings, set_settings
 from ..producers.readers import Corpus, Source, SqlSource
 from ..producers.records import FieldSpec
 from ..producers.submit import JobRequest, Submission
@@ -32,7 +32,7 @@ BROKER_OPTION = click.option(
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
 STRICT_OPTION = click.option(
     "--strict", is_flag=True, help="Exit 3 when the job finished with dead letters (records not embedded).")
-CHUNK_SIZE_OPTION = click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+CHUNK_SIZE_OPTION = click.option("--chunk-size", type=click.IntRange(min=1, max=MAX_CHUNK_SIZE), default=None,
                                  envvar="EMBEDFLEET_CHUNK_SIZE", show_envvar=True,
                                  help="Most records per chunk [default: 256].")
 BATCH_SIZE_OPTION = click.option("--batch-size", type=click.IntRange(min=1), default=None,

@@ -49,6 +49,8 @@ def test_explicit_arguments_win_over_the_environment(monkeypatch: pytest.MonkeyP
     ("EMBEDFLEET_DEVICE", "gpu"),
     ("EMBEDFLEET_PRECISION", "fp8"),
     ("EMBEDFLEET_CHUNK_SIZE", "lots"),
+    ("EMBEDFLEET_CHUNK_SIZE", "0"),
+    ("EMBEDFLEET_CHUNK_SIZE", "16385"),  # past MAX_CHUNK_SIZE: a chunk's ids must bind in one statement
     ("EMBEDFLEET_HEARTBEAT_SECONDS", "soon"),
     ("EMBEDFLEET_VISIBILITY_TIMEOUT", "1.5"),
 ])
