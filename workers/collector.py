@@ -44,7 +44,7 @@ SOURCE_NOT_STORED = "SourceNotStored"
 # 65,000 rows of the version), the collector has PostgreSQL analyze the vectors table, so a
 # version new to it (a first load, a migration beside millions of older rows) becomes
 # visible to the planner before autovacuum gets to it. ANALYZE samples 30,000 rows: 0.4 s
-# at 100,000 rows, taken three times a job.
+# at 100,000 rows, at most three times a job and only in jobs of five chunks or more.
 ANALYZE_AFTER_SEQS = frozenset({4, 32, 256})
 
 
