@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config.settings import DEFAULT_MODEL, Settings
 from ..config.tokens import estimate_tokens
-from .window import WindowCutter, backend_of
+from .window import WindowCutter
 
 # Weights come from disk (the packaged model or a directory), never from a hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,8 +135,7 @@ class SentenceTransformerEncoder:
         self.max_tokens = int(self._model.max_seq_length or 512)
         self.batch_size = settings.batch_size
         self.batch_tokens = settings.batch_tokens or (65536 if self.device.startswith("cuda") else 4096)
-        self._cutter = WindowCutter(backend_of(self._model.tokenizer), self.max_tokens,
-                                    getattr(self._model.tokenizer, "truncation_side", "right"))
+        self._cutter = WindowCutter.for_tokenizer(self._model.tokenizer, self.max_tokens)
         log.info(
             "loaded %s on %s in %s in %.1f s (dim %d, window %d tokens, %d threads, "
             "batches of <= %d texts / %d tokens)",

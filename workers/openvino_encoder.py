@@ -39,7 +39,7 @@ import numpy as np
 from ..config.settings import Settings
 from ..config.tokens import estimate_tokens
 from .encoder import model_path, normalise, silence_progress_bars, token_batches
-from .window import WindowCutter, backend_of
+from .window import WindowCutter
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,7 @@ class CompiledSentenceModel:
 
         self.tokenizer = load_tokenizer(entry / TOKENIZER_DIR)
         self.max_tokens = int(meta["max_tokens"])
-        self.cutter = WindowCutter(backend_of(self.tokenizer), self.max_tokens,
-                                   getattr(self.tokenizer, "truncation_side", "right"))
+        self.cutter = WindowCutter.for_tokenizer(self.tokenizer, self.max_tokens)
         self.inputs: list[str] = list(meta["inputs"])
         core = ov.Core()
         config: dict[str, Any] = {

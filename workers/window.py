@@ -73,6 +73,13 @@ class WindowCutter:
             self._counter.no_truncation()
             self._counter.no_padding()
 
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, window: int) -> WindowCutter:
+        """The cutter for an encoder's tokenizer: a transformers fast tokenizer or our
+        FastTokenizer (the `tokenizers.Tokenizer` inside either, and its truncation side)."""
+        backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+        return cls(backend, window, str(getattr(tokenizer, "truncation_side", "right")))
+
     def cut(self, texts: Sequence[str]) -> Sequence[str]:
         if self._counter is None or all(len(text) < self.min_chars for text in texts):
             return texts
@@ -94,7 +101,3 @@ class WindowCutter:
             length = max(2 * length, length * 3 * self.window // (2 * max(tokens, 1)))
         return text
 
-
-def backend_of(tokenizer: Any) -> Any | None:
-    """The `tokenizers.Tokenizer` inside a transformers fast tokenizer or our FastTokenizer."""
-    return getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)

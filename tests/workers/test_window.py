@@ -13,7 +13,7 @@ from tokenizers.models import BPE, WordLevel
 
 from embedfleet.config.settings import Settings
 from embedfleet.workers.encoder import SentenceTransformerEncoder, model_path
-from embedfleet.workers.window import CHARS_PER_WINDOW_TOKEN, WindowCutter, backend_of, cuts_exactly
+from embedfleet.workers.window import CHARS_PER_WINDOW_TOKEN, WindowCutter, cuts_exactly
 
 WINDOW = 256
 
@@ -151,7 +151,7 @@ def test_a_tokenizer_that_keeps_the_end_is_not_cut(tmp_path: Path) -> None:
     transformers_ids = AutoTokenizer.from_pretrained(str(left))([long_text], truncation=True, max_length=WINDOW)
     ours = FastTokenizer(left)
     assert ours.truncation_side == "left"
-    assert WindowCutter(backend_of(ours), WINDOW, ours.truncation_side).cut([long_text]) == [long_text]
+    assert WindowCutter.for_tokenizer(ours, WINDOW).cut([long_text]) == [long_text]
     got = ours([long_text], max_length=WINDOW)["input_ids"][0].tolist()
     assert got == transformers_ids["input_ids"][0]
     encoder = SentenceTransformerEncoder(Settings(model=str(left), precision="fp32", device="cpu"))
@@ -159,12 +159,20 @@ def test_a_tokenizer_that_keeps_the_end_is_not_cut(tmp_path: Path) -> None:
 
 
 def test_the_encoder_embeds_a_huge_text_as_its_window() -> None:
-    """The torch encoder cuts: a 2 MB text's vector is its first window's, bit for bit the
-    vector of the text cut by hand well past the window."""
+    """The torch encoder hands sentence-transformers the cut text, not the 2 MB one, and
+    its vector is bit for bit the vector of the text cut by hand well past the window."""
     encoder = SentenceTransformerEncoder(Settings(precision="fp32", device="cpu"))
     rng = random.Random(3)
     huge = " ".join(rng.choice(["search", "vector", "índex", "fleet", "日本"]) for _ in range(400_000))
     by_hand = huge[:20_000]
+    model_encode = encoder._model.encode
+    reached: list[int] = []
+
+    def spy(texts, **kwargs):  # type: ignore[no-untyped-def]  # the real model, watched
+        reached.extend(len(t) for t in texts)
+        return model_encode(texts, **kwargs)
+
+    encoder._model.encode = spy
     vectors = encoder.encode_batch([huge, by_hand, "short"])
     np.testing.assert_array_equal(vectors[0], vectors[1])
-    assert encoder._cutter.cut([huge])[0] != huge  # the cut is what made it cheap
+    assert max(reached) <= len(by_hand), reached  # without the cut, 2 MB reach the tokenizer
