@@ -199,6 +199,18 @@ class Settings(BaseSettings):
             "The same cap for a half born of such a split, so isolating one record of 256 takes about 21 crashes."
         ),
     )
+    # A worker that consumes the collect queue stores the chunk it has just encoded itself
+    # (workers/in_place.py): the collect message, its trip through the broker and the
+    # worker's pool and its task events were most of a no-op fleet's CPU (1.7x measured).
+    collect_in_place: bool = Field(
+        default=True,
+        description=(
+            "A worker that also consumes the `collect` queue stores each chunk it encodes itself, in the collector's "
+            "transaction, instead of sending its vectors to that queue; whenever that store fails, the vectors go to "
+            "the queue as before. Flower then shows the chunk's encode task only, its result saying what was stored. "
+            "False: every chunk's vectors go through the `collect` queue."
+        ),
+    )
     # A chunk's encode may run for chunk_time_limit + chunk_time_per_record x its records
     # (256 records: 436 s) before Celery kills its process as hung (a record that deadlocks
     # native code, say). A timed-out chunk is halved at once, down to the one record that

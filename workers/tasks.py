@@ -35,6 +35,7 @@ from .deliveries import (
     repeat_wait_retries,
     split_chunk,
 )
+from .in_place import collects_here
 from .isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
 from .resident import get_encoder
 
@@ -125,7 +126,9 @@ def _send_vectors(vectors: ChunkVectors) -> None:
 
 @app.task(name=ENCODE_TASK, bind=True, base=ChunkTask)
 def encode_chunk(self: Task, chunk: dict[str, Any]) -> str:
-    """Encodes the chunk and sends its vectors; returns what Flower's Result column shows."""
+    """Encodes the chunk and stores its vectors (workers/in_place.py) or sends them to the
+    collect queue; returns what Flower's Result column shows."""
+    began = time.monotonic()
     texts = ChunkTexts.from_wire(chunk)
     settings = get_settings()
     deliveries = start_delivery(_engine(), texts.job_id, texts.seq, holder=heartbeat.INCARNATION)
@@ -180,7 +183,7 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> str:
                    f.error_type, f.message)
         for f in outcome.failures
     ]
-    _send_vectors(ChunkVectors(
+    vectors = ChunkVectors(
         **base,
         ids=[texts.ids[i] for i in ok],
         positions=[texts.positions[i] for i in ok],
@@ -191,14 +194,46 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> str:
         splits=outcome.splits,
         texts=[texts.texts[i] for i in ok] if texts.store_text else None,
         metadata=None if texts.metadata is None else [texts.metadata[i] for i in ok],
-    ))
+    )
+    # The hard limit this delivery runs under (None where the pool has none: the embedded run).
+    time_limit = (self.request.timelimit or (None, None))[0]
+    crashes = deliveries - 1 - self.request.retries
+    stored = None
+    if collects_here(settings.collect_in_place, self.app.amqp.queues.consume_from, crashes, time.monotonic() - began,
+                     time_limit):
+        stored = _store_here(vectors)
+    else:
+        _send_vectors(vectors)
     # One structured line per chunk: what the operator greps for.
     log.info(
-        "encoded job=%s chunk=%d records=%d dead=%d splits=%d seconds=%.3f device=%s delivery=%d",
+        "encoded job=%s chunk=%d records=%d dead=%d splits=%d seconds=%.3f device=%s delivery=%d collected=%s",
         texts.job_id, texts.seq, len(ok), len(dead), outcome.splits, seconds, encoder.device, deliveries,
+        "here" if stored else "queue",
     )
     # Flower's Result column: a chunk with poison records is not a clean success.
-    return f"encoded {len(ok)}, dead {len(dead)}"
+    return f"encoded {len(ok)}, {stored}" if stored else f"encoded {len(ok)}, dead {len(dead)}"
+
+
+def _store_here(vectors: ChunkVectors) -> str | None:
+    """Store the chunk's vectors in this process, as collect_chunk would; returns what the
+    collect task's Result column would say, or None when the vectors went to the collect
+    queue instead. Any failure sends them there, where the collect task's retries, its
+    waits for a repeat's first record and its crash cap apply; a failure here counts as one
+    of that chunk's collects, so its cap is reached one crash early at worst."""
+    engine = _engine()
+    try:
+        if start_collect(engine, vectors.job_id, vectors.seq) is None:
+            return "not stored: chunk not open"
+        stored = store_chunk(engine, vectors, last_attempt=False, on_job_done=send_index_build)
+    # The store's transaction rolled back (or it committed and the job's finish check after it
+    # failed: the collect task then finds the chunk done, and the next status poll finishes the job).
+    except Exception as exc:
+        level = logging.INFO if isinstance(exc, SourceNotStored) else logging.WARNING
+        log.log(level, "job=%s chunk=%d: not stored here (%s); its vectors go to the collect queue",
+                vectors.job_id, vectors.seq, safe_error(exc))
+        _send_vectors(vectors)
+        return None
+    return _stored_result(vectors, stored)
 
 
 @app.task(name=COLLECT_TASK, bind=True, base=ChunkTask)
@@ -233,11 +268,16 @@ def collect_chunk(self: Task, chunk: dict[str, Any]) -> str:
         raise self.retry(exc=exc, countdown=repeat_backoff(self.request.retries), max_retries=repeat_retries) from exc
     except Exception as exc:  # what Flower and the worker's log show: no record text, no SQL parameters
         raise redacted(exc, keep=self.autoretry_for) from None
+    return _stored_result(vectors, stored)
+
+
+def _stored_result(vectors: ChunkVectors, stored: int | None) -> str:
+    """After store_chunk: the dead-letter notice, and what Flower's Result column shows."""
     if stored is None:
         log.info("job=%s chunk=%d not stored: its job was cancelled", vectors.job_id, vectors.seq)
         return "not stored: job cancelled"
     # Every record of the chunk ends stored or dead-lettered (by the worker or, for repeats,
-    # here), so the rest of the chunk is what the notice counts.
+    # the collector), so the rest of the chunk is what the notice counts.
     dead = len(vectors.ids) + len(vectors.aliases) + len(vectors.dead) - stored
     if dead:
         notify_dead_letters(vectors.job_id, vectors.seq, dead, ",".join(sorted({d.error_type for d in vectors.dead})))

@@ -76,8 +76,9 @@ def test_two_workers_store_every_record_once(db_url: str, make_fleet, small_corp
     records = read_records(small_corpus)
     assert read_ids(tmp_path / "fleet.ids.jsonl") == [r["id"] for r in records]
     assert_matches_reference(reference_model, [commit_text(r) for r in records], np.load(out))
-    # Both processes took chunks: the work was shared, not done by one.
+    # Both processes took chunks: the work was shared, not done by one. Each stored what it encoded.
     assert "encoded job=" in fleet.log("w1") and "encoded job=" in fleet.log("w2")
+    assert "collected=queue" not in fleet.log("w1") + fleet.log("w2")
     # What a person reads: progress lines naming the job, the summary once, a worker log with
     # the time on every line, routine events at INFO and no third-party bar.
     assert f"job {job_id[:8]} running: " in result.stderr
@@ -88,6 +89,36 @@ def test_two_workers_store_every_record_once(db_url: str, make_fleet, small_corp
     assert re.search(r"INFO/ForkPoolWorker-\d+\] embedfleet\.workers\.(openvino_)?encoder: loaded .* in [\d.]+ s", log), log
     assert "Loading weights" not in log and "it/s]" not in log
     assert not re.search(r"(WARNING|ERROR|CRITICAL)/", log), log
+
+
+def test_an_encode_only_worker_leaves_storing_to_a_collector_node(sqlite_url: str, make_fleet, small_corpus: Path,
+                                                                 tmp_path: Path, reference_model) -> None:
+    """A worker started with -Q embed (a GPU node beside collector nodes) does not store the chunks it encodes: their
+    vectors wait on the collect queue until a collector node (-Q collect) stores them, every record once, right.
+    (The default worker, consuming every queue, stores its own: test_two_workers_store_every_record_once.)"""
+    fleet = make_fleet(sqlite_url, EMBEDFLEET_TORCH_THREADS="1")
+    fleet.start_worker("enc", "-Q", "embed,dead_letter")
+    fleet.wait_ready(["enc"])
+    job_id = fleet.cli("submit", str(small_corpus), "--collection", "split", "--fields", ",".join(COMMIT_FIELDS),
+                       "--chunk-size", "8").stdout.split()[0]
+    engine = get_engine(sqlite_url)
+    deadline = time.monotonic() + 180
+    while queued_messages(fleet.broker_url, ("collect",)) < 19:  # every chunk encoded, its vectors waiting
+        assert time.monotonic() < deadline, (queued_messages(fleet.broker_url, ("collect",)), fleet.tail("enc"))
+        time.sleep(0.3)
+    assert job_stats(engine, job_id).stored == 0
+    assert "collected=queue" in fleet.log("enc") and "collected=here" not in fleet.log("enc")
+
+    fleet.start_worker("col", "-Q", "collect")
+    while job_stats(engine, job_id).state != "done":
+        assert time.monotonic() < deadline + 120, job_stats(engine, job_id)
+        time.sleep(0.3)
+    assert job_stats(engine, job_id).stored == 150
+    out = tmp_path / "split.npy"
+    fleet.cli("export", "--collection", "split", "--out", str(out))
+    records = read_records(small_corpus)
+    assert read_ids(tmp_path / "split.ids.jsonl") == [r["id"] for r in records]
+    assert_matches_reference(reference_model, [commit_text(r) for r in records], np.load(out))
 
 
 @BOTH_BROKERS

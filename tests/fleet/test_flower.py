@@ -101,8 +101,9 @@ def assert_no_texts(tasks: dict[str, dict], records: list[dict]) -> None:
 
 
 def test_flower_lists_the_jobs_chunk_tasks_as_succeeded(sqlite_url: str, make_fleet, tmp_path: Path) -> None:
-    """Flower shows every encode and collect task of the job as SUCCESS, labelled by job and chunk, never
-    with the texts; its API refuses requests without credentials; /metrics serves flower_ metrics."""
+    """Flower shows every encode task of the job as SUCCESS, labelled by job and chunk, never with the texts, its
+    result saying what was stored (the default worker stores the chunks it encodes: no collect task); its API
+    refuses requests without credentials; /metrics serves flower_ metrics."""
     corpus = small_corpus16(tmp_path)
     records = read_records(corpus)
     auth = ("ops", f"pw-{uuid.uuid4().hex[:12]}")
@@ -118,21 +119,19 @@ def test_flower_lists_the_jobs_chunk_tasks_as_succeeded(sqlite_url: str, make_fl
     def all_succeeded() -> dict | None:
         tasks = job_tasks(base, auth, job_id)
         done = Counter(t["name"] for t in tasks.values() if t["state"] == "SUCCESS")
-        return tasks if done[ENCODE] == 4 and done[COLLECT] == 4 else None
+        return tasks if done[ENCODE] == 4 else None
 
-    tasks = poll(fleet, "flower", all_succeeded, 60, "the job's 4 + 4 tasks never all showed as SUCCESS")
+    tasks = poll(fleet, "flower", all_succeeded, 60, "the job's 4 tasks never all showed as SUCCESS")
     by_state = Counter(f"{t['name']} {t['state']}" for t in tasks.values())
     print(f"\nFlower /api/tasks for job {job_id}: {json.dumps(dict(sorted(by_state.items())))}")
-    assert by_state == {f"{ENCODE} SUCCESS": 4, f"{COLLECT} SUCCESS": 4}
+    assert by_state == {f"{ENCODE} SUCCESS": 4}
 
     # What Flower shows of a task is its label: chunk, collection and job first, never the texts.
     label = re.compile(rf"chunk (\d+) flowerjob job {job_id[:8]}, ")
-    for name in (ENCODE, COLLECT):
-        chunks = sorted(int(label.match(t["kwargs"])[1]) for t in tasks.values() if t["name"] == name)
-        assert chunks == [0, 1, 2, 3], (name, chunks)
+    chunks = sorted(int(label.match(t["kwargs"])[1]) for t in tasks.values())
+    assert chunks == [0, 1, 2, 3], chunks
     # The result column says what each chunk came to.
-    assert {t["result"] for t in tasks.values() if t["name"] == COLLECT} == {"'stored 4, dead 0'"}
-    assert {t["result"] for t in tasks.values() if t["name"] == ENCODE} == {"'encoded 4, dead 0'"}
+    assert {t["result"] for t in tasks.values()} == {"'encoded 4, stored 4, dead 0'"}
     assert_no_texts(tasks, records)
     assert all(t["args"] == "()" for t in tasks.values())
     assert {t["worker"].split("@")[0] for t in tasks.values()} == {"w1"}
@@ -147,16 +146,19 @@ def test_flower_lists_the_jobs_chunk_tasks_as_succeeded(sqlite_url: str, make_fl
     assert status == 200
     assert "# TYPE flower_events_total counter" in metrics
     assert f'flower_events_total{{task="{ENCODE}",type="task-succeeded",worker="w1@' in metrics
-    assert f'flower_task_runtime_seconds_count{{task="{COLLECT}",worker="w1@' in metrics
+    assert f'flower_task_runtime_seconds_count{{task="{ENCODE}",worker="w1@' in metrics
 
 
 def test_retried_chunk_tasks_still_show_only_their_label(sqlite_url: str, make_fleet, tmp_path: Path) -> None:
-    """A chunk retried after a transient error is shown by its label on every delivery, never its texts."""
+    """A chunk retried after a transient error is shown by its label on every delivery, never its texts; so is
+    each collect task (collect_in_place off, so that every chunk has one: its message carries the texts when
+    they are stored)."""
     corpus = small_corpus16(tmp_path)
     state = tmp_path / "state"
     state.mkdir()
     auth = ("ops", f"pw-{uuid.uuid4().hex[:12]}")
-    fleet = make_fleet(sqlite_url, EMBEDFLEET_TORCH_THREADS="1", EMBEDFLEET_TEST_STATE_DIR=str(state))
+    fleet = make_fleet(sqlite_url, EMBEDFLEET_TORCH_THREADS="1", EMBEDFLEET_TEST_STATE_DIR=str(state),
+                       EMBEDFLEET_COLLECT_IN_PLACE="false")
     fleet.start_worker("w1", EMBEDFLEET_ENCODER="tests.workers.fault_encoders:FlakyEncoder")
     base = start_flower(fleet, free_port(), auth)
 
@@ -181,8 +183,8 @@ def test_retried_chunk_tasks_still_show_only_their_label(sqlite_url: str, make_f
 
 
 def test_poison_records_show_as_a_failed_dead_letter_notice(sqlite_url: str, make_fleet, tmp_path: Path) -> None:
-    """A chunk whose records end as dead letters is not a clean success in Flower: its collect result
-    says `dead 1`, and its dead_letter notice is a FAILURE row labelled by chunk and job. The chunk
+    """A chunk whose records end as dead letters is not a clean success in Flower: its result says
+    `dead 1`, and its dead_letter notice is a FAILURE row labelled by chunk and job. The chunk
     itself is done and nothing is retried. The tasks page shows the kwargs and result columns."""
     from tests.fleet.checks import FAULTS
     from tests.workers.fault_encoders import POISON_MARKER
@@ -206,7 +208,7 @@ def test_poison_records_show_as_a_failed_dead_letter_notice(sqlite_url: str, mak
     def settled() -> dict | None:
         tasks = job_tasks(base, auth, job_id)
         states = Counter(f"{t['name']} {t['state']}" for t in tasks.values())
-        return tasks if states[f"{COLLECT} SUCCESS"] == 2 and states["embed.dead_letter FAILURE"] == 1 else None
+        return tasks if states[f"{ENCODE} SUCCESS"] == 2 and states["embed.dead_letter FAILURE"] == 1 else None
 
     tasks = poll(fleet, "flower", settled, 60, "the poisoned chunk's notice never showed as FAILURE")
     print(f"\nFlower rows of job {job_id}: {[(t['name'], t['state'], t['kwargs'], t['result']) for t in tasks.values()]}")
@@ -214,10 +216,11 @@ def test_poison_records_show_as_a_failed_dead_letter_notice(sqlite_url: str, mak
     seq = int(re.match(rf"chunk (\d+) job {job_id[:8]}, 1 dead \(ValueError\)$", notice["kwargs"])[1])
     assert "1 records of chunk" in notice["exception"] and job_id in notice["exception"]
     assert notice["retries"] == 0
+    # The default worker stores the chunks it encodes: the encode task's result says what was stored.
     collected = {int(re.match(r"chunk (-?\d+) ", t["kwargs"])[1]): t["result"] for t in tasks.values()
-                 if t["name"] == COLLECT}
-    assert collected[seq] == "'stored 3, dead 1'", collected
-    assert sorted(collected.values()) == ["'stored 3, dead 1'", "'stored 4, dead 0'"]
+                 if t["name"] == ENCODE}
+    assert collected[seq] == "'encoded 3, stored 3, dead 1'", collected
+    assert sorted(collected.values()) == ["'encoded 3, stored 3, dead 1'", "'encoded 4, stored 4, dead 0'"]
     assert all(t["state"] == "SUCCESS" for t in tasks.values() if t["name"] in (ENCODE, COLLECT))
     # Expected, not a crash: one line in the worker's log, no traceback.
     assert "Traceback" not in fleet.log("w1")

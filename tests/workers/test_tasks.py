@@ -3,20 +3,22 @@ dead-letter notice, on a SQLite ledger with the model-free HashEncoder."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import msgpack
 import numpy as np
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from embedfleet.config.messages import ChunkTexts, ChunkVectors, DeadRecord
+from embedfleet.config.queues import EMBED_QUEUE
 from embedfleet.config.settings import Settings, set_settings
 from embedfleet.storage import codec
 from embedfleet.storage.engine import get_engine
 from embedfleet.storage.jobs import job_stats
 from embedfleet.storage.ledger import open_chunk_payloads
-from embedfleet.storage.schema import chunks
+from embedfleet.storage.schema import chunks, versions
 from embedfleet.storage.vectors import iter_ordered
 from embedfleet.workers import resident, tasks
 from tests.storage.helpers import one_chunk_job
@@ -48,7 +50,9 @@ def _texts(engine, job_id: str) -> ChunkTexts:
 
 
 def test_encode_then_collect_stores_the_chunk_and_finishes_the_job(ledger: str, sent: dict[str, list]) -> None:
-    """encode_chunk sends one vector per record, in the chunk's order; collect_chunk stores them and the job ends done."""
+    """encode_chunk sends one vector per record, in the chunk's order; collect_chunk stores them and the job ends done
+    (collect_in_place off: every chunk goes through the collect queue)."""
+    set_settings(Settings(database_url=ledger, encoder=HASH_ENCODER, collect_in_place=False))
     engine = get_engine(ledger)
     job_id, _ = one_chunk_job(engine, ["a", "b", "c"])
     tasks.encode_chunk(chunk=_texts(engine, job_id).to_wire())
@@ -72,6 +76,91 @@ def test_a_chunk_that_is_already_done_is_not_encoded_again(ledger: str, sent: di
         conn.execute(update(chunks).where(chunks.c.job_id == job_id).values(state="done"))
     tasks.encode_chunk(chunk=texts.to_wire())
     assert sent["vectors"] == []
+
+
+def _collects(engine, job_id: str) -> tuple[str, int | None]:
+    with engine.connect() as conn:
+        return tuple(conn.execute(select(chunks.c.state, chunks.c.collects).where(chunks.c.job_id == job_id)).one())
+
+
+def test_a_worker_that_consumes_the_collect_queue_stores_its_chunk_itself(ledger: str, sent: dict[str, list]) -> None:
+    """By default the encode task stores the chunk it encoded (one collect, counted in the ledger), sends nothing to
+    the collect queue, and its result says what was stored; the job ends done."""
+    engine = get_engine(ledger)
+    job_id, _ = one_chunk_job(engine, ["a", "b", "c"])
+    assert tasks.encode_chunk(chunk=_texts(engine, job_id).to_wire()) == "encoded 3, stored 3, dead 0"
+    assert sent["vectors"] == [] and sent["notices"] == []
+    assert _collects(engine, job_id) == ("done", 1)
+    stats = job_stats(engine, job_id)
+    assert (stats.state, stats.stored, stats.dead) == ("done", 3, 0)
+    [(ids, _)] = list(iter_ordered(engine, stats.version_key))
+    assert ids == ["a", "b", "c"]
+
+
+def test_a_worker_left_out_of_the_collect_queue_sends_the_vectors(ledger: str, sent: dict[str, list],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker started with -Q embed (beside collector nodes) leaves storing to the collect queue."""
+    queues = tasks.app.amqp.queues
+    monkeypatch.setattr(queues, "_consume_from", None)  # restored after the test: select() below sets it
+    queues.select([EMBED_QUEUE])
+    engine = get_engine(ledger)
+    job_id, _ = one_chunk_job(engine, ["a", "b"])
+    assert tasks.encode_chunk(chunk=_texts(engine, job_id).to_wire()) == "encoded 2, dead 0"
+    [vectors] = sent["vectors"]
+    assert vectors.ids == ["a", "b"]
+    assert _collects(engine, job_id) == ("queued", None)
+
+
+def test_a_chunk_that_lost_a_process_is_collected_by_the_collect_task(ledger: str, sent: dict[str, list]) -> None:
+    """A redelivery after its process died (perhaps in the store here) sends the vectors to the collect queue, whose
+    task caps collects that kill their process."""
+    engine = get_engine(ledger)
+    job_id, _ = one_chunk_job(engine, ["a"])
+    with engine.begin() as conn:
+        conn.execute(update(chunks).where(chunks.c.job_id == job_id).values(deliveries=1, collects=1))
+    assert tasks.encode_chunk(chunk=_texts(engine, job_id).to_wire()) == "encoded 1, dead 0"
+    assert len(sent["vectors"]) == 1
+    assert _collects(engine, job_id) == ("queued", 1)
+
+
+def test_a_repeat_waiting_for_its_first_record_goes_to_the_collect_queue(ledger: str, sent: dict[str, list]) -> None:
+    """A repeated text whose first record is not stored yet cannot be stored here: nothing of the chunk is, and its
+    vectors go to the collect queue, whose task waits for the first record by retrying."""
+    engine = get_engine(ledger)
+    job_id, _ = one_chunk_job(engine, ["a"])
+    texts = dataclasses.replace(_texts(engine, job_id), aliases=[["b", 1, "h-elsewhere", "a text of another chunk"]])
+    assert tasks.encode_chunk(chunk=texts.to_wire()) == "encoded 1, dead 0"
+    [vectors] = sent["vectors"]
+    assert vectors.aliases == [["b", 1, "h-elsewhere", "a text of another chunk"]]
+    assert _collects(engine, job_id) == ("queued", 1)
+    assert job_stats(engine, job_id).stored == 0
+
+
+def test_a_store_here_that_fails_hands_the_vectors_to_the_collect_queue(ledger: str, sent: dict[str, list],
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Any failure of the store here (a version of another dimension, say) rolls back and sends the vectors to the
+    collect queue, where the collect task's rules decide (a retry, dead letters); a warning says why."""
+    engine = get_engine(ledger)
+    job_id, _ = one_chunk_job(engine, ["a", "b"])
+    with engine.begin() as conn:
+        conn.execute(update(versions).values(dim=4))
+    with caplog.at_level(logging.WARNING, logger=tasks.__name__):
+        assert tasks.encode_chunk(chunk=_texts(engine, job_id).to_wire()) == "encoded 2, dead 0"
+    assert len(sent["vectors"]) == 1
+    assert "not stored here" in caplog.text and "dimension 4" in caplog.text
+    assert job_stats(engine, job_id).stored == 0
+
+
+def test_a_chunk_stored_here_with_a_dead_record_sends_one_notice(ledger: str, sent: dict[str, list]) -> None:
+    """The store here writes the encoder's dead letters and sends the notice, as the collect task does."""
+    set_settings(Settings(database_url=ledger, encoder="tests.cli.encoders:HashPoison"))
+    engine = get_engine(ledger)
+    job_id, _ = one_chunk_job(engine, ["a", "b"], texts=["fine", "POISON-RECORD here"])
+    assert tasks.encode_chunk(chunk=_texts(engine, job_id).to_wire()) == "encoded 1, stored 1, dead 1"
+    assert sent["vectors"] == []
+    assert sent["notices"] == [(job_id, 0, 1, "ValueError")]
+    stats = job_stats(engine, job_id)
+    assert (stats.state, stats.stored, stats.dead) == ("done", 1, 1)
 
 
 def test_collecting_a_chunk_with_dead_records_sends_one_notice(ledger: str, sent: dict[str, list]) -> None:
