@@ -30,6 +30,7 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.sql.elements import ColumnElement
@@ -77,14 +78,14 @@ def retire(engine: Engine, incarnation: str) -> None:
 
 
 def hold(engine: Engine, incarnation: str, keys: list[tuple[str, int]]) -> None:
-    """Mark chunks (job_id, seq) as held by this node, as it receives them."""
+    """Mark chunks (job_id, seq) as held by this node, as it receives them. One statement, so
+    autocommit: one round trip per message the node receives, not BEGIN, UPDATE, COMMIT."""
     if not keys:
         return
-    with engine.begin() as conn:
-        for job_id, seq in keys:  # usually one: a node receives a chunk per free process
-            conn.execute(update(chunks).where(and_(chunks.c.job_id == job_id, chunks.c.seq == seq,
-                                                   chunks.c.state.in_(OPEN_CHUNK_STATES)))
-                         .values(holder=incarnation))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(update(chunks).where(and_(tuple_(chunks.c.job_id, chunks.c.seq).in_(keys),
+                                               chunks.c.state.in_(OPEN_CHUNK_STATES)))
+                     .values(holder=incarnation))
 
 
 @dataclass(frozen=True)

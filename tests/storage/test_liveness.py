@@ -52,6 +52,18 @@ def test_dead_holder_is_swept_once(engine) -> None:
         assert sorted(conn.execute(select(workers.c.incarnation)).scalars()) == ["alive"]
 
 
+def test_hold_marks_every_open_chunk_it_is_given_and_no_other(engine) -> None:
+    """Several chunks received at once are held in one statement; a done chunk, a chunk of another job and one not
+    named keep their holder."""
+    job_id, _ = live_job(engine, n_chunks=4)
+    other_job, _ = live_job(engine, n_chunks=1)
+    with engine.begin() as conn:
+        conn.execute(update(chunks).where(chunks.c.job_id == job_id, chunks.c.seq == 2).values(state="done"))
+    hold(engine, "node", [(job_id, 0), (job_id, 1), (job_id, 2), (other_job, 5)])
+    assert _holders(engine, job_id) == {0: "node", 1: "node", 2: None, 3: None}
+    assert _holders(engine, other_job) == {0: None}
+
+
 def test_no_judgement_without_a_witness(engine) -> None:
     """After an outage every node is stale and none has beaten unbroken for dead_after: nobody is judged."""
     job_id, _ = live_job(engine)
