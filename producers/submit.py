@@ -16,13 +16,11 @@ from ..config.sending import Sender
 from ..storage.collections import Version, get_version, open_collection
 from ..storage.errors import JobEnded
 from ..storage.ledger import (
-    CANCELLED,
     abandon_submission,
     add_chunk,
     check_collection_name,
     close_submission,
     create_job,
-    job_state,
     touch_submission,
 )
 from .chunking import chunk_records, is_truncated, sort_windows
@@ -141,11 +139,10 @@ def send_chunks(
         )
         if wait_for_room is not None:
             wait_for_room(job_id)
-        # One primary-key read per chunk: a job cancelled while it is being submitted stops
-        # growing (its open chunks are already cancelled; no new ones are added).
-        if job_state(engine, job_id) == CANCELLED:
+        # A job cancelled while it is being submitted stops growing: its open chunks are
+        # cancelled, and add_chunk adds no new one (in the same statement as the insert).
+        if not add_chunk(engine, job_id, seq, len(chunk), msgpack.packb(message.to_wire())):
             raise JobEnded(f"job {job_id} was cancelled while it was submitted: stopped after {seq} chunks")
-        add_chunk(engine, job_id, seq, len(chunk), msgpack.packb(message.to_wire()))
         try:
             send(message)
         except Exception as exc:

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, literal, select, update
 
 from .collections import cutover_conn, mark_ready
 from .errors import LedgerError, check_collection_name  # noqa: F401  (re-exported)
@@ -47,14 +47,28 @@ def create_job(
     return job_id
 
 
-def add_chunk(engine: Engine, job_id: str, seq: int, records: int, payload: bytes) -> None:
-    """Write the chunk's ledger row (with its message) before the message is sent."""
-    with engine.begin() as conn:
-        conn.execute(
-            insert(chunks).values(
-                job_id=job_id, seq=seq, state="queued", records=records, payload=payload, sent_at=time.time()
-            )
-        )
+def add_chunk(engine: Engine, job_id: str, seq: int, records: int, payload: bytes) -> bool:
+    """Write the chunk's ledger row (with its message) before the message is sent; False, and
+    no row, when the job was cancelled (its producer stops: a cancelled job does not grow).
+
+    One statement, so autocommit: INSERT ... SELECT from the job's row, which PostgreSQL
+    locks FOR SHARE until the insert commits. A cancel (storage/ledger.py: cancel_job, whose
+    UPDATE of the job row waits for that lock) then cancels this chunk with the others; a
+    separate read of the job's state could let a chunk in after the cancel's chunk UPDATE,
+    left queued in a cancelled job. SQLite has one writer at a time: the same holds there."""
+    row = (
+        select(jobs.c.id, literal(seq), literal("queued"), literal(records), literal(payload, chunks.c.payload.type),
+               literal(time.time()))
+        .where(and_(jobs.c.id == job_id, jobs.c.state != CANCELLED))
+        .with_for_update(read=True)
+    )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # RETURNING, not rowcount: psycopg's rowcount of an INSERT ... SELECT that added no row
+        # was not 0 (measured).
+        added = conn.execute(insert(chunks).from_select(
+            [chunks.c.job_id, chunks.c.seq, chunks.c.state, chunks.c.records, chunks.c.payload, chunks.c.sent_at],
+            row).returning(chunks.c.seq)).first()
+    return added is not None
 
 
 def close_submission(engine: Engine, job_id: str, chunks_total: int, truncated: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from embedfleet.storage.collections import open_collection
 from embedfleet.storage.engine import get_engine
@@ -125,6 +125,22 @@ def test_a_job_cancelled_while_submitting_stays_cancelled(sqlite_url: str) -> No
     cancel_job(engine, job_id)
     close_submission(engine, job_id, chunks_total=1, truncated=0)
     assert job_stats(engine, job_id).state == "cancelled"
+
+
+def test_a_cancelled_job_gets_no_new_chunk(db_url: str) -> None:
+    """add_chunk writes the row (payload and all) while the job is submitting, and nothing once it is cancelled:
+    the producer learns it from the same statement."""
+    engine = get_engine(db_url)
+    version = open_collection(engine, "c1", "m", {}, {})
+    job_id = create_job(engine, "c1", version.key, "m", "test", {}, records_read=4, skipped_invalid=0)
+    assert add_chunk(engine, job_id, 0, 2, b"\x00payload\xff") is True
+    assert open_chunk_payloads(engine, job_id) == [(0, b"\x00payload\xff")]
+    cancel_job(engine, job_id)
+    assert add_chunk(engine, job_id, 1, 2, b"more") is False
+    assert add_chunk(engine, "no-such-job", 0, 2, b"x") is False
+    with engine.connect() as conn:
+        rows = conn.execute(select(chunks.c.seq, chunks.c.state).where(chunks.c.job_id == job_id)).all()
+    assert [tuple(r) for r in rows] == [(0, "cancelled")]
 
 
 def test_a_stalled_job_has_no_eta(sqlite_url: str) -> None:
