@@ -22,14 +22,18 @@ _fixed_versions: dict[tuple[str, str], tuple[str, int, str]] = {}
 
 
 @contextmanager
-def bulk_write(engine: Engine) -> Iterator[Connection]:
-    """One transaction for a chunk's rows, its letters and its ledger mark."""
+def bulk_write(engine: Engine, lock_timeout: float | None = None) -> Iterator[Connection]:
+    """One transaction for a chunk's rows, its letters and its ledger mark. lock_timeout
+    (PostgreSQL): seconds any one statement may wait for a lock before it fails."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Safe to skip the WAL flush wait: the vectors and the chunk's "done" commit
             # together, so a crash loses both or neither, and a chunk lost that way is still
             # open in the ledger, where resume and the reconciler find it.
-            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+            settings = "SET LOCAL synchronous_commit = off"
+            if lock_timeout is not None:
+                settings += f"; SET LOCAL lock_timeout = {max(1, int(lock_timeout * 1000))}"
+            conn.exec_driver_sql(settings)
         yield conn
 
 

@@ -49,11 +49,12 @@ ANALYZE_AFTER_SEQS = frozenset({4, 32, 256})
 
 
 def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True,
-                on_job_done: Callable[[str], None] | None = None) -> int | None:
+                on_job_done: Callable[[str], None] | None = None, lock_timeout: float | None = None) -> int | None:
     """Upsert the chunk's vectors, write its dead letters and mark it done, in one transaction.
     Returns rows written, or None when its job was cancelled while it was encoded.
     `on_job_done(version_key)` is called when this chunk finished its job (the version's
-    bulk load is over: time for its search index).
+    bulk load is over: time for its search index). lock_timeout: seconds a statement may
+    wait for a lock (PostgreSQL) before the store fails, rolled back.
 
     The hot path of the collector, so every round trip to the database counts: only a chunk
     with a row the database refuses (ROW_ERRORS) pays for a second, isolating write.
@@ -72,13 +73,14 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True,
     ]
     try:
         try:
-            stored, kind = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=False)
+            stored, kind = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=False,
+                                        lock_timeout=lock_timeout)
         except ROW_ERRORS as exc:
             # One row the database refuses aborts the whole transaction: write the chunk again,
             # isolating the rows it refuses, as the encoder isolates poison records.
             log.warning("job=%s chunk=%d: the database refused a row (%s); isolating the rows it refuses",
                         chunk.job_id, chunk.seq, safe_error(exc))
-            stored, kind = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=True)
+            stored, kind = _write_chunk(engine, chunk, rows, now, last_attempt, isolate=True, lock_timeout=lock_timeout)
     except ChunkCancelled:
         return None
     if finish_if_complete(engine, chunk.job_id) and on_job_done is not None and kind != BYTEA:
@@ -92,10 +94,10 @@ def store_chunk(engine: Engine, chunk: ChunkVectors, last_attempt: bool = True,
 
 
 def _write_chunk(engine: Engine, chunk: ChunkVectors, encoded: list[Row], now: float, last_attempt: bool,
-                 isolate: bool) -> tuple[int, str]:
+                 isolate: bool, lock_timeout: float | None = None) -> tuple[int, str]:
     """store_chunk's transaction. With isolate, the rows the database refuses become
     StorageRejected dead letters (their texts from the ledger's copy of the message)."""
-    with bulk_write(engine) as conn:
+    with bulk_write(engine, lock_timeout) as conn:
         kind = check_version(conn, chunk.version_key, chunk.model, chunk.dim)
         alias_rows, alias_dead = _resolve_aliases(conn, chunk, {row[3]: row[5] for row in encoded}, now, last_attempt,
                                                   kind)

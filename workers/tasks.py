@@ -199,9 +199,12 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> str:
     time_limit = (self.request.timelimit or (None, None))[0]
     crashes = deliveries - 1 - self.request.retries
     stored = None
-    if collects_here(settings.collect_in_place, self.app.amqp.queues.consume_from, crashes, time.monotonic() - began,
-                     time_limit):
-        stored = _store_here(vectors)
+    elapsed = time.monotonic() - began
+    if collects_here(settings.collect_in_place, self.app.amqp.queues.consume_from, crashes, elapsed, time_limit):
+        # A statement of the store waits for a lock at most a quarter of the time left, so a
+        # store held up by the database (a lock held for minutes) fails and goes to the
+        # collect queue instead of being killed at the hard limit as a hung encode.
+        stored = _store_here(vectors, None if time_limit is None else (time_limit - elapsed) / 4)
     else:
         _send_vectors(vectors)
     # One structured line per chunk: what the operator greps for.
@@ -214,7 +217,7 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> str:
     return f"encoded {len(ok)}, {stored}" if stored else f"encoded {len(ok)}, dead {len(dead)}"
 
 
-def _store_here(vectors: ChunkVectors) -> str | None:
+def _store_here(vectors: ChunkVectors, lock_timeout: float | None = None) -> str | None:
     """Store the chunk's vectors in this process, as collect_chunk would; returns what the
     collect task's Result column would say, or None when the vectors went to the collect
     queue instead. Any failure sends them there, where the collect task's retries, its
@@ -224,7 +227,8 @@ def _store_here(vectors: ChunkVectors) -> str | None:
     try:
         if start_collect(engine, vectors.job_id, vectors.seq) is None:
             return "not stored: chunk not open"
-        stored = store_chunk(engine, vectors, last_attempt=False, on_job_done=send_index_build)
+        stored = store_chunk(engine, vectors, last_attempt=False, on_job_done=send_index_build,
+                             lock_timeout=lock_timeout)
     # The store's transaction rolled back (or it committed and the job's finish check after it
     # failed: the collect task then finds the chunk done, and the next status poll finishes the job).
     except Exception as exc:

@@ -198,3 +198,24 @@ def test_text_and_metadata_are_kept_beside_the_vector_and_repeats_keep_their_own
     plain_job = job_with_chunks(engine, {0: [3]})
     store_chunk(engine, chunk_vectors(plain_job, 0, [3]))
     assert stored_extras(engine, "c1", ["r3"]) == {"r3": (None, None)}
+
+
+def test_a_store_held_up_by_a_lock_fails_after_its_lock_timeout(pg_url: str) -> None:
+    """With lock_timeout (the encode task's store here), a store waiting on a lock another session holds fails in
+    about that time, rolled back, instead of waiting for the lock (and past the encode's hard time limit)."""
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    engine = get_engine(pg_url)
+    job_id, chunk = one_chunk_job(engine, ["a", "b"])
+    with engine.connect() as other:
+        other.execute(text("SELECT 1 FROM chunks WHERE job_id = :j FOR UPDATE"), {"j": job_id})  # held until rollback
+        began = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"):
+            store_chunk(engine, chunk, lock_timeout=0.5)
+        waited = time.monotonic() - began
+        other.rollback()
+    assert 0.4 < waited < 5, waited
+    assert job_stats(engine, job_id).stored == 0
+    assert store_chunk(engine, chunk, lock_timeout=0.5) == 2  # the lock gone, the same store goes through
