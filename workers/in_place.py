@@ -34,3 +34,11 @@ def collects_here(enabled: bool, consumed: Collection[str], crashes: int, elapse
     if not enabled or COLLECT_QUEUE not in consumed or crashes:
         return False
     return time_limit is None or elapsed <= time_limit / 2
+
+
+def store_lock_timeout(elapsed: float, time_limit: float | None) -> float | None:
+    """Seconds a statement of the store here may wait for a lock: a quarter of the time left
+    in the delivery's hard limit, so a store held up by the database (a lock held for minutes)
+    fails and goes to the collect queue instead of being killed as a hung encode. None: no
+    limit to keep inside (the embedded run)."""
+    return None if time_limit is None else (time_limit - elapsed) / 4

@@ -35,7 +35,7 @@ from .deliveries import (
     repeat_wait_retries,
     split_chunk,
 )
-from .in_place import collects_here
+from .in_place import collects_here, store_lock_timeout
 from .isolation import TRANSIENT_ERRORS, encode_isolating, is_transient
 from .resident import get_encoder
 
@@ -201,17 +201,14 @@ def encode_chunk(self: Task, chunk: dict[str, Any]) -> str:
     stored = None
     elapsed = time.monotonic() - began
     if collects_here(settings.collect_in_place, self.app.amqp.queues.consume_from, crashes, elapsed, time_limit):
-        # A statement of the store waits for a lock at most a quarter of the time left, so a
-        # store held up by the database (a lock held for minutes) fails and goes to the
-        # collect queue instead of being killed at the hard limit as a hung encode.
-        stored = _store_here(vectors, None if time_limit is None else (time_limit - elapsed) / 4)
+        stored = _store_here(vectors, store_lock_timeout(elapsed, time_limit))
     else:
         _send_vectors(vectors)
     # One structured line per chunk: what the operator greps for.
     log.info(
         "encoded job=%s chunk=%d records=%d dead=%d splits=%d seconds=%.3f device=%s delivery=%d collected=%s",
         texts.job_id, texts.seq, len(ok), len(dead), outcome.splits, seconds, encoder.device, deliveries,
-        "here" if stored else "queue",
+        "queue" if stored is None else "here" if stored.startswith("stored") else "skipped",
     )
     # Flower's Result column: a chunk with poison records is not a clean success.
     return f"encoded {len(ok)}, {stored}" if stored else f"encoded {len(ok)}, dead {len(dead)}"

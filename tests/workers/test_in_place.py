@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from embedfleet.config.queues import COLLECT_QUEUE, DEAD_LETTER_QUEUE, EMBED_QUEUE
-from embedfleet.workers.in_place import collects_here
+from embedfleet.workers.in_place import collects_here, store_lock_timeout
 
 ALL = (EMBED_QUEUE, COLLECT_QUEUE, DEAD_LETTER_QUEUE)
 
@@ -31,3 +31,9 @@ def test_less_than_half_the_time_limit_left_goes_to_the_collect_task() -> None:
     """A slow store must not be killed as a hung encode (and the chunk halved for nothing)."""
     assert collects_here(True, ALL, crashes=0, elapsed=218.0, time_limit=436.0)
     assert not collects_here(True, ALL, crashes=0, elapsed=218.5, time_limit=436.0)
+
+
+def test_the_store_waits_for_a_lock_a_quarter_of_the_time_left() -> None:
+    """436 s limit (256 records, defaults), 36 s gone: 100 s a statement; no limit, no lock timeout."""
+    assert store_lock_timeout(36.0, 436.0) == 100.0
+    assert store_lock_timeout(3.0, None) is None
