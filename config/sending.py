@@ -10,17 +10,17 @@ from celery import Celery
 
 from .messages import ChunkTexts
 from .queues import ENCODE_TASK
-from .settings import get_settings
+from .settings import Settings, get_settings
 
 Sender = Callable[[ChunkTexts], None]
 # A chunk as the ledger keeps it: its message, msgpack-packed.
 PayloadSender = Callable[[bytes], None]
 
 
-def time_limit(records: int) -> float:
+def time_limit(records: int, settings: Settings | None = None) -> float:
     """Seconds a chunk of this many records may take to encode before its process is killed
     as hung (the halves of a hung chunk get shorter limits, so isolating the record is quick)."""
-    settings = get_settings()
+    settings = settings or get_settings()
     return settings.chunk_time_limit + settings.chunk_time_per_record * records
 
 

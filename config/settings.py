@@ -323,6 +323,18 @@ class Settings(BaseSettings):
     )
     # Embedded runs keep at most this many chunks queued ahead of the in-process worker,
     # so memory stays flat however large the corpus is.
+    # The embedded run encodes in processes of its own (workers/encoder_pool.py): every
+    # core, and a record that kills its process costs that record, not the run.
+    embedded_encoders: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "`run` (and `--local`) only: encoder processes beside the run's own, each with the model and "
+            "`torch_threads` threads (default: the CPUs shared out among them). Unset: one per CPU this process may "
+            "use, and 0 on a GPU. 0: encode in the run's own process (a record that crashes the encoder then ends "
+            "the run)."
+        ),
+    )
     embedded_window: int = Field(
         default=4,
         description=(

@@ -30,7 +30,8 @@ from .storage.engine import get_engine
 from .storage.jobs import JobStats
 from .storage.ledger import open_chunk_count
 from .workers.availability import declared_max_tokens
-from .workers.resident import get_encoder
+from .workers.encoder_pool import pool_size
+from .workers.resident import get_encoder, use_encoder_processes
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,8 @@ def _first_job_of(engine: Engine, request: JobRequest) -> bool:
 def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple[Submission, JobStats]:
     settings = get_settings()
     engine = get_engine(settings.database_url)
+    # The in-process worker runs one task at a time; encoder processes use the other cores.
+    use_encoder_processes(pool_size(settings))
     model = _Model(request.model)
     # The truncation window is the model's input length, read from its files when they say;
     # a model that does not (or a custom encoder) is loaded now to ask it.
@@ -257,4 +260,5 @@ def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple
             stats = pacer.follow(submission.job_id, job_timeout)
     finally:
         model.detach()
+        use_encoder_processes(0)
     return submission, stats

@@ -119,3 +119,60 @@ def test_run_keeps_at_most_its_window_of_chunks_ahead_of_the_worker(tmp_path: Pa
     assert len(open_at_each_encode) == 40
     # The chunk being encoded is open, and so is at most one more (window 2).
     assert 1 <= max(open_at_each_encode) <= 2, open_at_each_encode
+
+
+def _children(pid: int) -> set[int]:
+    """The pids of a process's children, from /proc (its encoder processes)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_run_and_its_encoder_processes_and_a_rerun_resumes(tmp_path: Path) -> None:
+    """SIGINT mid-job (the real model, the default encoder processes): exit 130 within seconds,
+    no encoder process left behind, and the same command again stores only the rest."""
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    from tests.conftest import SAMPLE
+
+    db_file = tmp_path / "e.db"
+    args = [str(BIN / "embedfleet"), "run", str(SAMPLE), "--collection", "c", "--fields",
+            "title,description,files_touched", "--chunk-size", "16", "--db", f"sqlite:///{db_file}"]
+    env = {"HF_HUB_OFFLINE": "1", "PATH": str(BIN), "HOME": str(tmp_path), "PYTHONPATH": str(REPO),
+           "EMBEDFLEET_OPENVINO_CACHE": str(OPENVINO_CACHE)}
+    run = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def stored() -> int:
+        try:
+            with sqlite3.connect(db_file, timeout=5) as conn:
+                return conn.execute("select count(*) from vectors").fetchone()[0]
+        except sqlite3.OperationalError:  # the schema is not made yet
+            return 0
+
+    deadline = time.monotonic() + 120
+    while stored() == 0 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert run.poll() is None, run.communicate()
+    children = _children(run.pid)
+    assert children, "the run encodes in processes of its own"
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    time.sleep(1)
+    assert [pid for pid in children if os.path.exists(f"/proc/{pid}")] == []
+    before = stored()
+    assert 0 < before < 500
+
+    again = _run("run", str(SAMPLE), "--collection", "c", "--fields", "title,description,files_touched",
+                 "--chunk-size", "16", "--db", f"sqlite:///{db_file}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    read, stored_now, skipped = (int(n) for n in re.search(r"read (\d+), stored (\d+), skipped (\d+)",
+                                                           again.stdout).groups())
+    assert read == 500 and stored_now + skipped == 500 and skipped >= before
+    assert stored() == 500

@@ -372,7 +372,11 @@ def convert(model_dir: Path, target: Path, precision: str, threads: int) -> dict
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        return _convert(model_dir, target, precision, threads)
+        with warnings.catch_warnings():
+            # ... and deprecation remarks of transformers' own internals (FutureWarning),
+            # which a user can do nothing about.
+            warnings.simplefilter("ignore", FutureWarning)
+            return _convert(model_dir, target, precision, threads)
     finally:
         transformers_logging.set_verbosity(verbosity)
 

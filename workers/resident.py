@@ -31,6 +31,17 @@ _loading = threading.Lock()
 _load_failed = multiprocessing.RawValue("b", 0)
 
 
+# Encoder processes per model (workers/encoder_pool.py) instead of an encoder in this
+# process: set by the embedded run, which has no prefork pool of its own. 0: in-process.
+_encoder_processes = 0
+
+
+def use_encoder_processes(count: int) -> None:
+    """Models loaded from now on are served by `count` child processes (0: in this one)."""
+    global _encoder_processes
+    _encoder_processes = count
+
+
 def model_load_failed() -> bool:
     return bool(_load_failed.value)
 
@@ -57,7 +68,14 @@ def _load(settings: Any, name: str, announce: bool) -> Any:
         sys.stderr.write(f"loading {what}...\n")
         sys.stderr.flush()
     started = time.perf_counter()
-    _encoders[name] = load_encoder(settings.model_copy(update={"model": name}))
+    wanted = settings.model_copy(update={"model": name})
+    if _encoder_processes:
+        from .encoder_pool import EncoderPool, threads_per_process
+
+        _encoders[name] = EncoderPool(wanted, _encoder_processes,
+                                      threads_per_process(settings, _encoder_processes))
+    else:
+        _encoders[name] = load_encoder(wanted)
     if announce:
         sys.stderr.write(f"model loaded in {time.perf_counter() - started:.1f} s\n")
         sys.stderr.flush()

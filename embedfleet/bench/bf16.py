@@ -111,3 +111,31 @@ def bench_backends(report: BenchReport, corpus: Path, records: int, bf16_baselin
         report.add("backends", f"embedfleet run, whole command, EMBEDFLEET_BACKEND={backend}", seconds[backend],
                    records, ratio=round(seconds["torch"] / seconds[backend], 2), job_seconds=stats["seconds"],
                    vs_bf16_loop=round(bf16_baseline / seconds[backend], 2) if bf16_baseline else None)
+
+
+def bench_encoders(report: BenchReport, corpus: Path, records: int, work: Path) -> None:
+    """`embedfleet run`, the whole command, encoding in its own process
+    (EMBEDFLEET_EMBEDDED_ENCODERS=0) against the default encoder processes, alternating."""
+    from ..workers.cpus import available_cpus
+    from .run import embedded_run
+
+    sides = {"in-process (EMBEDFLEET_EMBEDDED_ENCODERS=0)": {"EMBEDFLEET_EMBEDDED_ENCODERS": "0"},
+             f"encoder processes (default: {available_cpus()})": {}}
+    runs = dict.fromkeys(sides, 0)
+
+    def run(side: str) -> Callable[[], Any]:
+        def call() -> Any:
+            runs[side] += 1  # a database of its own each time: nothing already stored
+            return embedded_run(corpus, f"sqlite:///{work / f'encoders-{list(sides).index(side)}-{runs[side]}.db'}",
+                                **sides[side])
+        return call
+
+    seconds, results = _best({side: run(side) for side in sides})
+    first = next(iter(sides))
+    for side in sides:
+        stats = results[side][1]
+        if stats["stored"] != records:
+            raise RuntimeError(f"run {side} stored {stats['stored']} of {records} records: {stats}")
+        report.add("encoders", f"embedfleet run, whole command, {side}", seconds[side], records,
+                   ratio=round(seconds[first] / seconds[side], 2), job_seconds=stats["seconds"],
+                   first_encoded_after=stats["first_encoded_after"])

@@ -14,8 +14,8 @@ from ..producers.records import FieldSpec, Record
 from ..producers.validation import valid_records
 
 BIN = Path(sys.executable).parent
-SECTIONS = ("batching", "direct", "bf16", "run", "backends", "fleet", "layout", "pipeline", "storage", "stress",
-            "noop", "memory", "pgvector")
+SECTIONS = ("batching", "direct", "bf16", "run", "backends", "encoders", "fleet", "layout", "pipeline", "storage",
+            "stress", "noop", "memory", "pgvector")
 
 
 @dataclass

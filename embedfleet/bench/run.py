@@ -251,6 +251,10 @@ def run_bench(corpus: str, spec: FieldSpec, sections: list[str], limit: int | No
             from .bf16 import bench_backends
 
             bench_backends(report, bench_corpus, len(ids), bf16_baseline, work)
+        if "encoders" in sections:
+            from .bf16 import bench_encoders
+
+            bench_encoders(report, bench_corpus, len(ids), work)
         if "fleet" in sections:
             bench_fleet.bench_fleet(report, bench_corpus, len(ids), baseline, work, broker_url, processes=2, threads=1)
         if "layout" in sections:

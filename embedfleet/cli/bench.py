@@ -13,7 +13,8 @@ from .main import cli
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--fields", default=None, help="Build the text from these comma-separated fields.")
-@click.option("--only", default="batching,direct,bf16,run,backends,fleet,layout,pipeline,storage,stress,noop,memory",
+@click.option("--only", default="batching,direct,bf16,run,backends,encoders,fleet,layout,pipeline,storage,stress,noop,"
+                                "memory",
               show_default=True,
               help="Sections to run, comma-separated.")
 @click.option("--limit", type=int, default=None, help="Use the first N valid records.")

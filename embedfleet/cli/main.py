@@ -45,6 +45,8 @@ def _run() -> None:
         # Not standalone: errors come here to be mapped to one line and an exit code.
         code = cli(standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
+        # What is stored stays; the same command again picks up where this one stopped.
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()

@@ -240,9 +240,6 @@ def test_broker_restarted_empty_mid_job(sqlite_url, own_redis, tmp_path) -> None
         fleet.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the embedded run encodes in its own process (solo pool), so "
-                                       "a record that kills the process kills `run`; crash isolation needs "
-                                       "the fleet (`embedfleet worker`)")
 def test_embedded_run_with_a_record_that_exits_the_process(tmp_path) -> None:
     """`embedfleet run` with a record that ends the process should store the rest."""
     path, _ = corpus(tmp_path, [f"text {i}" + (" CRASH-MARKER" if i == 13 else "") for i in range(40)])

@@ -49,3 +49,34 @@ class LedgerWatchingEncoder(HashEncoder):
             out.write(f"{ahead}\n")
         time.sleep(float(os.environ.get("WATCH_DELAY", "0")))
         return super().encode_batch(texts, batch_size)
+
+
+class PoolProbeEncoder(HashEncoder):
+    """HashEncoder for the encoder pool's tests: counts its batches through on_batch (one
+    call per 4 texts), notes its pid in PROBE_DIR at each call, and on a marker in a text
+    raises ValueError ("RAISE"), raises a CPU out-of-memory RuntimeError ("OOM"), exits its
+    process with status 3 ("EXIT") or sleeps for an hour ("HANG")."""
+
+    on_batch = None
+
+    def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        import os
+        from pathlib import Path
+
+        if probe := os.environ.get("PROBE_DIR"):
+            (Path(probe) / str(os.getpid())).touch()
+        if any("EXIT" in t for t in texts):
+            os._exit(3)
+        if any("HANG" in t for t in texts):
+            import time
+
+            time.sleep(3600)
+        if any("RAISE" in t for t in texts):
+            raise ValueError(f"cannot encode {len(texts)} texts")
+        if any("OOM" in t for t in texts) and len(texts) > 1:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        vectors = super().encode_batch(texts, batch_size)
+        for start in range(0, len(texts), 4):
+            if self.on_batch is not None:
+                self.on_batch(len(texts[start:start + 4]))
+        return vectors

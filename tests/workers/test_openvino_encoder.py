@@ -23,9 +23,11 @@ import pytest
 from embedfleet.config.settings import Settings
 from embedfleet.workers import precision
 from embedfleet.workers.encoder import EncoderConfigError, SentenceTransformerEncoder, encoder_class, load_encoder
-from tests.conftest import BIN, SAMPLE, commit_text, read_records
+from tests.conftest import BIN, REPO, SAMPLE, commit_text, read_records
 
-HIDE_OPENVINO = "import sys; sys.modules['openvino'] = None; from embedfleet.cli import main; main()"
+# A sitecustomize that hides openvino from every interpreter started with it on the path:
+# the run's encoder processes are new interpreters and see the same path.
+HIDE_OPENVINO = "import sys\nsys.modules['openvino'] = None\n"
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +101,12 @@ def test_missing_package_is_one_line_on_the_command_line(tmp_path: Path) -> None
     """`embedfleet run` with EMBEDFLEET_BACKEND=openvino and no package: one line, exit 2, no traceback."""
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"id": "a", "text": "hello"}\n')
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDFLEET_BACKEND": "openvino"}
-    done = subprocess.run([str(BIN / "python"), "-c", HIDE_OPENVINO, "run", str(corpus), "--collection", "c",
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "sitecustomize.py").write_text(HIDE_OPENVINO)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDFLEET_BACKEND": "openvino",
+           "PYTHONPATH": os.pathsep.join([str(hidden), str(REPO)])}
+    done = subprocess.run([str(BIN / "embedfleet"), "run", str(corpus), "--collection", "c",
                            "--db", f"sqlite:///{tmp_path / 'e.db'}"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert done.returncode == 2, done.stderr
