@@ -40,11 +40,6 @@ RUN set -eu; \
 
 WORKDIR /opt/embedfleet
 COPY pyproject.toml README.md ./
-COPY config ./config
-COPY producers ./producers
-COPY workers ./workers
-COPY storage ./storage
-# The links config, producers, workers and storage under embedfleet/ point at the folders above.
 COPY embedfleet ./embedfleet
 RUN pip install . \
     && python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), v"

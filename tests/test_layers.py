@@ -34,7 +34,7 @@ def _module(path: Path) -> str:
 def import_edges() -> list[tuple[str, str]]:
     """(importing module, imported module) for every import inside the package."""
     edges = []
-    for folder, _, names in os.walk(REPO / "embedfleet", followlinks=True):
+    for folder, _, names in os.walk(REPO / "embedfleet"):
         for name in (n for n in names if n.endswith(".py")):
             path = Path(folder, name)
             module = _module(path)

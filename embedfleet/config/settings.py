@@ -321,8 +321,6 @@ class Settings(BaseSettings):
             "A scheduled reindex of a collection starts at most once in this many seconds, however many beats fire."
         ),
     )
-    # Embedded runs keep at most this many chunks queued ahead of the in-process worker,
-    # so memory stays flat however large the corpus is.
     # The embedded run encodes in processes of its own (workers/encoder_pool.py): every
     # core, and a record that kills its process costs that record, not the run.
     embedded_encoders: int | None = Field(
@@ -335,6 +333,8 @@ class Settings(BaseSettings):
             "the run)."
         ),
     )
+    # Embedded runs keep at most this many chunks queued ahead of the in-process worker,
+    # so memory stays flat however large the corpus is.
     embedded_window: int = Field(
         default=4,
         description=(
