@@ -57,9 +57,9 @@ FIELDS ?= title,description,files_touched
 bench: install
 	$(VENV)/bin/embedfleet bench $(CORPUS) --fields $(FIELDS)
 
-# docs/settings.md is generated from the Settings fields' descriptions (config/settings.py).
+# docs/settings.md is generated from the Settings fields' descriptions (embedfleet/settings.py).
 docs: install
-	$(PY) -m embedfleet.config.settings_doc --out docs/settings.md
+	$(PY) -m embedfleet.settings_doc --out docs/settings.md
 
 clean:
 	rm -rf $(VENV) embedfleet.db* demo-vectors.* .pytest_cache .mypy_cache .ruff_cache

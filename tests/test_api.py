@@ -28,8 +28,8 @@ from embedfleet import (
     submit,
     wait,
 )
-from embedfleet.config.settings import get_settings
-from embedfleet.storage.export import read_ids
+from embedfleet.settings import get_settings
+from embedfleet.store.export import read_ids
 from tests.conftest import REPO, SAMPLE, assert_matches_reference, read_records
 
 PUBLIC = {"run", "submit", "wait", "status", "cancel", "export", "search", "Settings", "JobStats", "Hit",
@@ -202,9 +202,9 @@ def test_job_ids_may_be_prefixes_and_reads_create_no_database(db_url: str, tmp_p
     """status, cancel and resolve_job take any unique prefix (on SQLite and PostgreSQL); an ambiguous one raises
     AmbiguousJob with the candidates; a missing SQLite file raises NoDatabase and stays missing."""
     from embedfleet import api
-    from embedfleet.storage.engine import NoDatabase, get_engine
-    from embedfleet.storage.jobs import AmbiguousJob
-    from tests.storage.test_jobs import IDS, jobs_with_ids
+    from embedfleet.jobs.stats import AmbiguousJob
+    from embedfleet.store.engine import NoDatabase, get_engine
+    from tests.jobs.test_stats import IDS, jobs_with_ids
 
     settings = Settings(database_url=db_url)
     jobs_with_ids(get_engine(db_url), IDS)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from embedfleet.cli import cli
-from embedfleet.config.settings import Settings
+from embedfleet.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "compose.yaml"

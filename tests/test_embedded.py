@@ -9,18 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedfleet.storage.export import read_ids
-from tests.conftest import (
-    BIN,
-    OPENVINO_CACHE,
-    REPO,
-    assert_matches_reference,
-    commit_text,
-    read_records,
-)
+from embedfleet.store.export import read_ids
+from tests.conftest import BIN, OPENVINO_CACHE, REPO, assert_matches_reference, commit_text, read_records
 
 # The tests that check no vector use the model-free encoder: the same pipeline, seconds sooner.
-HASH = {"EMBEDFLEET_ENCODER": "tests.workers.fake_encoders:HashEncoder"}
+HASH = {"EMBEDFLEET_ENCODER": "tests.encode.fake_encoders:HashEncoder"}
 
 
 def _run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -111,7 +104,7 @@ def test_run_keeps_at_most_its_window_of_chunks_ahead_of_the_worker(tmp_path: Pa
     watch = tmp_path / "watch.txt"
     db = tmp_path / "e.db"
     run = _run("run", str(corpus), "--collection", "c", "--chunk-size", "4", "--db", f"sqlite:///{db}", cwd=tmp_path,
-               EMBEDFLEET_ENCODER="tests.workers.fake_encoders:LedgerWatchingEncoder", WATCH_FILE=str(watch),
+               EMBEDFLEET_ENCODER="tests.encode.fake_encoders:LedgerWatchingEncoder", WATCH_FILE=str(watch),
                WATCH_DELAY="0.05", EMBEDFLEET_EMBEDDED_WINDOW="2", EMBEDFLEET_DATABASE_URL=f"sqlite:///{db}")
     assert run.returncode == 0, run.stderr
     assert "read 160, stored 160, skipped 0, dead 0" in run.stdout

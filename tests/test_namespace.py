@@ -1,4 +1,5 @@
-"""Everything imports as embedfleet.…: no bare `config`, `producers`, `workers` or `storage`."""
+"""Everything imports as embedfleet.…: no bare `corpus`, `jobs`, `chunks`, `encode`, `store`, `fleet`
+or `settings`, and no source file outside embedfleet/ and benchmarks/."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-LAYERS = ("config", "producers", "workers", "storage")
+LAYERS = ("corpus", "jobs", "chunks", "encode", "store", "fleet", "settings", "errors", "tokens",
+          "config", "producers", "workers", "storage")
 
 
 def _package_files() -> list[Path]:
@@ -21,7 +23,7 @@ def _package_files() -> list[Path]:
 
 
 def test_no_bare_imports_of_the_layer_folders() -> None:
-    """An absolute import of config/producers/workers/storage would break on a user's own config.py."""
+    """An absolute import of store/, fleet/ ... would break on a user's own store.py or settings.py."""
     bare = []
     for path in _package_files() + sorted((REPO / "tests").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -36,11 +38,22 @@ def test_no_bare_imports_of_the_layer_folders() -> None:
 
 
 def test_a_users_config_module_does_not_shadow_the_package(tmp_path: Path) -> None:
-    """A config.py or storage.py in the working directory (notebooks, DAG folders) changes nothing."""
-    for name in ("config", "storage", "workers", "producers"):
+    """A settings.py or store.py in the working directory (notebooks, DAG folders) changes nothing."""
+    for name in ("settings", "store", "fleet", "jobs", "chunks", "corpus", "encode", "errors"):
         (tmp_path / f"{name}.py").write_text("raise ImportError('the user module was imported')\n")
-    code = ("import embedfleet, embedfleet.config.celery_app, embedfleet.cli, embedfleet.storage.engine\n"
-            "print(embedfleet.config.celery_app.app.main)\n")
+    code = ("import embedfleet, embedfleet.fleet.celery_app, embedfleet.cli, embedfleet.store.engine\n"
+            "print(embedfleet.fleet.celery_app.app.main)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "embedfleet"
+
+
+def test_no_links_and_no_source_outside_the_package() -> None:
+    """Every tracked Python file is under embedfleet/, benchmarks/ or tests/, and none is a
+    link: a clone without symlinks (core.symlinks=false, Windows' default) imports the same."""
+    tracked = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True, text=True, check=True)
+    links = [line.split("\t")[1] for line in tracked.stdout.splitlines() if line.startswith("120000")]
+    assert links == []
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True, check=True)
+    outside = [f for f in files.stdout.split() if f.split("/")[0] not in ("embedfleet", "benchmarks", "tests")]
+    assert outside == []

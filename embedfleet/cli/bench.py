@@ -1,10 +1,15 @@
-"""`embedfleet bench`: embedfleet measured against a hand-written encode loop, in one run."""
+"""`embedfleet bench`: a thin entry point to the repository's benchmarks/ (outside the wheel,
+as dramatiq keeps its benchmarks): a checkout or an editable install runs it, an installed
+wheel says where it is."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
-from ..producers.records import FieldSpec
+from ..corpus.records import FieldSpec
 from .main import cli
 
 
@@ -31,7 +36,16 @@ from .main import cli
 def bench(corpus: str, id_field: str, text_field: str, fields: str | None, only: str, limit: int | None,
           broker_url: str, pg_url: str, pgvector_url: str | None, vectors: int, as_json: bool) -> None:
     """Measure embedfleet against a plain SentenceTransformer.encode loop, in one run."""
-    from ..bench.run import run_bench
+    # benchmarks/ sits beside the package in a checkout; an editable install maps only
+    # `embedfleet`, so the checkout's root goes on the path for this command.
+    root = Path(__file__).resolve().parents[2]
+    if (root / "benchmarks" / "run.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from benchmarks.run import run_bench
+    except ImportError as exc:
+        raise click.ClickException("the bench is in the repository's benchmarks/ folder, not in the installed "
+                                   "package: run `embedfleet bench` from a checkout (`make install`)") from exc
 
     text_fields = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields else (text_field,)
     run_bench(corpus, FieldSpec(id_field, text_fields), [s.strip() for s in only.split(",")], limit, broker_url,

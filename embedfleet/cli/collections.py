@@ -12,18 +12,11 @@ import click
 from sqlalchemy import Engine
 
 from .. import api
-from ..producers.readers import CorpusError
-from ..producers.sending import BrokerUnavailable
-from ..producers.validation import InvalidInput
-from ..storage.collections import (
-    cutover,
-    drop_version,
-    get_collection,
-    new_version,
-    rollback,
-    version_rows,
-)
-from ..storage.engine import existing_engine
+from ..corpus.readers import CorpusError
+from ..corpus.validation import InvalidInput
+from ..fleet.sending import BrokerUnavailable
+from ..store.collections import cutover, drop_version, get_collection, new_version, rollback, version_rows
+from ..store.engine import existing_engine
 from .errors import InputError
 from .jobs import print_finished, submit_to_fleet
 from .main import cli
@@ -42,7 +35,7 @@ from .options import (
 
 
 def collection_status(engine: Engine, name: str, as_json: bool) -> None:
-    from ..storage.pgvector import describe
+    from ..store.pgvector import describe
 
     info = get_collection(engine, name)
     with engine.connect() as conn:
@@ -177,7 +170,7 @@ def delete_collection_command(name: str, yes: bool, as_json: bool, db: str | Non
 @following
 def reindex(collection: str, sync: str | None, db: str | None, broker_url: str | None, **opts: Any) -> None:
     """Re-run the collection's registered source: only new and changed records are embedded."""
-    from ..producers.reindex import registered_request
+    from ..jobs.reindex import registered_request
 
     how = _following(opts)
     settings = apply_settings(database_url=db, broker_url=broker_url)
@@ -196,13 +189,13 @@ def migrate(collection: str, model: str, no_cutover: bool, no_model_check: bool,
             broker_url: str | None, **opts: Any) -> None:
     """Re-embed the collection with another model into a new version; reads stay on the current
     one until the new version is complete, then switch in one transaction."""
-    from ..producers.reindex import registered_request
+    from ..jobs.reindex import registered_request
 
     how = _following(opts)
     if not no_model_check:
         # Its files, not a load: this host may be a producer without torch. A worker that
         # cannot load it anyway dead-letters its chunks (ModelUnavailable) after the cap.
-        from ..workers.availability import model_problem
+        from ..encode.availability import model_problem
 
         problem = model_problem(model)
         if problem:

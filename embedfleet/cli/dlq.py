@@ -6,9 +6,9 @@ import dataclasses
 
 import click
 
-from ..producers.sending import fleet_sender
-from ..storage.engine import existing_engine
-from ..storage.jobs import resolve_job_id
+from ..fleet.sending import fleet_sender
+from ..jobs.stats import resolve_job_id
+from ..store.engine import existing_engine
 from .main import cli
 from .options import BROKER_OPTION, DB_OPTION, JSON_OPTION, apply_settings, print_json
 
@@ -26,7 +26,7 @@ def dlq() -> None:
 @DB_OPTION
 def dlq_list(job: str | None, include_resolved: bool, limit: int, as_json: bool, db: str | None) -> None:
     """One line per letter: id, job, record id, position, error."""
-    from ..storage.dead_letters import list_letters
+    from ..chunks.dead_letters import list_letters
 
     settings = apply_settings(database_url=db)
     engine = existing_engine(settings.database_url)
@@ -53,7 +53,7 @@ def dlq_list(job: str | None, include_resolved: bool, limit: int, as_json: bool,
 def dlq_show(letter_id: int, as_json: bool, db: str | None) -> None:
     """Everything about one letter, its text included, as JSON (--json is accepted for
     symmetry: the output is JSON either way)."""
-    from ..storage.dead_letters import get_letters
+    from ..chunks.dead_letters import get_letters
 
     settings = apply_settings(database_url=db)
     (letter,) = get_letters(existing_engine(settings.database_url), [letter_id])
@@ -69,8 +69,8 @@ def dlq_show(letter_id: int, as_json: bool, db: str | None) -> None:
 def dlq_redrive(letter_ids: tuple[int, ...], job: str | None, as_json: bool, db: str | None,
                 broker_url: str | None) -> None:
     """Send letters' records through the normal path again; each letter clears when its record is stored."""
-    from ..producers.recovery import redrive
-    from ..storage.dead_letters import get_letters, list_letters
+    from ..chunks.dead_letters import get_letters, list_letters
+    from ..jobs.redrive import redrive
 
     if bool(letter_ids) == bool(job):
         raise click.UsageError("give either letter ids or --job")

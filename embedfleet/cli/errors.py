@@ -12,14 +12,14 @@ from typing import Any
 
 import click
 
-from ..config.settings import get_settings
-from ..producers.queries import QueryUnanswered
-from ..producers.readers import CorpusError
-from ..producers.sending import BrokerUnavailable
-from ..producers.validation import InvalidInput
-from ..storage.engine import redact
-from ..storage.errors import JobEnded, LedgerError
-from ..storage.safe_errors import reason
+from ..corpus.readers import CorpusError
+from ..corpus.validation import InvalidInput
+from ..errors import JobEnded, LedgerError
+from ..fleet.queries import QueryUnanswered
+from ..fleet.sending import BrokerUnavailable
+from ..safe_errors import reason
+from ..settings import get_settings
+from ..store.engine import redact
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -70,7 +70,7 @@ def error_map() -> list[tuple[tuple[type[BaseException], ...], Callable[[Any], s
     import sqlalchemy.exc
 
     # numpy only, no torch: the model is imported inside the encoder's functions.
-    from ..workers.encoder import EncoderConfigError
+    from ..encode.encoder import EncoderConfigError
 
     plain = str
     return [

@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from ..config.replies import use_answers
-from ..config.settings import get_settings, set_settings
+from ..fleet.replies import use_answers
+from ..settings import get_settings, set_settings
 from .main import cli
 from .options import BATCH_SIZE_OPTION, BROKER_OPTION, DB_OPTION
 
@@ -24,7 +24,7 @@ def _export(name: str, value: str | None) -> None:
 
 def celery_sets_up_logging() -> None:
     """Drop the handler the group installed (no timestamps): Celery keeps a root logger that
-    already has one, so without this its worker_log_format (config/celeryconfig.py) is never
+    already has one, so without this its worker_log_format (fleet/celeryconfig.py) is never
     used and the worker's lines carry no time."""
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -47,8 +47,8 @@ def celery_sets_up_logging() -> None:
 def worker(queues: str, concurrency: int | None, device: str | None, batch_size: int | None, loglevel: str,
            broker_url: str | None, db: str | None, celery_args: tuple[str, ...]) -> None:
     """A fleet worker (extra arguments go to `celery worker`)."""
-    from ..workers.cpus import available_cpus
-    from ..workers.precision import gpu_count
+    from ..encode.cpus import available_cpus
+    from ..encode.precision import gpu_count
 
     _export("EMBEDFLEET_DEVICE", device)
     _export("EMBEDFLEET_BATCH_SIZE", None if batch_size is None else str(batch_size))
@@ -66,8 +66,8 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
     if {"embed", "query"} & set(queues.split(",")):
         # Fail here, with the reason in one line, rather than in every task: a worker that
         # cannot load its encoder or find its model's files must not take chunks at all.
-        from ..workers.availability import model_problem
-        from ..workers.encoder import EncoderConfigError, encoder_class
+        from ..encode.availability import model_problem
+        from ..encode.encoder import EncoderConfigError, encoder_class
 
         try:
             encoder_class(get_settings())
@@ -76,21 +76,21 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
         problem = None if get_settings().encoder else model_problem(get_settings().model)
         if problem:
             raise click.ClickException(f"cannot load model {get_settings().model!r}: {problem}")
-    from ..config.celery_app import app
-    from ..config.celeryconfig import use_broker_config
+    from ..fleet.celery_app import app
+    from ..fleet.celeryconfig import use_broker_config
 
     use_broker_config(app, get_settings())  # the broker's URL, queues (quorum on RabbitMQ) and options
-    use_answers(app, app.conf.broker_url)  # a query's answer goes back on the broker (config/replies.py)
+    use_answers(app, app.conf.broker_url)  # a query's answer goes back on the broker (fleet/replies.py)
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, *celery_args]
     celery_sets_up_logging()
     app.worker_main(argv)
-    from ..workers.resident import model_load_failed
-    from ..workers.watchdog import restart_requested
+    from ..fleet.resident import model_load_failed
+    from ..fleet.watchdog import restart_requested
 
     if model_load_failed():
         sys.exit(1)  # a pool process could not load the model and stopped the worker; it logged why
     if restart_requested():
-        # The pool lost a chunk and the node shut down to give it back (workers/watchdog.py):
+        # The pool lost a chunk and the node shut down to give it back (fleet/watchdog.py):
         # start again in this process, same command line and environment, with a fresh pool.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -104,8 +104,8 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(loglevel: str, broker_url: str | None, db: str | None, celery_args: tuple[str, ...]) -> None:
     """The scheduler: the nightly reindex and the stalled-job reconciler (extra arguments go to `celery beat`)."""
-    from ..config.celery_app import app
-    from ..config.celeryconfig import use_broker_config
+    from ..fleet.celery_app import app
+    from ..fleet.celeryconfig import use_broker_config
 
     _export("EMBEDFLEET_BROKER_URL", broker_url)
     _export("EMBEDFLEET_DATABASE_URL", db)

@@ -10,11 +10,11 @@ import click
 from sqlalchemy import Engine
 
 from .. import api
-from ..config.settings import Settings
-from ..producers.sending import fleet_sender
-from ..producers.submit import JobRequest, Submission
-from ..storage.engine import existing_engine, get_engine, redact
-from ..storage.jobs import JobStats, resolve_job_id
+from ..fleet.sending import fleet_sender
+from ..jobs.stats import JobStats, resolve_job_id
+from ..jobs.submit import JobRequest, Submission
+from ..settings import Settings
+from ..store.engine import existing_engine, get_engine, redact
 from .main import cli
 from .options import (
     BATCH_SIZE_OPTION,
@@ -47,7 +47,7 @@ def announce(job_id: str, as_json: bool = False) -> None:
 
 
 def submit_to_fleet(engine: Engine, request: JobRequest, settings: Settings, as_json: bool = False) -> Submission:
-    from ..producers.submit import submit as submit_job
+    from ..jobs.submit import submit as submit_job
 
     return submit_job(engine, request, fleet_sender(settings), on_job=lambda job_id: announce(job_id, as_json),
                       broker=f"the broker at {redact(settings.broker_url)}")
@@ -163,8 +163,8 @@ def cancel(job: str, as_json: bool, db: str | None) -> None:
 def resume(job: str, as_json: bool, db: str | None, broker_url: str | None) -> None:
     """Send again every chunk of JOB (any unique start of its id) that is not done (after the
     broker lost its queues)."""
-    from ..config.sending import payload_sender
-    from ..storage.resend import resend_open_chunks
+    from ..chunks.resend import resend_open_chunks
+    from ..chunks.sending import payload_sender
 
     settings = apply_settings(database_url=db, broker_url=broker_url)
     engine = existing_engine(settings.database_url)

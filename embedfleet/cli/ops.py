@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import click
 
-from ..storage.engine import existing_engine, redact
+from ..store.engine import existing_engine, redact
 from .main import cli
 from .options import BROKER_OPTION, DB_OPTION, JSON_OPTION, apply_settings, print_json
 
@@ -76,8 +76,8 @@ def flower(port: int, no_auth: bool, broker_url: str | None, flower_args: tuple[
     else:
         # In the argv list given to app.start, not the process's command line: `ps` never shows it.
         argv.insert(1, flower_auth_argument(settings.flower_user, settings.flower_password))
-    from ..config.celery_app import app
-    from ..config.celeryconfig import use_broker_config
+    from ..fleet.celery_app import app
+    from ..fleet.celeryconfig import use_broker_config
 
     use_broker_config(app, settings)  # the broker's URL, queues (quorum on RabbitMQ) and options
     log.info("starting Flower on %s, port %d", redact(settings.broker_url), port)
@@ -94,8 +94,8 @@ def _when(timestamp: float) -> str:
 @DB_OPTION
 def jobs(limit: int, as_json: bool, db: str | None) -> None:
     """Recent jobs, newest first, one line each (plus any older job still running)."""
-    from ..storage.jobs import job_stats
-    from ..storage.metrics import recent_job_ids
+    from ..jobs.metrics import recent_job_ids
+    from ..jobs.stats import job_stats
 
     settings = apply_settings(database_url=db)
     engine = existing_engine(settings.database_url)
@@ -125,7 +125,7 @@ def metrics(port: int, address: str, limit: int, db: str | None) -> None:
     """A Prometheus exporter of per-job figures read from the ledger on each scrape."""
     from prometheus_client import start_http_server
 
-    from ..storage.metrics import collect_registry
+    from ..jobs.metrics import collect_registry
 
     settings = apply_settings(database_url=db)
     engine = existing_engine(settings.database_url)

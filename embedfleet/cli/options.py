@@ -17,11 +17,11 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from ..config.settings import MAX_CHUNK_SIZE, Settings, set_settings
-from ..producers.readers import Corpus, Source, SqlSource
-from ..producers.records import FieldSpec
-from ..producers.submit import JobRequest, Submission
-from ..storage.jobs import JobStats
+from ..corpus.readers import Corpus, Source, SqlSource
+from ..corpus.records import FieldSpec
+from ..jobs.stats import JobStats
+from ..jobs.submit import JobRequest, Submission
+from ..settings import MAX_CHUNK_SIZE, Settings, set_settings
 
 DB_OPTION = click.option(
     "--db", envvar="EMBEDFLEET_DATABASE_URL", show_envvar=True, default=None, metavar="URL",
@@ -177,7 +177,7 @@ def condition(stats: JobStats, lease_seconds: float) -> str | None:
 
 def stats_json(engine: Engine, stats: JobStats) -> dict[str, Any]:
     """The job's figures with its latency and utilisation."""
-    from ..storage.metrics import job_metrics
+    from ..jobs.metrics import job_metrics
 
     return {**stats.as_dict(), **job_metrics(engine, stats.job_id, stats)}
 

@@ -14,7 +14,7 @@ from tests.conftest import BIN, COMMIT_FIELDS, REPO, SAMPLE
 
 ENV = {
     **os.environ,
-    "EMBEDFLEET_ENCODER": "tests.workers.fake_encoders:HashEncoder",
+    "EMBEDFLEET_ENCODER": "tests.encode.fake_encoders:HashEncoder",
     "PYTHONPATH": str(REPO),
     "HF_HUB_OFFLINE": "1",
 }

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tests.workers.fake_encoders import HashEncoder
+from tests.encode.fake_encoders import HashEncoder
 
 POISON = "POISON-RECORD"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from embedfleet.storage.engine import get_engine
-from embedfleet.storage.ledger import abandon_stalled_submissions
-from embedfleet.storage.schema import chunks, collections, jobs, versions
+from embedfleet.store.engine import get_engine
+from embedfleet.store.ledger import abandon_stalled_submissions
+from embedfleet.store.schema import chunks, collections, jobs, versions
 from tests.conftest import BIN, Fleet
 
 DEAD_DB = "postgresql://postgres:s3cret@127.0.0.1:1/x"
@@ -62,8 +62,8 @@ def test_an_unreachable_database_is_one_line_and_exit_1(redis_url: str, tmp_path
 
 def _job_nobody_works_on(tmp_path: Path, url: str) -> str:
     """A running job of 3 open chunks, its messages sent nowhere (a broker that lost them)."""
-    from embedfleet.producers.readers import Corpus
-    from embedfleet.producers.submit import JobRequest, submit
+    from embedfleet.corpus.readers import Corpus
+    from embedfleet.jobs.submit import JobRequest, submit
 
     request = JobRequest(Corpus(str(_corpus(tmp_path, 6, "open.jsonl"))), "c", "m", chunk_size=2)
     return submit(get_engine(url), request, lambda _chunk: None).job_id

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from embedfleet.producers.readers import Corpus
-from embedfleet.storage.engine import get_engine
+from embedfleet.corpus.readers import Corpus
+from embedfleet.store.engine import get_engine
 from tests.cli.conftest import hash_cli
 from tests.cli.encoders import POISON
 from tests.conftest import TEST_REDIS_URL, embedfleet
-from tests.storage.test_jobs import IDS, jobs_with_ids
+from tests.jobs.test_stats import IDS, jobs_with_ids
 
 
 def test_status_watch_prints_the_summary_of_a_done_job(finished_job: str, sqlite_url: str) -> None:
@@ -31,8 +31,8 @@ def test_status_watch_of_an_unknown_job_is_an_error(sqlite_url: str) -> None:
 def test_cli_refuses_unstorable_ids_on_postgres_without_a_job(tmp_path, pg_url):
     """On PostgreSQL, `submit` of a corpus with a long id, NUL in an id and NUL in a text exits 2 with
     line numbers and reasons, no traceback, and leaves no job row behind (nothing `submitting`)."""
-    from embedfleet.storage.engine import get_engine
-    from embedfleet.storage.schema import jobs
+    from embedfleet.store.engine import get_engine
+    from embedfleet.store.schema import jobs
 
     path = tmp_path / "bad.jsonl"
     rows = [{"id": "good", "text": "fine"}, {"id": "x" * 513, "text": "x"}, {"id": "nul\x00id", "text": "x"},
@@ -52,9 +52,9 @@ def test_cli_refuses_unstorable_ids_on_postgres_without_a_job(tmp_path, pg_url):
 def test_skip_invalid_on_postgres_skips_a_nul_id_and_the_job_runs(tmp_path, pg_url):
     """With skip_invalid, a NUL in an id is counted as skipped invalid; the job is written, sent and
     closed (running), never left `submitting` with a traceback."""
-    from embedfleet.producers.submit import JobRequest, submit
-    from embedfleet.storage.engine import get_engine
-    from embedfleet.storage.jobs import job_stats
+    from embedfleet.jobs.stats import job_stats
+    from embedfleet.jobs.submit import JobRequest, submit
+    from embedfleet.store.engine import get_engine
 
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in [{"id": "a", "text": "x"}, {"id": "b\x00", "text": "y"},
@@ -132,7 +132,7 @@ def test_flags_win_over_the_environment(tmp_path: Path, sqlite_url: str) -> None
     EMBEDFLEET_DATABASE_URL."""
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"r{i}", "text": f"text {i}"}) + "\n" for i in range(12)))
-    env = {"EMBEDFLEET_ENCODER": "tests.workers.fake_encoders:HashEncoder", "EMBEDFLEET_CHUNK_SIZE": "3",
+    env = {"EMBEDFLEET_ENCODER": "tests.encode.fake_encoders:HashEncoder", "EMBEDFLEET_CHUNK_SIZE": "3",
            "EMBEDFLEET_DATABASE_URL": f"sqlite:///{tmp_path}/env.db"}
     by_env = json.loads(embedfleet("run", str(corpus), "--collection", "a", "--json", cwd=tmp_path, **env).stdout)
     assert by_env["chunks_total"] == 4 and (tmp_path / "env.db").exists()

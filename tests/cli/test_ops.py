@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.request
 
-from embedfleet.storage.engine import get_engine
+from embedfleet.store.engine import get_engine
 from tests.cli.conftest import ENV, hash_cli
 from tests.conftest import BIN, assert_imports_no_model
 
@@ -75,7 +75,7 @@ def test_the_exporter_serves_the_jobs_figures(finished_job: str, sqlite_url: str
 
 def test_operations_commands_import_no_torch() -> None:
     """`flower`, `jobs` and `metrics` run on a monitoring host without the model."""
-    assert_imports_no_model("embedfleet.cli.ops", "embedfleet.storage.metrics", "flower.command", "prometheus_client")
+    assert_imports_no_model("embedfleet.cli.ops", "embedfleet.jobs.metrics", "flower.command", "prometheus_client")
 
 
 def test_flower_shows_kwargs_and_result_unless_the_user_chose_columns() -> None:

@@ -13,14 +13,14 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from embedfleet.storage.collections import get_collection
-from embedfleet.storage.engine import get_engine
-from embedfleet.storage.export import export_npy, ids_path_for, read_ids
-from embedfleet.storage.jobs import JobStats, job_stats
-from embedfleet.storage.schema import dead_letters, vectors
+from embedfleet.jobs.stats import JobStats, job_stats
+from embedfleet.store.collections import get_collection
+from embedfleet.store.engine import get_engine
+from embedfleet.store.export import export_npy, ids_path_for, read_ids
+from embedfleet.store.schema import dead_letters, vectors
 from tests.conftest import SAMPLE
 
-FAULTS = "tests.workers.fault_encoders"
+FAULTS = "tests.encode.fault_encoders"
 # A fleet test marked with this runs twice, on Redis and on RabbitMQ (the broker_url fixture,
 # tests/conftest.py). Not every fleet test: the suite's time would double.
 BOTH_BROKERS = pytest.mark.parametrize("broker_url", ["redis", "rabbitmq"], indirect=True)

@@ -236,7 +236,7 @@ PG_KEEPALIVES = ("tcp_keepalives_idle=10", "tcp_keepalives_interval=5", "tcp_kee
 
 
 def start_postgres(cluster: Cluster, host: Host, data: Path) -> None:
-    # The product now asks for these per session (storage/engine.py, POSTGRES_SESSION), so
+    # The product now asks for these per session (embedfleet/store/engine.py, POSTGRES_SESSION), so
     # the cluster runs with the server's defaults unless EMBEDFLEET_MULTIHOST_SERVER_KEEPALIVES=1.
     settings = ([arg for kv in PG_KEEPALIVES for arg in ("-c", kv)]
                 if os.environ.get("EMBEDFLEET_MULTIHOST_SERVER_KEEPALIVES") == "1" else [])

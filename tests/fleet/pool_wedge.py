@@ -1,5 +1,5 @@
 """Loaded into a test worker with `-I tests.fleet.pool_wedge` (Celery imports it in the node's
-main process): reproduces the prefork pool fault the watchdog exists for (workers/watchdog.py).
+main process): reproduces the prefork pool fault the watchdog exists for (embedfleet/fleet/watchdog.py).
 
 The first replacement pool process (the one forked after a pool process died) comes up, and
 the pool never hands it a task: its input pipe is left out of the pool's writable set, as in

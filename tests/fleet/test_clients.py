@@ -11,11 +11,11 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from embedfleet.config.queues import COLLECT_QUEUE, EMBED_QUEUE
-from embedfleet.storage.collections import get_collection
-from embedfleet.storage.engine import get_engine
-from embedfleet.storage.jobs import job_stats
-from embedfleet.storage.schema import chunks, vectors
+from embedfleet.fleet.queues import COLLECT_QUEUE, EMBED_QUEUE
+from embedfleet.jobs.stats import job_stats
+from embedfleet.store.collections import get_collection
+from embedfleet.store.engine import get_engine
+from embedfleet.store.schema import chunks, vectors
 from tests.conftest import BIN
 from tests.fleet.checks import assert_accounted, fault_corpus, start_workers, submit_corpus, wait_done
 

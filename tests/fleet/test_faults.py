@@ -16,10 +16,11 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Producer
 
-from embedfleet.storage.dead_letters import list_letters
-from embedfleet.storage.engine import get_engine
-from embedfleet.storage.export import read_ids
-from embedfleet.storage.jobs import job_stats
+from embedfleet.chunks.dead_letters import list_letters
+from embedfleet.jobs.stats import job_stats
+from embedfleet.store.engine import get_engine
+from embedfleet.store.export import read_ids
+from tests.encode.fault_encoders import NAN_MARKER, POISON_MARKER
 from tests.fleet.checks import (
     BOTH_BROKERS,
     FAULTS,
@@ -30,7 +31,6 @@ from tests.fleet.checks import (
     wait_done,
     wait_started,
 )
-from tests.workers.fault_encoders import NAN_MARKER, POISON_MARKER
 
 pytestmark = pytest.mark.fleet
 

@@ -12,23 +12,18 @@ import pytest
 from celery import Celery
 from sqlalchemy import func, select
 
-from embedfleet.config.celeryconfig import celery_config
-from embedfleet.config.messages import ChunkTexts
-from embedfleet.config.sending import celery_sender
-from embedfleet.config.settings import Settings
-from embedfleet.producers.readers import Corpus
-from embedfleet.producers.records import FieldSpec
-from embedfleet.producers.submit import JobRequest, submit
-from embedfleet.storage.engine import get_engine
-from embedfleet.storage.export import read_ids
-from embedfleet.storage.jobs import job_stats
-from embedfleet.storage.schema import vectors
-from tests.conftest import (
-    COMMIT_FIELDS,
-    assert_matches_reference,
-    commit_text,
-    read_records,
-)
+from embedfleet.chunks.messages import ChunkTexts
+from embedfleet.corpus.readers import Corpus
+from embedfleet.corpus.records import FieldSpec
+from embedfleet.fleet.celeryconfig import celery_config
+from embedfleet.fleet.sending import celery_sender
+from embedfleet.jobs.stats import job_stats
+from embedfleet.jobs.submit import JobRequest, submit
+from embedfleet.settings import Settings
+from embedfleet.store.engine import get_engine
+from embedfleet.store.export import read_ids
+from embedfleet.store.schema import vectors
+from tests.conftest import COMMIT_FIELDS, assert_matches_reference, commit_text, read_records
 from tests.fleet.checks import BOTH_BROKERS, queued_messages
 
 pytestmark = pytest.mark.fleet

@@ -159,7 +159,7 @@ def test_retried_chunk_tasks_still_show_only_their_label(sqlite_url: str, make_f
     auth = ("ops", f"pw-{uuid.uuid4().hex[:12]}")
     fleet = make_fleet(sqlite_url, EMBEDFLEET_TORCH_THREADS="1", EMBEDFLEET_TEST_STATE_DIR=str(state),
                        EMBEDFLEET_COLLECT_IN_PLACE="false")
-    fleet.start_worker("w1", EMBEDFLEET_ENCODER="tests.workers.fault_encoders:FlakyEncoder")
+    fleet.start_worker("w1", EMBEDFLEET_ENCODER="tests.encode.fault_encoders:FlakyEncoder")
     base = start_flower(fleet, free_port(), auth)
 
     result = fleet.cli("submit", str(corpus), "--collection", "flaky", "--fields", ",".join(COMMIT_FIELDS),
@@ -186,8 +186,8 @@ def test_poison_records_show_as_a_failed_dead_letter_notice(sqlite_url: str, mak
     """A chunk whose records end as dead letters is not a clean success in Flower: its result says
     `dead 1`, and its dead_letter notice is a FAILURE row labelled by chunk and job. The chunk
     itself is done and nothing is retried. The tasks page shows the kwargs and result columns."""
+    from tests.encode.fault_encoders import POISON_MARKER
     from tests.fleet.checks import FAULTS
-    from tests.workers.fault_encoders import POISON_MARKER
 
     lines = SAMPLE.read_text().splitlines(keepends=True)[:8]
     record = json.loads(lines[5])
@@ -237,9 +237,9 @@ def test_reindex_shows_its_collection_and_a_users_columns_are_kept(sqlite_url: s
     a second Flower started with `--tasks_columns=name,state` shows just those columns."""
     from celery import Celery
 
-    from embedfleet.config.beat import beat_schedule
-    from embedfleet.config.celeryconfig import celery_config
-    from embedfleet.config.settings import Settings
+    from embedfleet.fleet.beat import beat_schedule
+    from embedfleet.fleet.celeryconfig import celery_config
+    from embedfleet.settings import Settings
 
     corpus = small_corpus16(tmp_path)
     auth = ("ops", f"pw-{uuid.uuid4().hex[:12]}")

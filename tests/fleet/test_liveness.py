@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from embedfleet.storage.collections import get_collection
-from embedfleet.storage.dead_letters import list_letters
-from embedfleet.storage.engine import get_engine
+from embedfleet.chunks.dead_letters import list_letters
+from embedfleet.store.collections import get_collection
+from embedfleet.store.engine import get_engine
 from tests.conftest import BIN
+from tests.encode.fault_encoders import CRASH_MARKER
 from tests.fleet.checks import (
     BOTH_BROKERS,
     FAULTS,
@@ -29,7 +30,6 @@ from tests.fleet.checks import (
     wait_done,
     wait_started,
 )
-from tests.workers.fault_encoders import CRASH_MARKER
 
 pytestmark = pytest.mark.fleet
 SLOW = {"EMBEDFLEET_TORCH_THREADS": "1", "EMBEDFLEET_ENCODER": f"{FAULTS}:SlowEncoder", "EMBEDFLEET_TEST_DELAY": "0.4"}

@@ -29,10 +29,10 @@ import redis
 from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
-from embedfleet.storage.engine import get_engine
-from embedfleet.storage.jobs import JobStats, job_stats
-from embedfleet.storage.schema import chunks, jobs
-from embedfleet.storage.schema import workers as nodes
+from embedfleet.jobs.stats import JobStats, job_stats
+from embedfleet.store.engine import get_engine
+from embedfleet.store.schema import chunks, jobs
+from embedfleet.store.schema import workers as nodes
 from tests.conftest import BIN, REPO, SAMPLE
 from tests.fleet.checks import assert_accounted
 from tests.fleet.netns import (
@@ -128,8 +128,8 @@ class Fleet:
         """Until each named worker answers a ping over the broker (its model loaded)."""
         from celery import Celery
 
-        from embedfleet.config.celeryconfig import celery_config
-        from embedfleet.config.settings import Settings
+        from embedfleet.fleet.celeryconfig import celery_config
+        from embedfleet.settings import Settings
 
         control = Celery("multihost-control")
         control.conf.update(celery_config(Settings(broker_url=self.broker_url)))
@@ -258,7 +258,7 @@ def finish(waiting: subprocess.Popen, timeout: float = 240) -> str:
 
 def check(fleet: Fleet, job_id: str, ids: list[str], tmp_path: Path, n: int, collection: str = COLLECTION) -> JobStats:
     # Fresh connections for the observer: the product asks the server to drop a session whose
-    # peer is silent for ~25 s (storage/engine.py, POSTGRES_SESSION), so one this process
+    # peer is silent for ~25 s (embedfleet/store/engine.py, POSTGRES_SESSION), so one this process
     # pooled before a cut of the database host's link is gone, and the check's first
     # statement would fail on it ("server closed the connection unexpectedly").
     get_engine(fleet.db_url).dispose()
@@ -392,14 +392,14 @@ def test_worker_host_cut_inside_a_collect_transaction(fleet: Fleet, tmp_path: Pa
     until the server gives the silent peer up, and the sweep that would re-send the chunk
     waits on that lock. The cut lands at that moment only by chance in scenario 2 (it did
     once, before the fix, and the job had not ended 240 s later), so here a session on the
-    cut host, set up as the product sets up its own (storage/engine.py: POSTGRES_SESSION,
+    cut host, set up as the product sets up its own (embedfleet/store/engine.py: POSTGRES_SESSION,
     keepalives and tcp_user_timeout that find a dead peer in ~25 s), locks the rows of the
     open chunks the cut host holds, as the collector does (SELECT ... FOR UPDATE), just
     before the cut. With the kernel's keepalive defaults the server would keep that lock
     for 2 h 11 min. Expected: about 25 s after the cut the server drops the session, the
     sweep claims the chunk and the job ends. On a stall the test prints the database's
     sessions, open chunks and nodes."""
-    from embedfleet.storage.engine import POSTGRES_SESSION
+    from embedfleet.store.engine import POSTGRES_SESSION
 
     path, ids = corpus(tmp_path, 240)
     fleet.start_workers(*WORKERS)
@@ -462,7 +462,7 @@ def test_broker_host_restarted_mid_job(fleet: Fleet, tmp_path: Path, recovery: C
 
     With the product's defaults (lease 120 s). A chunk being encoded when the broker went
     away cannot send its collect message until the broker is back; its send keeps trying for
-    about a minute (config/celeryconfig.py, task_publish_retry_policy), so it is not lost
+    about a minute (embedfleet/fleet/celeryconfig.py, task_publish_retry_policy), so it is not lost
     and the job does not wait a lease for the reconciler (it did before: 131 s on Redis)."""
     path, ids = corpus(tmp_path, 240)
     fleet.start_workers(*WORKERS)

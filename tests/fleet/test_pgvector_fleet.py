@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from embedfleet.storage.engine import get_engine
-from embedfleet.storage.schema import vectors, versions
+from embedfleet.store.engine import get_engine
+from embedfleet.store.schema import vectors, versions
 from tests.conftest import COMMIT_FIELDS, commit_text
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from embedfleet.storage.dead_letters import list_letters
-from embedfleet.storage.engine import get_engine
-from embedfleet.storage.jobs import job_stats
+from embedfleet.chunks.dead_letters import list_letters
+from embedfleet.jobs.stats import job_stats
+from embedfleet.store.engine import get_engine
 from tests.conftest import BIN, TEST_PG_URL, Fleet, embedfleet
 from tests.fleet.checks import assert_accounted, wait_done
 
 pytestmark = pytest.mark.fleet
-ENCODERS = "tests.workers.resilience_encoders"
+ENCODERS = "tests.encode.resilience_encoders"
 ONE_THREAD = {"EMBEDFLEET_TORCH_THREADS": "1"}
 
 

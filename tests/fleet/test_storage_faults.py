@@ -12,16 +12,16 @@ import pytest
 from celery import Celery
 from sqlalchemy import text
 
-from embedfleet.config.celeryconfig import celery_config
-from embedfleet.config.sending import celery_sender
-from embedfleet.config.settings import DEFAULT_MODEL, Settings
-from embedfleet.producers.records import Record, content_hash
-from embedfleet.producers.submit import send_chunks
-from embedfleet.storage.collections import open_collection
-from embedfleet.storage.dead_letters import list_letters
-from embedfleet.storage.engine import get_engine
-from embedfleet.storage.jobs import job_stats
-from embedfleet.storage.ledger import close_submission, create_job
+from embedfleet.chunks.dead_letters import list_letters
+from embedfleet.corpus.records import Record, content_hash
+from embedfleet.fleet.celeryconfig import celery_config
+from embedfleet.fleet.sending import celery_sender
+from embedfleet.jobs.stats import job_stats
+from embedfleet.jobs.submit import send_chunks
+from embedfleet.settings import DEFAULT_MODEL, Settings
+from embedfleet.store.collections import open_collection
+from embedfleet.store.engine import get_engine
+from embedfleet.store.ledger import close_submission, create_job
 from tests.conftest import SAMPLE
 from tests.fleet.checks import assert_accounted, wait_done
 

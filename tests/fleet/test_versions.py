@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from celery import Celery
 
-from embedfleet.config.beat import beat_schedule
-from embedfleet.config.celeryconfig import celery_config
-from embedfleet.config.settings import Settings
-from embedfleet.storage.engine import get_engine
-from embedfleet.storage.jobs import job_stats
+from embedfleet.fleet.beat import beat_schedule
+from embedfleet.fleet.celeryconfig import celery_config
+from embedfleet.jobs.stats import job_stats
+from embedfleet.settings import Settings
+from embedfleet.store.engine import get_engine
 from tests.conftest import SAMPLE
 from tests.fleet.checks import wait_done
 
 pytestmark = pytest.mark.fleet
-SLOW = {"EMBEDFLEET_ENCODER": "tests.workers.fault_encoders:SlowEncoder", "EMBEDFLEET_TEST_DELAY": "0.3"}
+SLOW = {"EMBEDFLEET_ENCODER": "tests.encode.fault_encoders:SlowEncoder", "EMBEDFLEET_TEST_DELAY": "0.3"}
 
 
 def _titles(tmp_path: Path, n: int) -> tuple[Path, list[dict]]:
@@ -124,7 +124,7 @@ def test_scheduled_reindex_runs_once_and_embeds_only_changes(pg_url, make_fleet,
     engine = get_engine(pg_url)
     from sqlalchemy import select
 
-    from embedfleet.storage.schema import jobs
+    from embedfleet.store.schema import jobs
 
     deadline = time.monotonic() + 60
     while True:

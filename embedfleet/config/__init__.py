@@ -1,1 +1,0 @@
-"""Settings, the thin Celery app, queues and routes. Never imports torch."""

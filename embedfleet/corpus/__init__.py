@@ -1,0 +1,1 @@
+"""Reading a corpus: sources (files, stdin, SQL, Python iterables), records, validation, chunking."""

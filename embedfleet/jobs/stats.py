@@ -1,0 +1,191 @@
+"""The jobs' read model: a job's state, counts, rate and ETA, as status, progress and the
+API show them. One query over the job's chunks, one over its dead letters."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from ..errors import LedgerError
+from ..store.ledger import OPEN_CHUNK_STATES
+from ..store.schema import chunks, dead_letters, jobs
+
+
+@dataclass(frozen=True)
+class JobStats:
+    job_id: str
+    collection: str
+    version_key: str
+    model: str
+    state: str
+    records_read: int
+    stored: int
+    skipped: int
+    dead: int
+    truncated: int
+    chunks_done: int
+    chunks_total: int
+    created_at: float
+    finished_at: float | None
+    # Seconds spent inside the encoder, summed over chunks.
+    encode_seconds: float
+    retries: int = 0
+    giveups: int = 0
+    splits: int = 0
+    resends: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    deduplicated: int = 0
+    # Submitting or running, but no chunk sent, started or done for the lease (stalled_jobs'
+    # notion): it will not finish on its own, so it has no ETA. Set only when job_stats is
+    # given a lease.
+    stalled: bool = False
+
+    @property
+    def records_done(self) -> int:
+        return self.stored + self.skipped + self.dead
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished_at or time.time()) - self.created_at
+
+    @property
+    def rate(self) -> float:
+        """Records per second, stored or dead, over the job's wall time so far."""
+        return (self.stored + self.dead) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.state == "done":
+            return 0.0
+        remaining = self.records_read - self.records_done
+        # records_read is known from validation before the first chunk is sent, so an ETA
+        # holds while the producer is still submitting too (the embedded run feeds as it goes).
+        if self.rate <= 0 or self.state not in ("submitting", "running") or self.stalled:
+            return None
+        return max(remaining, 0) / self.rate
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "collection": self.collection,
+            "version": self.version_key,
+            "model": self.model,
+            "state": self.state,
+            "records_read": self.records_read,
+            "stored": self.stored,
+            "skipped": self.skipped,
+            "skipped_invalid": self.skipped - self.unchanged,
+            "skipped_unchanged": self.unchanged,
+            "dead": self.dead,
+            "truncated": self.truncated,
+            "chunks_done": self.chunks_done,
+            "chunks_total": self.chunks_total,
+            "seconds": round(self.elapsed, 3),
+            "records_per_second": round(self.rate, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+            "encode_seconds": round(self.encode_seconds, 3),
+            "retries": self.retries,
+            "giveups": self.giveups,
+            "splits": self.splits,
+            "resends": self.resends,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "deleted": self.deleted,
+            "deduplicated": self.deduplicated,
+            "stalled": self.stalled,
+            "cache_hit_rate": round(self.unchanged / self.records_read, 4) if self.records_read else 0.0,
+        }
+
+
+class AmbiguousJob(LedgerError):
+    """A job id prefix that more than one job starts with."""
+
+    def __init__(self, prefix: str, candidates: list[str], more: bool) -> None:
+        self.prefix = prefix
+        self.candidates = candidates
+        listed = ", ".join(candidates) + (", ..." if more else "")
+        super().__init__(f"job id {prefix!r} is ambiguous: it starts {listed}; give more characters")
+
+
+# How many candidates an ambiguous prefix lists: enough to pick from, never the whole ledger.
+CANDIDATES_SHOWN = 10
+
+
+def resolve_job_id(engine: Engine, prefix: str) -> str:
+    """The full id of the one job whose id starts with `prefix` (progress lines print 8
+    characters; a full id matches itself). Unknown or ambiguous prefixes are LedgerErrors,
+    the ambiguous one listing the candidates."""
+    wanted = prefix.strip().lower()
+    if not wanted:
+        raise LedgerError("give a job id (or the start of one)")
+    with engine.connect() as conn:
+        # autoescape: a '%' or '_' typed by the user is a character, not a LIKE wildcard.
+        rows = conn.execute(select(jobs.c.id).where(jobs.c.id.startswith(wanted, autoescape=True))
+                            .order_by(jobs.c.id).limit(CANDIDATES_SHOWN + 1)).scalars().all()
+    if not rows:
+        raise LedgerError(f"no job {prefix!r}")
+    if wanted in rows:  # a full id that is also the start of a longer one (never, with uuid4 hex)
+        return wanted
+    if len(rows) > 1:
+        raise AmbiguousJob(prefix, list(rows[:CANDIDATES_SHOWN]), more=len(rows) > CANDIDATES_SHOWN)
+    return str(rows[0])
+
+
+def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None) -> JobStats:
+    with engine.connect() as conn:
+        job = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if job is None:
+            raise LedgerError(f"no job {job_id!r}")
+        agg = conn.execute(
+            select(
+                func.coalesce(func.sum(chunks.c.stored), 0),
+                func.count().filter(chunks.c.state.notin_(OPEN_CHUNK_STATES)),
+                func.count(),
+                func.coalesce(func.sum(chunks.c.encode_seconds), 0.0),
+                func.coalesce(func.sum(chunks.c.splits), 0),
+                func.max(chunks.c.sent_at), func.max(chunks.c.started_at), func.max(chunks.c.done_at),
+            ).where(chunks.c.job_id == job_id)
+        ).one()
+        dead = conn.execute(
+            select(func.count()).select_from(dead_letters).where(dead_letters.c.job_id == job_id)
+        ).scalar_one()
+    return JobStats(
+        job_id=job.id,
+        collection=job.collection,
+        version_key=job.version_key,
+        model=job.model,
+        state=job.state,
+        records_read=job.records_read,
+        stored=int(agg[0]),
+        # Skipped: invalid input, or unchanged since the version last stored it (cache hits).
+        skipped=job.skipped_invalid + job.unchanged,
+        dead=int(dead),
+        truncated=job.truncated,
+        chunks_done=int(agg[1]),
+        chunks_total=max(job.chunks_total, int(agg[2])),
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        encode_seconds=float(agg[3]),
+        retries=job.retries,
+        giveups=job.giveups,
+        splits=int(agg[4]),
+        resends=job.resends,
+        added=job.added,
+        updated=job.updated,
+        unchanged=job.unchanged,
+        deleted=job.deleted,
+        deduplicated=job.deduplicated,
+        stalled=lease_seconds is not None and job.state in ("submitting", "running")
+        and max(job.created_at, job.producer_seen_at or 0.0, *(t or 0.0 for t in agg[5:8]))
+        < time.time() - lease_seconds,
+    )
+
+
+# Ending a job by hand, and what clients need to know about a job's state.

@@ -1,1 +1,0 @@
-"""Corpus readers, validation, chunking, job submission and the CLI. Never imports torch."""

@@ -1,1 +1,0 @@
-"""SQL storage: schema, engines, the chunk ledger, vector writes and reads. Never imports torch."""

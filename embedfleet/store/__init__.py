@@ -1,0 +1,1 @@
+"""SQL storage: engine, schema, ledger rows, vectors, bulk writes, pgvector, collections, export, search."""

@@ -1,1 +1,0 @@
-"""The resident encoder, the encode and collect tasks, and the in-process worker."""

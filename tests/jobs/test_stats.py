@@ -1,0 +1,67 @@
+"""The jobs' read model: a job found by any unique prefix of its id, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import update
+
+from embedfleet.errors import LedgerError
+from embedfleet.jobs.stats import CANDIDATES_SHOWN, AmbiguousJob, job_stats, resolve_job_id
+from embedfleet.store.collections import open_collection
+from embedfleet.store.engine import get_engine
+from embedfleet.store.ledger import create_job
+from embedfleet.store.schema import jobs
+
+IDS = ["abcd0000" + "0" * 24, "abcd1111" + "1" * 24, "ef012345" + "2" * 24]
+
+
+def jobs_with_ids(engine, ids: list[str]) -> None:
+    """Jobs whose ids are chosen (create_job draws uuid4s): prefixes collide only where the test wants."""
+    version = open_collection(engine, "c1", "m", {}, {})
+    for wanted in ids:
+        drawn = create_job(engine, "c1", version.key, "m", "test", {}, records_read=0, skipped_invalid=0)
+        with engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == drawn).values(id=wanted))
+
+
+@pytest.fixture
+def engine(db_url: str):
+    engine = get_engine(db_url)
+    jobs_with_ids(engine, IDS)
+    return engine
+
+
+def test_a_unique_prefix_or_the_full_id_finds_the_job(engine) -> None:
+    """8 characters (what progress lines print), 5, 1 or all 32: the one job they start."""
+    assert resolve_job_id(engine, "ef012345") == IDS[2]
+    assert resolve_job_id(engine, "abcd1") == IDS[1]
+    assert resolve_job_id(engine, "e") == IDS[2]
+    assert resolve_job_id(engine, IDS[0]) == IDS[0]
+    assert resolve_job_id(engine, " ABCD0 ") == IDS[0]  # pasted with spaces, or upper case
+    assert job_stats(engine, resolve_job_id(engine, "abcd0")).job_id == IDS[0]
+
+
+def test_an_ambiguous_prefix_lists_its_candidates(engine) -> None:
+    """Two jobs start with 'abcd': refused, naming both."""
+    with pytest.raises(AmbiguousJob) as caught:
+        resolve_job_id(engine, "abcd")
+    assert caught.value.candidates == IDS[:2]
+    assert "ambiguous" in str(caught.value) and IDS[0] in str(caught.value) and IDS[1] in str(caught.value)
+
+
+def test_an_unknown_prefix_or_a_wildcard_is_refused(engine) -> None:
+    """No job starts with it: a LedgerError naming it. LIKE wildcards typed by a user match themselves only."""
+    for prefix in ("9", "abcd2", "%", "_bcd", ""):
+        with pytest.raises(LedgerError) as caught:
+            resolve_job_id(engine, prefix)
+        assert not isinstance(caught.value, AmbiguousJob), prefix
+
+
+def test_many_candidates_are_cut_short(db_url: str) -> None:
+    """A one-character prefix of many jobs lists CANDIDATES_SHOWN of them and says there are more."""
+    engine = get_engine(db_url)
+    jobs_with_ids(engine, [f"a{i:031x}" for i in range(CANDIDATES_SHOWN + 3)])
+    with pytest.raises(AmbiguousJob) as caught:
+        resolve_job_id(engine, "a")
+    assert len(caught.value.candidates) == CANDIDATES_SHOWN and str(caught.value).endswith("give more characters")
+    assert ", ..." in str(caught.value)
