@@ -26,10 +26,20 @@ __all__ = [
     "JobEnded",
     "JobStats",
     "LedgerError",
+    "ModelNotFound",
     "QueryUnanswered",
     "Settings",
+    "Started",
     "cancel",
+    "cutover",
+    "dead_letters",
+    "drop_version",
     "export",
+    "migrate",
+    "redrive",
+    "reindex",
+    "resume",
+    "rollback",
     "run",
     "search",
     "status",
@@ -40,22 +50,44 @@ __all__ = [
 # name -> the module that defines it
 _HOME = {
     "run": ".api", "submit": ".api", "wait": ".api", "status": ".api", "cancel": ".api",
-    "export": ".api", "search": ".api", "Hit": ".api", "Exported": ".api",
+    "export": ".api", "search": ".api", "Hit": ".api", "Exported": ".api", "Started": ".api",
+    "reindex": ".api", "migrate": ".api", "cutover": ".api", "rollback": ".api", "drop_version": ".api",
+    "resume": ".api", "dead_letters": ".api", "redrive": ".api",
     "Settings": ".settings",
     "JobStats": ".jobs.stats",
     "InvalidInput": ".corpus.validation",
     "JobEnded": ".errors",
     "LedgerError": ".errors",
+    "ModelNotFound": ".errors",
     "CorpusError": ".corpus.readers",
     "BrokerUnavailable": ".fleet.sending",
     "QueryUnanswered": ".fleet.queries",
 }
 
 if TYPE_CHECKING:
-    from .api import Exported, Hit, cancel, export, run, search, status, submit, wait
+    from .api import (
+        Exported,
+        Hit,
+        Started,
+        cancel,
+        cutover,
+        dead_letters,
+        drop_version,
+        export,
+        migrate,
+        redrive,
+        reindex,
+        resume,
+        rollback,
+        run,
+        search,
+        status,
+        submit,
+        wait,
+    )
     from .corpus.readers import CorpusError
     from .corpus.validation import InvalidInput
-    from .errors import JobEnded, LedgerError
+    from .errors import JobEnded, LedgerError, ModelNotFound
     from .fleet.queries import QueryUnanswered
     from .fleet.sending import BrokerUnavailable
     from .jobs.stats import JobStats

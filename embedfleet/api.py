@@ -8,21 +8,22 @@ documents each function; the CLI's job and collection commands call these.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from sqlalchemy import Engine
 
+from .chunks.dead_letters import Letter
 from .corpus.readers import Corpus, Records
 from .corpus.records import FieldSpec
-from .errors import LedgerError
+from .errors import LedgerError, ModelNotFound
 from .jobs.stats import JobStats, job_stats, resolve_job_id
-from .jobs.submit import JobRequest
+from .jobs.submit import JobRequest, Submission
 from .settings import Settings, get_settings, set_settings
-from .store.collections import CollectionSummary, Deleted
+from .store.collections import CollectionSummary, Deleted, Version
 from .store.engine import existing_engine, get_engine
 from .store.ledger import cancel_job
 
@@ -298,3 +299,150 @@ def search(collection: str, query: str | Sequence[str], *, k: int = 10, fleet: b
         extras = stored_extras(engine, version.key, {record_id for row in rows for record_id, _ in row})
     hits = [[Hit(record_id, score, *extras.get(record_id, (None, None))) for record_id, score in row] for row in rows]
     return hits[0] if isinstance(query, str) else hits
+
+
+# --- Jobs a collection's own options describe, versions, re-sends and dead letters ----------
+
+
+@dataclass(frozen=True)
+class Started:
+    """A job that reindex or migrate started: what its submission read and sent, and, when it
+    ran here (`local=True`), its final figures. On the fleet `stats` is None: `wait(job_id)`."""
+
+    submission: Submission
+    stats: JobStats | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.submission.job_id
+
+
+def start(request: JobRequest, *, local: bool, settings: Settings | None = None,
+          on_job: Callable[[str], None] | None = None) -> Started:
+    """Run `request` on the embedded default (`local`, returning when it is done) or submit it
+    to the fleet (returning once every chunk is sent). `on_job` hears the job id before any
+    chunk is sent. What the CLI's run, submit, reindex and migrate call."""
+    with _using(settings) as current:
+        if local:
+            from .embedded import run_embedded
+
+            submission, stats = run_embedded(request)
+            return Started(submission, stats)
+        from .fleet.sending import fleet_sender
+        from .jobs.submit import submit as submit_job
+        from .store.engine import redact
+
+        # The broker is checked before anything is written: BrokerUnavailable leaves no job.
+        submission = submit_job(_engine(current), request, fleet_sender(current), on_job=on_job,
+                                broker=f"the broker at {redact(current.broker_url)}")
+        return Started(submission)
+
+
+def reindex(collection: str, *, sync: Literal["none", "full"] | None = None, local: bool = False,
+            settings: Settings | None = None, on_job: Callable[[str], None] | None = None) -> Started:
+    """Read the collection's registered source again, the same way (fields, chunking, what it
+    keeps): only new and changed records are embedded; `sync="full"` also deletes the records
+    the source no longer has. On the fleet, or here with `local=True`."""
+    from .jobs.reindex import registered_request
+
+    current = _resolved(settings)
+    request = registered_request(_reader(current), collection, current, sync=sync)
+    return start(request, local=local, settings=current, on_job=on_job)
+
+
+def migrate(collection: str, model: str, *, cutover: bool = True, check_model: bool = True, local: bool = False,
+            settings: Settings | None = None, on_job: Callable[[str], None] | None = None,
+            on_version: Callable[[Version], None] | None = None) -> Started:
+    """Re-embed the collection with `model` (any dimension) into a new version. Reads stay on
+    the current version until the new one is complete, then switch in one transaction
+    (`cutover=False`: leave that to `cutover`). `check_model` checks the model's files here
+    first (a host without them: False). Nothing sent (bad input, broker down): no version left."""
+    from .corpus.readers import CorpusError
+    from .corpus.validation import InvalidInput
+    from .fleet.sending import BrokerUnavailable
+    from .jobs.reindex import registered_request
+    from .store.collections import drop_version as drop
+    from .store.collections import new_version
+
+    if check_model:
+        # Its files, not a load: this host may be a producer without torch. A worker that
+        # cannot load it anyway dead-letters its chunks (ModelUnavailable) after the cap.
+        from .encode.availability import model_problem
+
+        problem = model_problem(model)
+        if problem:
+            raise ModelNotFound(f"cannot load model {model!r}: {problem}; no version was created "
+                                "(--no-model-check if only the workers have it)")
+    current = _resolved(settings)
+    engine = _reader(current)
+    request = registered_request(engine, collection, current)  # fails early if the source is gone
+    version = new_version(engine, collection, model)
+    if on_version is not None:
+        on_version(version)
+    request = replace(request, model=model, version_key=version.key, cutover=cutover, sync="none")
+    try:
+        return start(request, local=local, settings=current, on_job=on_job)
+    except (InvalidInput, CorpusError, BrokerUnavailable):
+        drop(engine, collection, version.version)  # nothing was sent: leave no empty version behind
+        raise
+
+
+def cutover(collection: str, version: int | None = None, *, settings: Settings | None = None) -> Version:
+    """Switch reads to a complete version (default: the newest); the current one becomes the
+    rollback target. Returns the version now read."""
+    from .store.collections import cutover as switch
+
+    return switch(_reader(_resolved(settings)), collection, version)
+
+
+def rollback(collection: str, *, settings: Settings | None = None) -> Version:
+    """Switch reads back to the previous version, until it is dropped. Returns it."""
+    from .store.collections import rollback as back
+
+    return back(_reader(_resolved(settings)), collection)
+
+
+def drop_version(collection: str, version: int, *, settings: Settings | None = None) -> int:
+    """Delete a version that is not current (and with it, the rollback to it). Returns the
+    vectors deleted."""
+    from .store.collections import drop_version as drop
+
+    return drop(_reader(_resolved(settings)), collection, version)
+
+
+def resume(job_id: str, *, settings: Settings | None = None) -> tuple[str, int]:
+    """Send again every chunk of the job that is not done (after the broker lost its queues).
+    Returns the job's full id and the chunks re-sent."""
+    from .chunks.resend import resend_open_chunks
+    from .chunks.sending import payload_sender
+    from .fleet.sending import fleet_sender
+
+    current = _resolved(settings)
+    engine = _reader(current)
+    full_id = resolve_job_id(engine, job_id)
+    return full_id, resend_open_chunks(engine, payload_sender(fleet_sender(current)), full_id)
+
+
+def dead_letters(*, job: str | None = None, include_resolved: bool = False, limit: int | None = None,
+                 ids: Sequence[int] = (), settings: Settings | None = None) -> list[Letter]:
+    """Dead letters, oldest first: those of `job` (any unique start of its id; an unknown job
+    raises), the letters `ids`, or every open one; `include_resolved` adds redriven ones."""
+    from .chunks.dead_letters import get_letters, list_letters
+
+    engine = _reader(_resolved(settings))
+    if ids:
+        return get_letters(engine, ids)
+    # An unknown job is an error, not "no dead letters": a typo must not look like a clean job.
+    job_id = resolve_job_id(engine, job) if job else None
+    return list_letters(engine, job_id, include_resolved, limit)
+
+
+def redrive(letters: Sequence[Letter], *, settings: Settings | None = None) -> list[str]:
+    """Send the letters' records through the normal path again (on the fleet): a new job per
+    version, each letter resolved when its record is stored. Returns the job ids."""
+    from .fleet.sending import fleet_sender
+    from .jobs.redrive import redrive as send_again
+
+    current = _resolved(settings)
+    return send_again(_reader(current), fleet_sender(current), letters, current.chunk_size,
+                      current.chunk_token_budget, current.max_tokens_per_record)

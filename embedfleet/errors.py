@@ -1,4 +1,4 @@
-"""The storage layer's one error type, and the collection-name check that guards SQL."""
+"""Errors a caller catches that every layer may raise, and the collection-name check that guards SQL."""
 
 from __future__ import annotations
 
@@ -30,3 +30,8 @@ class JobEnded(LedgerError):
 
 class SourceNotStored(TimeoutError):
     """A repeated text's first record is not stored yet: transient, the collector retries."""
+
+
+class ModelNotFound(ValueError):
+    """A model asked for by name or directory whose files are not on this host (checked
+    without loading it: migrate, worker start)."""

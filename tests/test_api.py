@@ -33,7 +33,9 @@ from embedfleet.store.export import read_ids
 from tests.conftest import REPO, SAMPLE, assert_matches_reference, read_records
 
 PUBLIC = {"run", "submit", "wait", "status", "cancel", "export", "search", "Settings", "JobStats", "Hit",
-          "Exported", "InvalidInput", "JobEnded", "LedgerError", "CorpusError", "BrokerUnavailable", "QueryUnanswered"}
+          "Exported", "InvalidInput", "JobEnded", "LedgerError", "CorpusError", "BrokerUnavailable", "QueryUnanswered",
+          "ModelNotFound", "Started", "reindex", "migrate", "cutover", "rollback", "drop_version", "resume",
+          "dead_letters", "redrive"}
 
 
 @pytest.fixture(autouse=True)
@@ -196,6 +198,21 @@ def test_the_docs_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("done 4\nT-1 ")
     assert "record 2 (id 'T-6'): empty text" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_docs_versions_example_runs(tmp_path: Path) -> None:
+    """docs/api.md's example of reindex, migrate, rollback, cutover, drop_version and
+    dead_letters runs as written (the real model, a fresh directory, no EMBEDFLEET_ variable)."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "api.md").read_text(), re.DOTALL)
+    example = next(b for b in blocks if "api.migrate(" in b)
+    (tmp_path / "example.py").write_text(example)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDFLEET_")}
+    result = subprocess.run([sys.executable, "example.py"], check=False, cwd=tmp_path,
+                            env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["reindex stored 1 unchanged 2", "migrate stored 3", "reads version 1",
+                                          "reads version 2", "dropped 3 vectors", "open dead letters 0"]
 
 
 def test_job_ids_may_be_prefixes_and_reads_create_no_database(db_url: str, tmp_path: Path) -> None:

@@ -6,19 +6,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from sqlalchemy import Engine
 
 from .. import api
-from ..corpus.readers import CorpusError
-from ..corpus.validation import InvalidInput
-from ..fleet.sending import BrokerUnavailable
-from ..store.collections import cutover, drop_version, get_collection, new_version, rollback, version_rows
+from ..settings import Settings
+from ..store.collections import get_collection, version_rows
 from ..store.engine import existing_engine
-from .errors import InputError
-from .jobs import print_finished, submit_to_fleet
+from .jobs import announce, print_finished
 from .main import cli
 from .options import (
     BROKER_OPTION,
@@ -69,25 +66,20 @@ class Following:
             raise click.UsageError("--strict needs --wait (or --local)")
 
 
-def _run_request(request: Any, how: Following, settings: Any) -> None:
-    """The job on the fleet (or in-process with --local), followed when asked."""
-    if how.local:
-        from ..embedded import run_embedded
-
-        submission, stats = run_embedded(request)
-        print_finished(stats, how.as_json, submission)
-        report_invalid(submission)
-        exit_for(stats, how.strict)
+def _report_started(started: api.Started, how: Following, settings: Settings) -> None:
+    """A reindex or migration job: its summary once it ran here (--local) or, on the fleet,
+    followed when asked (--wait)."""
+    report_invalid(started.submission)
+    if started.stats is not None:
+        print_finished(started.stats, how.as_json, started.submission)
+        exit_for(started.stats, how.strict)
         return
-    engine = existing_engine(settings.database_url)
-    submission = submit_to_fleet(engine, request, settings, how.as_json)
-    report_invalid(submission)
     if not how.wait:
         if how.as_json:
-            print_json(submission_json(submission))
+            print_json(submission_json(started.submission))
         return
-    stats = api.wait(submission.job_id, settings=settings)
-    print_finished(stats, how.as_json, submission)
+    stats = api.wait(started.job_id, settings=settings)
+    print_finished(stats, how.as_json, started.submission)
     exit_for(stats, how.strict)
 
 
@@ -168,14 +160,14 @@ def delete_collection_command(name: str, yes: bool, as_json: bool, db: str | Non
 @click.option("--collection", required=True)
 @click.option("--sync", type=click.Choice(["none", "full"]), default=None, help="Override the registered sync mode.")
 @following
-def reindex(collection: str, sync: str | None, db: str | None, broker_url: str | None, **opts: Any) -> None:
+def reindex(collection: str, sync: Literal["none", "full"] | None, db: str | None, broker_url: str | None,
+            **opts: Any) -> None:
     """Re-run the collection's registered source: only new and changed records are embedded."""
-    from ..jobs.reindex import registered_request
-
     how = _following(opts)
     settings = apply_settings(database_url=db, broker_url=broker_url)
-    request = registered_request(existing_engine(settings.database_url), collection, settings, sync=sync)
-    _run_request(request, how, settings)
+    started = api.reindex(collection, sync=sync, local=how.local, settings=settings,
+                          on_job=lambda job_id: announce(job_id, how.as_json))
+    _report_started(started, how, settings)
 
 
 @cli.command()
@@ -189,30 +181,16 @@ def migrate(collection: str, model: str, no_cutover: bool, no_model_check: bool,
             broker_url: str | None, **opts: Any) -> None:
     """Re-embed the collection with another model into a new version; reads stay on the current
     one until the new version is complete, then switch in one transaction."""
-    from ..jobs.reindex import registered_request
-
     how = _following(opts)
-    if not no_model_check:
-        # Its files, not a load: this host may be a producer without torch. A worker that
-        # cannot load it anyway dead-letters its chunks (ModelUnavailable) after the cap.
-        from ..encode.availability import model_problem
-
-        problem = model_problem(model)
-        if problem:
-            raise InputError(f"cannot load model {model!r}: {problem}; no version was created "
-                             "(--no-model-check if only the workers have it)")
     settings = apply_settings(database_url=db, broker_url=broker_url)
-    engine = existing_engine(settings.database_url)
-    request = registered_request(engine, collection, settings)  # fails early if the source is gone
-    version = new_version(engine, collection, model)
-    click.echo(f"filling version {version.version} ({version.key}) with {model}", err=True)
-    request = dataclasses.replace(request, model=model, version_key=version.key, cutover=not no_cutover, sync="none")
-    try:
-        _run_request(request, how, settings)
-    except (InvalidInput, CorpusError, BrokerUnavailable):
-        # Nothing was sent: leave no empty version behind.
-        drop_version(engine, collection, version.version)
-        raise
+
+    def filling(version: Any) -> None:
+        click.echo(f"filling version {version.version} ({version.key}) with {model}", err=True)
+
+    started = api.migrate(collection, model, cutover=not no_cutover, check_model=not no_model_check,
+                          local=how.local, settings=settings, on_version=filling,
+                          on_job=lambda job_id: announce(job_id, how.as_json))
+    _report_started(started, how, settings)
 
 
 def _now_reads(collection: str, version: Any, as_json: bool) -> None:
@@ -230,8 +208,7 @@ def _now_reads(collection: str, version: Any, as_json: bool) -> None:
 @DB_OPTION
 def cutover_command(collection: str, number: int | None, as_json: bool, db: str | None) -> None:
     """Switch reads to a complete version (the current one becomes the rollback target)."""
-    settings = apply_settings(database_url=db)
-    _now_reads(collection, cutover(existing_engine(settings.database_url), collection, number), as_json)
+    _now_reads(collection, api.cutover(collection, number, settings=apply_settings(database_url=db)), as_json)
 
 
 @cli.command("rollback")
@@ -240,8 +217,7 @@ def cutover_command(collection: str, number: int | None, as_json: bool, db: str 
 @DB_OPTION
 def rollback_command(collection: str, as_json: bool, db: str | None) -> None:
     """Switch reads back to the previous version, until it is dropped."""
-    settings = apply_settings(database_url=db)
-    _now_reads(collection, rollback(existing_engine(settings.database_url), collection), as_json)
+    _now_reads(collection, api.rollback(collection, settings=apply_settings(database_url=db)), as_json)
 
 
 @cli.command("drop-version")
@@ -251,8 +227,7 @@ def rollback_command(collection: str, as_json: bool, db: str | None) -> None:
 @DB_OPTION
 def drop_version_command(collection: str, number: int, as_json: bool, db: str | None) -> None:
     """Delete a version that is not current (and with it, the rollback to it)."""
-    settings = apply_settings(database_url=db)
-    rows = drop_version(existing_engine(settings.database_url), collection, number)
+    rows = api.drop_version(collection, number, settings=apply_settings(database_url=db))
     if as_json:
         print_json({"collection": collection, "dropped_version": number, "vectors_deleted": rows})
         return

@@ -6,9 +6,7 @@ import dataclasses
 
 import click
 
-from ..fleet.sending import fleet_sender
-from ..jobs.stats import resolve_job_id
-from ..store.engine import existing_engine
+from .. import api
 from .main import cli
 from .options import BROKER_OPTION, DB_OPTION, JSON_OPTION, apply_settings, print_json
 
@@ -26,13 +24,8 @@ def dlq() -> None:
 @DB_OPTION
 def dlq_list(job: str | None, include_resolved: bool, limit: int, as_json: bool, db: str | None) -> None:
     """One line per letter: id, job, record id, position, error."""
-    from ..chunks.dead_letters import list_letters
-
-    settings = apply_settings(database_url=db)
-    engine = existing_engine(settings.database_url)
-    # An unknown job is an error, not "no dead letters": a typo must not look like a clean job.
-    job_id = resolve_job_id(engine, job) if job else None
-    letters = list_letters(engine, job_id, include_resolved, limit)
+    letters = api.dead_letters(job=job, include_resolved=include_resolved, limit=limit,
+                               settings=apply_settings(database_url=db))
     if as_json:
         # Without the texts (`dlq show` has them): a listing stays small and leaks no corpus.
         print_json([{**{k: v for k, v in dataclasses.asdict(letter).items() if k != "text"},
@@ -53,10 +46,7 @@ def dlq_list(job: str | None, include_resolved: bool, limit: int, as_json: bool,
 def dlq_show(letter_id: int, as_json: bool, db: str | None) -> None:
     """Everything about one letter, its text included, as JSON (--json is accepted for
     symmetry: the output is JSON either way)."""
-    from ..chunks.dead_letters import get_letters
-
-    settings = apply_settings(database_url=db)
-    (letter,) = get_letters(existing_engine(settings.database_url), [letter_id])
+    (letter,) = api.dead_letters(ids=[letter_id], settings=apply_settings(database_url=db))  # LedgerError if none
     print_json(dataclasses.asdict(letter))
 
 
@@ -69,19 +59,11 @@ def dlq_show(letter_id: int, as_json: bool, db: str | None) -> None:
 def dlq_redrive(letter_ids: tuple[int, ...], job: str | None, as_json: bool, db: str | None,
                 broker_url: str | None) -> None:
     """Send letters' records through the normal path again; each letter clears when its record is stored."""
-    from ..chunks.dead_letters import get_letters, list_letters
-    from ..jobs.redrive import redrive
-
     if bool(letter_ids) == bool(job):
         raise click.UsageError("give either letter ids or --job")
     settings = apply_settings(database_url=db, broker_url=broker_url)
-    engine = existing_engine(settings.database_url)
-    if job:
-        letters = list_letters(engine, resolve_job_id(engine, job))
-    else:
-        letters = get_letters(engine, letter_ids)
-    job_ids = redrive(engine, fleet_sender(settings), letters, settings.chunk_size, settings.chunk_token_budget,
-                      settings.max_tokens_per_record)
+    letters = api.dead_letters(job=job, ids=letter_ids, settings=settings)
+    job_ids = api.redrive(letters, settings=settings)
     if as_json:
         print_json({"letters": len(letters), "jobs": job_ids})
         return

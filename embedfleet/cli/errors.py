@@ -14,7 +14,7 @@ import click
 
 from ..corpus.readers import CorpusError
 from ..corpus.validation import InvalidInput
-from ..errors import JobEnded, LedgerError
+from ..errors import JobEnded, LedgerError, ModelNotFound
 from ..fleet.queries import QueryUnanswered
 from ..fleet.sending import BrokerUnavailable
 from ..safe_errors import reason
@@ -75,7 +75,7 @@ def error_map() -> list[tuple[tuple[type[BaseException], ...], Callable[[Any], s
     plain = str
     return [
         ((JobEnded,), plain, EXIT_FAILURE),
-        ((InvalidInput, CorpusError, LedgerError, EncoderConfigError), plain, EXIT_INPUT),
+        ((InvalidInput, CorpusError, LedgerError, EncoderConfigError, ModelNotFound), plain, EXIT_INPUT),
         ((pydantic.ValidationError,), _settings_error, EXIT_INPUT),
         ((sqlalchemy.exc.ArgumentError,), lambda e: f"invalid database URL: {_reason(e)}", EXIT_INPUT),
         ((BrokerUnavailable, QueryUnanswered), plain, EXIT_FAILURE),

@@ -7,14 +7,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import click
-from sqlalchemy import Engine
 
 from .. import api
-from ..fleet.sending import fleet_sender
-from ..jobs.stats import JobStats, resolve_job_id
-from ..jobs.submit import JobRequest, Submission
-from ..settings import Settings
-from ..store.engine import existing_engine, get_engine, redact
+from ..jobs.stats import JobStats
+from ..jobs.submit import Submission
+from ..store.engine import existing_engine
 from .main import cli
 from .options import (
     BATCH_SIZE_OPTION,
@@ -46,13 +43,6 @@ def announce(job_id: str, as_json: bool = False) -> None:
     sys.stdout.flush()
 
 
-def submit_to_fleet(engine: Engine, request: JobRequest, settings: Settings, as_json: bool = False) -> Submission:
-    from ..jobs.submit import submit as submit_job
-
-    return submit_job(engine, request, fleet_sender(settings), on_job=lambda job_id: announce(job_id, as_json),
-                      broker=f"the broker at {redact(settings.broker_url)}")
-
-
 def print_finished(stats: JobStats, as_json: bool, submission: Submission | None = None) -> None:
     """A finished job's summary (run, submit --wait, reindex and migrate --wait)."""
     if as_json:
@@ -68,13 +58,11 @@ def run(batch_size: int | None, **opts: Any) -> None:
     """Embed CORPUS on the embedded default: in-process worker, SQLite file, no servers."""
     settings = apply_settings(database_url=opts["db"], chunk_size=opts["chunk_size"], batch_size=batch_size,
                               model=opts["model"])
-    request = job_request(settings, opts)
-    from ..embedded import run_embedded
-
-    submission, stats = run_embedded(request)
-    print_finished(stats, opts["as_json"], submission)
-    report_invalid(submission)
-    exit_for(stats, opts["strict"])
+    started = api.start(job_request(settings, opts), local=True, settings=settings)
+    assert started.stats is not None  # a local job has run to its end
+    print_finished(started.stats, opts["as_json"], started.submission)
+    report_invalid(started.submission)
+    exit_for(started.stats, opts["strict"])
 
 
 @cli.command()
@@ -87,9 +75,8 @@ def submit(wait: bool, broker_url: str | None, **opts: Any) -> None:
         raise click.UsageError("--strict needs --wait (without it, submit ends before any record is embedded)")
     settings = apply_settings(database_url=opts["db"], chunk_size=opts["chunk_size"], model=opts["model"],
                               broker_url=broker_url)
-    request = job_request(settings, opts)
-    engine = get_engine(settings.database_url)
-    submission = submit_to_fleet(engine, request, settings, opts["as_json"])
+    submission = api.start(job_request(settings, opts), local=False, settings=settings,
+                           on_job=lambda job_id: announce(job_id, opts["as_json"])).submission
     report_invalid(submission)
     if not wait:
         if opts["as_json"]:
@@ -163,13 +150,7 @@ def cancel(job: str, as_json: bool, db: str | None) -> None:
 def resume(job: str, as_json: bool, db: str | None, broker_url: str | None) -> None:
     """Send again every chunk of JOB (any unique start of its id) that is not done (after the
     broker lost its queues)."""
-    from ..chunks.resend import resend_open_chunks
-    from ..chunks.sending import payload_sender
-
-    settings = apply_settings(database_url=db, broker_url=broker_url)
-    engine = existing_engine(settings.database_url)
-    job_id = resolve_job_id(engine, job)
-    count = resend_open_chunks(engine, payload_sender(fleet_sender(settings)), job_id)
+    job_id, count = api.resume(job, settings=apply_settings(database_url=db, broker_url=broker_url))
     if as_json:
         print_json({"job_id": job_id, "resent_chunks": count})
         return
