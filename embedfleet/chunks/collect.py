@@ -18,9 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 
-import msgpack
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,9 +29,8 @@ from ..store.bulk import ROW_ERRORS, Row, upsert_isolating, upsert_rows
 from ..store.ledger import ChunkCancelled, Collected, finish_if_complete, locked_payload, mark_collected
 from ..store.pgvector import BYTEA
 from ..store.vectors import analyze, bulk_write, check_version, embeddings_by_hash
-from .dead_letters import FailedRecord, RecordText, insert_letters, open_letter_hashes, resolve_stored
-from .dead_letters import dead_letter_chunk as dead_letter_payload
-from .messages import ChunkTexts, ChunkVectors
+from .dead_letters import insert_letters, open_letter_hashes, resolve_stored
+from .messages import ChunkVectors, DeadRecord, read_payload
 
 log = logging.getLogger(__name__)
 # The error type of a record the database refused to store (too long an id, a NUL, ...).
@@ -102,12 +99,12 @@ def _write_chunk(engine: Engine, chunk: ChunkVectors, encoded: list[Row], now: f
         alias_rows, alias_dead = _resolve_aliases(conn, chunk, {row[3]: row[5] for row in encoded}, now, last_attempt,
                                                   kind)
         rows = encoded + alias_rows
-        dead = [FailedRecord(**asdict(d)) for d in chunk.dead] + alias_dead
+        dead = list(chunk.dead) + alias_dead
         if isolate:
             texts = _ledger_texts(conn, chunk)  # its FOR UPDATE takes the chunk's row lock first
             rejected = upsert_isolating(conn, rows, kind)
             dead += [
-                FailedRecord(rows[i][1], rows[i][2], texts.get(rows[i][1], ""), rows[i][3], STORAGE_REJECTED,
+                DeadRecord(rows[i][1], rows[i][2], texts.get(rows[i][1], ""), rows[i][3], STORAGE_REJECTED,
                              f"the database refused to store the record: {safe_error(exc)}")
                 for i, exc in rejected
             ]
@@ -127,7 +124,7 @@ def _write_chunk(engine: Engine, chunk: ChunkVectors, encoded: list[Row], now: f
 
 
 def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes], now: float,
-                     last_attempt: bool, kind: str) -> tuple[list[Row], list[FailedRecord]]:
+                     last_attempt: bool, kind: str) -> tuple[list[Row], list[DeadRecord]]:
     """Rows for records whose text repeats an earlier record's, copied by content hash: from
     this chunk's own vectors first, then from what the version stores.
 
@@ -152,10 +149,10 @@ def _resolve_aliases(conn: Connection, chunk: ChunkVectors, own: dict[str, bytes
             rows.append((chunk.version_key, record_id, position, content_hash, chunk.model, found[content_hash], now,
                          text if chunk.store_text else None, alias[4] if len(alias) > 4 else None))
         elif content_hash in dead_hashes:
-            dead.append(FailedRecord(record_id, position, text, content_hash, REPEAT_OF_DEAD_LETTER,
+            dead.append(DeadRecord(record_id, position, text, content_hash, REPEAT_OF_DEAD_LETTER,
                                      "its text repeats a record that is a dead letter; redrive either"))
         else:
-            dead.append(FailedRecord(record_id, position, text, content_hash, SOURCE_NOT_STORED,
+            dead.append(DeadRecord(record_id, position, text, content_hash, SOURCE_NOT_STORED,
                                      "the record whose text it repeats was not stored in time; redrive it"))
     return rows, dead
 
@@ -171,18 +168,3 @@ def _ledger_texts(conn: Connection, chunk: ChunkVectors) -> dict[str, str]:
     except Exception:  # not a chunk message (a test's placeholder, say): letters without texts
         return {}
     return {record_id: text for record_id, _, text, _ in records}
-
-
-def read_payload(payload: bytes) -> tuple[str, list[RecordText]]:
-    """A chunk's message as the ledger keeps it: its version key and every record (the
-    encoded ones, then the repeats) as (id, position, text, content hash)."""
-    texts = ChunkTexts.from_wire(msgpack.unpackb(payload))
-    records = list(zip(texts.ids, texts.positions, texts.texts, texts.hashes, strict=True))
-    records += [(alias[0], alias[1], alias[3], alias[2]) for alias in texts.aliases]
-    return texts.version_key, records
-
-
-def dead_letter_chunk(engine: Engine, job_id: str, seq: int, error_type: str, message: str, giveup: bool) -> int:
-    """Every record of an open chunk becomes a dead letter; returns the letters written (0
-    when another delivery already finished it)."""
-    return dead_letter_payload(engine, job_id, seq, read_payload, error_type, message, giveup)

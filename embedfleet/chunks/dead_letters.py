@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,25 +12,7 @@ from sqlalchemy import Connection, Engine, String, and_, insert, select, update
 from ..errors import LedgerError
 from ..store.ledger import finish_if_complete
 from ..store.schema import chunks, dead_letters, jobs
-
-
-@dataclass(frozen=True)
-class FailedRecord:
-    """A record that could not be stored, as a letter is written: storage's own type, so
-    the wire messages can change without touching it."""
-
-    record_id: str
-    position: int
-    text: str
-    content_hash: str
-    error_type: str
-    message: str
-
-
-# (record id, position, text, content hash): what a chunk's message holds of one record.
-RecordText = tuple[str, int, str, str]
-# A chunk's message, as the ledger keeps it, read back: (version key, its records).
-ReadPayload = Callable[[bytes], tuple[str, list[RecordText]]]
+from .messages import DeadRecord, read_payload
 
 
 @dataclass(frozen=True)
@@ -71,7 +53,7 @@ ID_ALTERED = "[record id altered to fit storage: "
 TEXT_ALTERED = "[letter altered to fit storage: "
 
 
-def storable_letter(dead: FailedRecord) -> FailedRecord:
+def storable_letter(dead: DeadRecord) -> DeadRecord:
     """The letter as storage can hold it: NUL in the id written as the four characters
     \\x00, NUL removed from the text, an over-long id shortened to the column with a marker
     "...[N chars]"; the message starts by saying what was changed (ID_ALTERED when the id
@@ -97,7 +79,7 @@ def storable_letter(dead: FailedRecord) -> FailedRecord:
     if (record_id, text, error_type, content_hash, message) == (
             dead.record_id, dead.text, dead.error_type, dead.content_hash, dead.message):
         return dead
-    return FailedRecord(record_id, dead.position, text, content_hash, error_type, message)
+    return DeadRecord(record_id, dead.position, text, content_hash, error_type, message)
 
 
 def id_altered(letter: Letter) -> bool:
@@ -106,7 +88,7 @@ def id_altered(letter: Letter) -> bool:
 
 
 def insert_letters(
-    conn: Connection, job_id: str, seq: int, version_key: str, dead: Sequence[FailedRecord], attempts: int
+    conn: Connection, job_id: str, seq: int, version_key: str, dead: Sequence[DeadRecord], attempts: int
 ) -> None:
     if not dead:
         return
@@ -164,14 +146,10 @@ def open_letter_hashes(conn: Connection, version_key: str, hashes: Collection[st
     ).scalars())
 
 
-def dead_letter_chunk(engine: Engine, job_id: str, seq: int, read_payload: ReadPayload, error_type: str,
-                      message: str, giveup: bool) -> int:
-    """Every record of an open chunk becomes a dead letter (the chunk failed as a whole).
-
-    The texts come from the ledger's copy of the message, read by `read_payload` (the
-    message's format is the workers' business). Returns the letters written; 0 when the
-    chunk was already done (another delivery finished it).
-    """
+def dead_letter_chunk(engine: Engine, job_id: str, seq: int, error_type: str, message: str, giveup: bool) -> int:
+    """Every record of an open chunk becomes a dead letter (the chunk failed as a whole),
+    its texts read from the ledger's copy of the message. Returns the letters written; 0
+    when the chunk was already done (another delivery finished it)."""
     with engine.begin() as conn:
         row = conn.execute(
             select(chunks.c.payload, chunks.c.deliveries, chunks.c.state).where(
@@ -182,7 +160,7 @@ def dead_letter_chunk(engine: Engine, job_id: str, seq: int, read_payload: ReadP
         if row is None or row.state != "queued" or row.payload is None:
             return 0
         version_key, records = read_payload(bytes(row.payload))
-        dead = [FailedRecord(record_id, position, text, content_hash, error_type, message)
+        dead = [DeadRecord(record_id, position, text, content_hash, error_type, message)
                 for record_id, position, text, content_hash in records]
         insert_letters(conn, job_id, seq, version_key, dead, max(row.deliveries, 1))
         conn.execute(

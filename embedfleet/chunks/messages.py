@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import msgpack
+
 # Flower's kwargs column is narrow and cuts long text: what tells rows apart comes first.
 SHORT_JOB_ID = 8
 
@@ -31,7 +33,8 @@ def chunk_label(seq: int, version_key: str, job_id: str, total: int | None = Non
 
 @dataclass(frozen=True)
 class DeadRecord:
-    """A record that failed on its own, with what is needed to redrive it."""
+    """A record that failed on its own, with what is needed to redrive it: on the wire (a
+    chunk's vectors carry their dead records) and as a dead letter is written."""
 
     record_id: str
     position: int
@@ -118,3 +121,16 @@ class ChunkVectors:
     def label(self, total: int | None = None) -> str:
         return (f"{chunk_label(self.seq, self.version_key, self.job_id, total)}, {len(self.ids)} vectors, "
                 f"{len(self.dead)} dead")
+
+
+# (record id, position, text, content hash): what a chunk's message holds of one record.
+RecordText = tuple[str, int, str, str]
+
+
+def read_payload(payload: bytes) -> tuple[str, list[RecordText]]:
+    """A chunk's message as the ledger keeps it (msgpack): its version key and every record
+    (the encoded ones, then the repeats) as (id, position, text, content hash)."""
+    texts = ChunkTexts.from_wire(msgpack.unpackb(payload))
+    records = list(zip(texts.ids, texts.positions, texts.texts, texts.hashes, strict=True))
+    records += [(alias[0], alias[1], alias[3], alias[2]) for alias in texts.aliases]
+    return texts.version_key, records

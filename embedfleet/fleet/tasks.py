@@ -12,7 +12,8 @@ from celery.exceptions import TimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy.exc import OperationalError
 
-from ..chunks.collect import dead_letter_chunk, store_chunk
+from ..chunks.collect import store_chunk
+from ..chunks.dead_letters import dead_letter_chunk
 from ..chunks.deliveries import (
     COLLECTOR_CRASHED,
     MODEL_UNAVAILABLE,

@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 from sqlalchemy import func, select, text
 
-from embedfleet.chunks.collect import dead_letter_chunk, read_payload, store_chunk
-from embedfleet.chunks.dead_letters import list_letters
-from embedfleet.chunks.messages import DeadRecord
+from embedfleet.chunks.collect import store_chunk
+from embedfleet.chunks.dead_letters import dead_letter_chunk, list_letters
+from embedfleet.chunks.messages import DeadRecord, read_payload
 from embedfleet.jobs.stats import job_stats
 from embedfleet.store.engine import get_engine
 from embedfleet.store.ledger import LedgerError
