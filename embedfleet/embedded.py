@@ -19,8 +19,10 @@ from celery.signals import task_postrun
 from celery.worker import state as worker_state
 from sqlalchemy import Engine
 
+from .corpus.validation import check_fields
 from .encode.availability import declared_max_tokens
 from .encode.pool import pool_size
+from .errors import check_collection_name
 from .fleet.celery_app import app
 from .fleet.queues import COLLECT_QUEUE, EMBED_QUEUE
 from .fleet.resident import get_encoder, use_encoder_processes
@@ -234,6 +236,10 @@ def _first_job_of(engine: Engine, request: JobRequest) -> bool:
 
 def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple[Submission, JobStats]:
     settings = get_settings()
+    # What surely cannot work is refused before the model loads (seconds) or anything is
+    # written: a bad collection name, a field no record has. submit() checks them again.
+    check_collection_name(request.collection)
+    check_fields(request.corpus, request.spec)
     engine = get_engine(settings.database_url)
     # The in-process worker runs one task at a time; encoder processes use the other cores.
     use_encoder_processes(pool_size(settings))

@@ -169,3 +169,17 @@ def test_ctrl_c_stops_run_and_its_encoder_processes_and_a_rerun_resumes(tmp_path
                                                            again.stdout).groups())
     assert read == 500 and stored_now + skipped == 500 and skipped >= before
     assert stored() == 500
+
+
+def test_a_misspelt_field_is_refused_before_the_model_loads_or_anything_is_written(tmp_path: Path) -> None:
+    """`run --fields title,descripton` exits 2 naming the field and the fields there are, without
+    loading the model or creating the database."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "title": "t", "description": "d"}\n')
+    db = tmp_path / "e.db"
+    run = _run("run", str(corpus), "--collection", "x", "--fields", "title,descripton", "--db", f"sqlite:///{db}",
+               cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "error: the text field 'descripton' (did you mean 'description'?) is in none of the records" in run.stderr
+    assert "their fields: id, title, description" in run.stderr
+    assert "loading model" not in run.stderr and not db.exists()

@@ -6,20 +6,25 @@ grows with the corpus.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
-from .readers import Source
+from .readers import CorpusError, Source
 from .records import FieldSpec, Invalid, Record, build_record
 
 log = logging.getLogger(__name__)
 
 SHOWN_ERRORS = 20
+# The records a field name is looked for in before the job starts: enough that a field some
+# records lack (sparse JSON) is still seen, few enough to cost milliseconds.
+FIELD_SAMPLE = 1000
 
 
 def _id_hash(record_id: str) -> int:
@@ -151,3 +156,39 @@ def scan_corpus(corpus: Source, spec: FieldSpec) -> Scan:
             if isinstance(built, Invalid) and built.reason.startswith("duplicate id"):
                 scan.add_invalid(built)
     return scan
+
+
+class UnknownField(CorpusError):
+    """The job names a field that none of the corpus's first records has (a misspelling,
+    most often): refused before the model loads or anything is written."""
+
+
+def check_fields(corpus: Source, spec: FieldSpec, sample: int = FIELD_SAMPLE) -> None:
+    """Refuse an id, text or metadata field that none of the first `sample` records has,
+    naming the fields they do have (and the nearest one). A columnar source (Parquet)
+    refuses a column its schema lacks as it opens; a corpus with no readable record in the
+    sample is left to validation, which reports each line."""
+    fields = (spec.id_field, *spec.text_fields, *spec.metadata_fields)
+    seen: dict[str, None] = {}  # insertion-ordered: the fields as the records list them
+    read = readable = 0
+    for raw in islice(corpus.records(fields), sample):
+        read += 1
+        if raw.data is not None:
+            readable += 1
+            seen.update(dict.fromkeys(str(key) for key in raw.data))
+    if not readable:
+        return
+    roles = [("id field", spec.id_field)] + [("text field", f) for f in spec.text_fields] + \
+        [("metadata field", f) for f in spec.metadata_fields]
+    missing = []
+    for role, name in roles:
+        if name not in seen:
+            near = difflib.get_close_matches(name, list(seen), n=1)
+            missing.append(f"the {role} {name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    if not missing:
+        return
+    where = f"the first {sample} records" if read == sample else "the records"
+    verb = "is" if len(missing) == 1 else "are"
+    shown = ", ".join(list(seen)[:30]) + (", ..." if len(seen) > 30 else "")
+    raise UnknownField(f"{' and '.join(missing)} {verb} in none of {where} of {corpus.name}; their fields: "
+                       f"{shown}. Nothing was sent.")

@@ -16,7 +16,7 @@ from ..chunks.sending import Sender
 from ..corpus.chunking import chunk_records, is_truncated, sort_windows
 from ..corpus.readers import Source
 from ..corpus.records import FieldSpec, Record
-from ..corpus.validation import InvalidInput, scan_corpus, valid_records
+from ..corpus.validation import InvalidInput, check_fields, scan_corpus, valid_records
 from ..errors import JobEnded
 from ..store.collections import Version, get_version, open_collection
 from ..store.ledger import (
@@ -172,6 +172,7 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
     sent, so a producer that dies mid-submission has already said which job it was.
     `before_job` runs once the corpus is valid, before the job exists (its clock starts)."""
     check_collection_name(request.collection)
+    check_fields(request.corpus, request.spec)
     scan = scan_corpus(request.corpus, request.spec)
     if scan.invalid_count and not request.skip_invalid:
         raise InvalidInput(scan)

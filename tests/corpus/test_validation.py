@@ -8,7 +8,15 @@ import pytest
 
 from embedfleet.corpus.readers import Corpus
 from embedfleet.corpus.records import FieldSpec, Invalid, Record
-from embedfleet.corpus.validation import SHOWN_ERRORS, InvalidInput, scan_corpus, valid_records
+from embedfleet.corpus.validation import (
+    FIELD_SAMPLE,
+    SHOWN_ERRORS,
+    InvalidInput,
+    UnknownField,
+    check_fields,
+    scan_corpus,
+    valid_records,
+)
 
 
 def write_jsonl(tmp_path, rows, name="corpus.jsonl") -> Corpus:
@@ -175,3 +183,75 @@ def test_scan_reports_unstorable_records_by_line_and_counts_nul_removals(tmp_pat
     assert [(i.line, i.reason.split(":")[0]) for i in scan.invalid_shown] == [
         (2, "id too long"), (3, "id contains a control character"), (4, "id contains a control character")]
     assert "removed NUL characters from the text of 1 records" in caplog.text
+
+
+# --- field names checked before the job starts --------------------------------------------
+
+def _jsonl(tmp_path, rows: list[dict], name: str = "c.jsonl") -> Corpus:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Corpus(str(path))
+
+
+def test_a_misspelt_field_is_refused_with_the_fields_the_records_have(tmp_path):
+    """A text, id or metadata field no record has is named, with the fields there are and the nearest one."""
+    corpus = _jsonl(tmp_path, [{"id": "a", "title": "t", "description": "d"}] * 3)
+    check_fields(corpus, FieldSpec("id", ("title", "description")))  # all there: nothing raised
+    with pytest.raises(UnknownField) as caught:
+        check_fields(corpus, FieldSpec("id", ("title", "descripton")))
+    assert str(caught.value) == ("the text field 'descripton' (did you mean 'description'?) is in none of the "
+                                 f"records of {corpus.name}; their fields: id, title, description. Nothing was sent.")
+    with pytest.raises(UnknownField, match=r"the id field 'key' and the metadata field 'nope' are in none"):
+        check_fields(corpus, FieldSpec("key", ("title",), ("nope",)))
+
+
+def test_a_field_only_some_records_have_passes_and_the_sample_is_bounded(tmp_path):
+    """Sparse JSON: a field in one record of the sample is fine; one that first appears past the
+    sample is refused, and the message says how many records were looked at."""
+    rows = [{"id": str(i), "text": "t"} for i in range(FIELD_SAMPLE + 5)]
+    rows[FIELD_SAMPLE - 1]["tags"] = "x"
+    rows[FIELD_SAMPLE + 2]["late"] = "y"
+    corpus = _jsonl(tmp_path, rows)
+    check_fields(corpus, FieldSpec(metadata_fields=("tags",)))
+    with pytest.raises(UnknownField, match=rf"in none of the first {FIELD_SAMPLE} records"):
+        check_fields(corpus, FieldSpec(metadata_fields=("late",)))
+
+
+def test_unreadable_records_are_left_to_validation(tmp_path):
+    """A corpus whose sample has no readable record raises nothing here: validation names each line."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text("not json\n{broken\n")
+    check_fields(Corpus(str(path)), FieldSpec("id", ("nope",)))
+
+
+def test_csv_python_records_and_sql_sources_are_checked(tmp_path):
+    """The same refusal for a CSV header, records from the Python API and a SQL table."""
+    import sqlite3
+
+    from embedfleet.corpus.readers import Records, SqlSource
+
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,body\n1,hello\n")
+    with pytest.raises(UnknownField, match="'text' is in none of the records"):
+        check_fields(Corpus(str(csv)), FieldSpec())
+    with pytest.raises(UnknownField, match=r"'bdy' \(did you mean 'body'\?\)"):
+        check_fields(Records([{"id": "1", "body": "hello"}]), FieldSpec(text_fields=("bdy",)))
+    db = tmp_path / "s.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table docs (id text primary key, body text)")
+        conn.execute("insert into docs values ('1', 'hello')")
+    with pytest.raises(UnknownField, match="their fields: id, body"):
+        check_fields(SqlSource(f"sqlite:///{db}", table="docs"), FieldSpec(text_fields=("text",)))
+
+
+def test_parquet_refuses_a_column_its_schema_lacks(tmp_path):
+    """A Parquet file knows its columns: the missing one is refused as the file opens."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from embedfleet.corpus.readers import CorpusError
+
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"id": ["1"], "body": ["hello"]}), path)
+    with pytest.raises(CorpusError, match="text"):
+        check_fields(Corpus(str(path)), FieldSpec())
