@@ -208,6 +208,14 @@ def test_flower_is_published_on_loopback_unless_asked(compose) -> None:
             assert interpolate(str(published)).startswith("127.0.0.1:"), (name, published)
 
 
+def test_published_servers_listen_on_the_containers_interfaces(compose) -> None:
+    """embedfleet flower and metrics listen on loopback by default; inside a container that would
+    leave the published port unreachable, so compose opens them to the container's interfaces."""
+    for name in ("flower", "metrics"):
+        argv = _argv(compose["services"][name])
+        assert argv[argv.index("--address") + 1] == "0.0.0.0", name
+
+
 def test_models_are_mounted_where_migrate_names_them(compose) -> None:
     """Encode workers and the producer (which runs `migrate`) see the host's ./models at /models,
     read-only, and the file says how to put a model there and name it."""

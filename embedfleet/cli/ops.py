@@ -21,6 +21,14 @@ from .options import BROKER_OPTION, DB_OPTION, JSON_OPTION, apply_settings, prin
 
 log = logging.getLogger(__name__)
 
+# The servers' listening address. Loopback by default: Flower's UI can revoke tasks and shut
+# workers down, and neither server's /metrics asks for credentials. Opening one to the
+# network is a choice the operator makes with --address 0.0.0.0 (compose.yaml does, inside
+# its containers, and publishes the ports on the host's loopback).
+ADDRESS_OPTION = click.option(
+    "--address", default="127.0.0.1", show_default=True, envvar="EMBEDFLEET_LISTEN_ADDRESS",
+    help="Address to listen on [env: EMBEDFLEET_LISTEN_ADDRESS]; 0.0.0.0 or :: opens it to every interface.")
+
 
 def flower_auth_argument(user: str, password: str) -> str:
     """Flower's `--basic-auth=user:password`, refusing what Flower would misread.
@@ -56,19 +64,21 @@ def flower_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", type=int, default=5555, show_default=True, help="HTTP port of the UI, API and /metrics.")
+@ADDRESS_OPTION
 @click.option("--no-auth", is_flag=True, help="Run without authentication (the UI is open to anyone on the port).")
 @BROKER_OPTION
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, no_auth: bool, broker_url: str | None, flower_args: tuple[str, ...]) -> None:
-    """Flower on the fleet's broker, with basic auth from EMBEDFLEET_FLOWER_USER/_PASSWORD.
+def flower(port: int, address: str, no_auth: bool, broker_url: str | None, flower_args: tuple[str, ...]) -> None:
+    """Flower on the fleet's broker, with basic auth from EMBEDFLEET_FLOWER_USER/_PASSWORD,
+    on this host's loopback unless --address says otherwise.
 
-    Extra arguments go to Flower (`--address=127.0.0.1`, `--read_only=True`, ...). The tasks
-    page shows the kwargs (job and chunk) and result columns unless `--tasks_columns=...`
-    or FLOWER_TASKS_COLUMNS says otherwise.
+    Extra arguments go to Flower (`--read_only=True`, ...). The tasks page shows the kwargs
+    (job and chunk) and result columns unless `--tasks_columns=...` or FLOWER_TASKS_COLUMNS
+    says otherwise. Flower's /metrics and /healthcheck answer without credentials.
     """
     settings = apply_settings(broker_url=broker_url)
     os.environ.update(flower_environment(os.environ))
-    argv = ["flower", f"--port={port}", *flower_args]
+    argv = ["flower", f"--port={port}", f"--address={address}", *flower_args]
     if no_auth:
         # Flower's /api answers 401 to everyone when no auth is configured, unless the
         # operator also sets FLOWER_UNAUTHENTICATED_API=true themselves.
@@ -117,7 +127,7 @@ def jobs(limit: int, as_json: bool, db: str | None) -> None:
 
 @cli.command()
 @click.option("--port", type=int, default=9808, show_default=True, help="HTTP port of /metrics.")
-@click.option("--address", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@ADDRESS_OPTION
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="Export the newest N jobs (and every running one).")
 @DB_OPTION

@@ -13,7 +13,7 @@ import urllib.request
 
 from embedfleet.store.engine import get_engine
 from tests.cli.conftest import ENV, hash_cli
-from tests.conftest import BIN, assert_imports_no_model
+from tests.conftest import BIN, assert_imports_no_model, listening_addresses
 
 
 def test_jobs_lists_one_line_per_job(finished_job: str, sqlite_url: str) -> None:
@@ -43,12 +43,13 @@ def test_jobs_json_is_one_document_of_every_job(finished_job: str, sqlite_url: s
 
 
 def test_the_exporter_serves_the_jobs_figures(finished_job: str, sqlite_url: str) -> None:
-    """`embedfleet metrics --port` answers a scrape with the job's stored count, labelled by job and collection."""
+    """`embedfleet metrics --port` answers a scrape with the job's stored count, labelled by job and collection;
+    with no --address it listens on the loopback alone (it has no authentication)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(BIN / "embedfleet"), "metrics", "--port", str(port), "--address", "127.0.0.1",
-                             "--db", sqlite_url], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([str(BIN / "embedfleet"), "metrics", "--port", str(port), "--db", sqlite_url],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -67,6 +68,7 @@ def test_the_exporter_serves_the_jobs_figures(finished_job: str, sqlite_url: str
         assert f"embedfleet_job_error_rate{{{labels}}} 0.0" in text
         assert re.search(rf"embedfleet_job_encode_p95_seconds\{{{labels}\}} \d", text)
         assert "embedfleet_ledger_up 1.0" in text
+        assert listening_addresses(port) == {"127.0.0.1"}
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=20)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, COMMIT_FIELDS, SAMPLE, read_records
+from tests.conftest import BIN, COMMIT_FIELDS, SAMPLE, listening_addresses, read_records
 
 pytestmark = pytest.mark.fleet
 
@@ -63,7 +63,8 @@ def start_flower(fleet, port: int, auth: tuple[str, str], *args: str, name: str 
                  worker: str = "w1") -> str:
     """`embedfleet flower` with credentials from the environment, once it follows the event stream."""
     base = f"http://127.0.0.1:{port}"
-    fleet.start(name, "flower", "--port", str(port), "--address=127.0.0.1", *args,
+    # No --address: embedfleet flower listens on the loopback by default.
+    fleet.start(name, "flower", "--port", str(port), *args,
                 EMBEDFLEET_FLOWER_USER=auth[0], EMBEDFLEET_FLOWER_PASSWORD=auth[1])
     if not worker:
         poll(fleet, name, lambda: http_get(f"{base}/healthcheck")[0] == 200, 60, "Flower never answered")
@@ -103,13 +104,15 @@ def assert_no_texts(tasks: dict[str, dict], records: list[dict]) -> None:
 def test_flower_lists_the_jobs_chunk_tasks_as_succeeded(sqlite_url: str, make_fleet, tmp_path: Path) -> None:
     """Flower shows every encode task of the job as SUCCESS, labelled by job and chunk, never with the texts, its
     result saying what was stored (the default worker stores the chunks it encodes: no collect task); its API
-    refuses requests without credentials; /metrics serves flower_ metrics."""
+    refuses requests without credentials; /metrics serves flower_ metrics; it listens on the loopback alone."""
     corpus = small_corpus16(tmp_path)
     records = read_records(corpus)
     auth = ("ops", f"pw-{uuid.uuid4().hex[:12]}")
     fleet = make_fleet(sqlite_url, EMBEDFLEET_TORCH_THREADS="1")
     fleet.start_worker("w1")
-    base = start_flower(fleet, free_port(), auth)
+    port = free_port()
+    base = start_flower(fleet, port, auth)
+    assert listening_addresses(port) == {"127.0.0.1"}
 
     result = fleet.cli("submit", str(corpus), "--collection", "flowerjob", "--fields", ",".join(COMMIT_FIELDS),
                        "--chunk-size", "4", "--wait")
