@@ -33,6 +33,7 @@ from .jobs.submit import JobRequest, Submission, submit
 from .settings import get_settings
 from .store.engine import get_engine
 from .store.ledger import open_chunk_count
+from .store.pgvector import check_vector_type
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,9 @@ def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple
     check_collection_name(request.collection)
     check_fields(request.corpus, request.spec)
     engine = get_engine(settings.database_url)
+    if request.vector_type != "auto":
+        with engine.connect() as conn:
+            check_vector_type(conn, request.vector_type)
     # The in-process worker runs one task at a time; encoder processes use the other cores.
     use_encoder_processes(pool_size(settings))
     model = _Model(request.model)

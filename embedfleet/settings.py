@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -358,6 +358,23 @@ class Settings(BaseSettings):
             "`embedfleet flower` basic-auth password."
         ),
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_url(cls, url: str) -> str:
+        # A bare file name is the commonest slip (`--db embedfleet.db`): SQLAlchemy's own
+        # parse error does not say what to write instead.
+        if "://" not in url:
+            raise ValueError(f"{url!r} is not a database URL: a SQLite file is sqlite:///{url} (a relative path) "
+                             "or sqlite:////abs/path, PostgreSQL postgresql://user@host/db")
+        return url
+
+    @field_validator("broker_url")
+    @classmethod
+    def _a_broker_url(cls, url: str) -> str:
+        if "://" not in url:
+            raise ValueError(f"{url!r} is not a broker URL: redis://host:6379/0 or amqp://user:pass@host//")
+        return url
 
     def time_limit(self, records: int) -> float:
         """Seconds a chunk of this many records may take to encode before its process is

@@ -183,3 +183,14 @@ def test_a_misspelt_field_is_refused_before_the_model_loads_or_anything_is_writt
     assert "error: the text field 'descripton' (did you mean 'description'?) is in none of the records" in run.stderr
     assert "their fields: id, title, description" in run.stderr
     assert "loading model" not in run.stderr and not db.exists()
+
+
+def test_a_vector_type_the_database_cannot_store_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    """`run --vector-type vector` on SQLite (no pgvector) exits 2 with the reason, without loading the model."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "hello"}\n')
+    run = _run("run", str(corpus), "--collection", "x", "--vector-type", "vector", "--db",
+               f"sqlite:///{tmp_path / 'e.db'}", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "--vector-type vector needs the pgvector extension, which SQLite does not have" in run.stderr
+    assert "loading model" not in run.stderr

@@ -109,3 +109,15 @@ def test_set_settings_replaces_the_process_settings() -> None:
     chosen = Settings(database_url="sqlite:///elsewhere.db")
     set_settings(chosen)
     assert get_settings() is chosen
+
+
+def test_a_bare_file_name_is_not_a_database_url_and_the_error_says_what_to_write() -> None:
+    """`--db embedfleet.db` (EMBEDFLEET_DATABASE_URL) is refused with the sqlite:/// form to use; a
+    broker URL without a scheme likewise."""
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match=r"a SQLite file is sqlite:///embedfleet.db"):
+        Settings(database_url="embedfleet.db")
+    with pytest.raises(pydantic.ValidationError, match=r"redis://host:6379/0"):
+        Settings(broker_url="localhost:6379")
+    assert Settings(database_url="sqlite:///embedfleet.db").database_url == "sqlite:///embedfleet.db"

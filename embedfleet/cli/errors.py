@@ -58,8 +58,17 @@ def _broker_error(exc: BaseException) -> str:
 
 
 def _settings_error(exc: Any) -> str:
-    fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-    return f"invalid setting (EMBEDFLEET_... or a flag): {fields}"
+    """Each invalid setting by the environment variable that sets it (a flag sets the same
+    setting: --db is EMBEDFLEET_DATABASE_URL), with the value given and why it is refused."""
+    problems = []
+    for error in exc.errors():
+        name = ".".join(map(str, error["loc"]))
+        variable = f"EMBEDFLEET_{name.upper()}" if name else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        given = error.get("input")
+        shown = f"={given!r}" if isinstance(given, (str, int, float)) and name else ""
+        problems.append(f"{variable}{shown}: {message}")
+    return "invalid setting: " + "; ".join(problems) + " (set by the environment or by the command's flag)"
 
 
 def error_map() -> list[tuple[tuple[type[BaseException], ...], Callable[[Any], str], int]]:

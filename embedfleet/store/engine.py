@@ -12,8 +12,8 @@ from pathlib import Path
 from threading import Lock
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SAWarning
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SAWarning
 
 from ..errors import LedgerError
 from .bulk import forget_staging
@@ -80,9 +80,18 @@ def fork_guard(url: str) -> ForkGuard | nullcontext[None]:
     return FORK_GUARD if url.startswith("sqlite") else nullcontext()
 
 
+def parse_url(url: str) -> URL:
+    """SQLAlchemy's URL, or ArgumentError (the CLI's "invalid database URL"): a port that
+    is not a number makes make_url raise a bare ValueError from int()."""
+    try:
+        return make_url(url)
+    except ValueError as exc:
+        raise ArgumentError(f"cannot parse {redact(url)!r}: {exc}") from None
+
+
 def normalise_url(url: str) -> str:
     """Plain postgresql:// URLs use psycopg 3, the driver we install."""
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
@@ -167,7 +176,7 @@ class NoDatabase(LedgerError):
 
 def sqlite_path(url: str) -> Path | None:
     """The file a SQLite URL names; None for another database or an in-memory one."""
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)

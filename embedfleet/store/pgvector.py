@@ -49,6 +49,17 @@ def extension_available(conn: Connection) -> bool:
     return conn.execute(text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).first() is not None
 
 
+def check_vector_type(conn: Connection, wanted: str) -> None:
+    """Refuse, before a job loads its model, a vector type this database cannot store (what
+    choose_kind would refuse when it makes the version), without changing anything."""
+    if wanted not in (AUTO, *KINDS):
+        raise LedgerError(f"unknown vector type {wanted!r}: use auto, vector, halfvec or bytea")
+    if wanted not in (AUTO, BYTEA) and not extension_available(conn):
+        where = "SQLite" if conn.dialect.name == "sqlite" else "this PostgreSQL server"
+        raise LedgerError(f"--vector-type {wanted} needs the pgvector extension, which {where} does not have "
+                          "(use --vector-type auto or bytea)")
+
+
 def choose_kind(conn: Connection, wanted: str) -> tuple[str, str]:
     """(kind, why) for a new version: `auto` takes `vector` where the extension can be had,
     `bytea` where it cannot; asking for vector or halfvec without it is an error."""

@@ -183,11 +183,15 @@ def test_cancel_a_job_nobody_works_on(redis_url: str, sqlite_url: str, tmp_path:
 
 
 @pytest.mark.parametrize(("db", "env", "words"), [
-    ("not a url", {}, "invalid database URL"),
-    ("sqlite:///{tmp}/t.db", {"EMBEDFLEET_CHUNK_SIZE": "abc"}, "invalid setting"),
+    ("embedfleet.db", {}, ("EMBEDFLEET_DATABASE_URL='embedfleet.db': 'embedfleet.db' is not a database URL: a SQLite "
+                          "file is sqlite:///embedfleet.db")),
+    ("postgresql://u@h:notaport/db", {}, "invalid database URL"),
+    ("sqlite:///{tmp}/t.db", {"EMBEDFLEET_CHUNK_SIZE": "abc"}, "EMBEDFLEET_CHUNK_SIZE"),
+    ("sqlite:///{tmp}/t.db", {"EMBEDFLEET_LEASE_SECONDS": "abc"}, ("invalid setting: EMBEDFLEET_LEASE_SECONDS='abc': "
+                                                                  "Input should be a valid integer")),
 ])
 def test_a_bad_database_url_or_setting_is_one_line_and_exit_2(redis_url: str, tmp_path: Path, db: str, env: dict,
                                                               words: str) -> None:
-    """Configuration mistakes are usage errors: one line, exit 2."""
+    """Configuration mistakes are usage errors: one line, exit 2, naming the variable (or flag) and what to write."""
     fleet = Fleet(redis_url, db.format(tmp=tmp_path), tmp_path, env)
     _one_line_error(fleet.cli("status", "0123456789abcdef", check=False), 2, words)
