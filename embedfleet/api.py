@@ -197,7 +197,8 @@ def status(job_id: str, *, settings: Settings | None = None) -> JobStats:
     `job_id` may be any unique prefix of the id, here and in wait and cancel."""
     current = _resolved(settings)
     engine = _reader(current)
-    return job_stats(engine, resolve_job_id(engine, job_id), lease_seconds=current.lease_seconds)
+    return job_stats(engine, resolve_job_id(engine, job_id), lease_seconds=current.lease_seconds,
+                     dead_after=current.dead_after_seconds)
 
 
 def cancel_counted(job_id: str, *, settings: Settings | None = None) -> tuple[int, JobStats]:

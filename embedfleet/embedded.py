@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -256,7 +258,7 @@ def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple
         window = model.load().max_tokens
     elif first_job:
         model.start_loading()  # while the corpus is validated; the job starts once it is loaded
-    request = dataclasses.replace(request, window=window)
+    request = dataclasses.replace(request, window=window, runner=f"embedded {socket.gethostname()} {os.getpid()}")
     try:
         with in_process_worker(), _TaskEnds() as ends:
             pacer = _Pacer(engine, settings.embedded_window, model, ends)

@@ -53,19 +53,30 @@ def streak_gap(dead_after: float) -> float:
     return dead_after / 2
 
 
-def beat(engine: Engine, incarnation: str, name: str, host: str, pid: int, dead_after: float) -> None:
-    """The node's heartbeat: one UPDATE (an INSERT on its first beat, or after it was pruned)."""
+def beat(engine: Engine, incarnation: str, name: str, host: str, pid: int, dead_after: float,
+         queues: str | None = None) -> None:
+    """The node's heartbeat: one UPDATE (an INSERT on its first beat, or after it was pruned).
+    `queues`: what the node consumes, comma-separated, kept when None."""
+    kept = {} if queues is None else {"queues": queues}
     with engine.begin() as conn:
         now = db_now(conn.dialect.name)
         broke = workers.c.last_seen < now - streak_gap(dead_after)
         updated = conn.execute(
             update(workers).where(workers.c.incarnation == incarnation)
             # SET expressions read the row's old values: up_since restarts after a gap.
-            .values(last_seen=now, up_since=case((broke, now), else_=workers.c.up_since))
+            .values(last_seen=now, up_since=case((broke, now), else_=workers.c.up_since), **kept)
         ).rowcount
         if not updated:
             conn.execute(insert(workers).values(incarnation=incarnation, name=name, host=host, pid=pid,
-                                                started_at=now, last_seen=now, up_since=now))
+                                                started_at=now, last_seen=now, up_since=now, **kept))
+
+
+def live_consumers(conn: Connection, queue: str, dead_after: float) -> int:
+    """Nodes seen within `dead_after` (the database's clock) that consume `queue` (a node that
+    has not said what it consumes counts)."""
+    now = db_now(conn.dialect.name)
+    rows = conn.execute(select(workers.c.queues).where(workers.c.last_seen >= now - dead_after)).scalars()
+    return sum(1 for queues in rows if queues is None or queue in queues.split(","))
 
 
 def retire(engine: Engine, incarnation: str) -> None:

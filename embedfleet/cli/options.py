@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from ..corpus.readers import Corpus, Source, SqlSource
 from ..corpus.records import FieldSpec
-from ..jobs.stats import JobStats
+from ..jobs.stats import NO_WORKER, JobStats
 from ..jobs.submit import JobRequest, Submission
 from ..settings import MAX_CHUNK_SIZE, Settings, set_settings
 
@@ -169,6 +169,8 @@ def condition(stats: JobStats, lease_seconds: float) -> str | None:
     if stats.state == "abandoned":
         return ("abandoned: its producer stopped before sending every chunk; submit the corpus again "
                 "(records already stored are skipped as unchanged)")
+    if stats.no_worker:
+        return NO_WORKER
     if stats.stalled:
         return (f"stalled: no chunk sent, started or done for over {lease_seconds:.0f} s; if the broker lost "
                 f"its messages, `embedfleet resume {stats.job_id}` sends the open chunks again")

@@ -42,6 +42,16 @@ log = logging.getLogger(__name__)
 INCARNATION: str | None = None
 
 
+def consumed_queues() -> str | None:
+    """The queues this node consumes, comma-separated, for its heartbeat row (None while the
+    consumer has not said yet: the row keeps what it had)."""
+    try:
+        queues = app.amqp.queues.consume_from or app.amqp.queues
+        return ",".join(sorted(queues)) or None
+    except Exception:  # the app's queues not set up yet
+        return None
+
+
 class Heartbeat(threading.Thread):
     def __init__(self, name: str) -> None:
         super().__init__(name="embedfleet-heartbeat", daemon=True)
@@ -70,7 +80,8 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> bool:
         try:
-            beat(self.engine, self.incarnation, self.node, socket.gethostname(), os.getpid(), self.dead_after)
+            beat(self.engine, self.incarnation, self.node, socket.gethostname(), os.getpid(), self.dead_after,
+                 consumed_queues())
             return True
         except Exception as exc:  # the database may be down: the node keeps working, and does not judge
             log.warning("heartbeat of %s failed: %s: %s", self.node, type(exc).__name__, exc)

@@ -28,7 +28,7 @@ from ..chunks.messages import ChunkTexts
 from ..chunks.sending import Sender, payload_sender
 from ..errors import JobEnded
 from ..settings import Settings
-from .stats import JobStats, job_stats
+from .stats import NO_WORKER, JobStats, job_stats
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class ProgressView:
     rate: float | None
     eta: float | None
     stalled: bool = False
+    no_worker: bool = False
 
     @property
     def short_id(self) -> str:
@@ -133,6 +134,7 @@ class ProgressView:
         rate = "-" if self.rate is None else f"{self.rate:,.1f}"
         return (f"{self.done:,}/{self.total:,} records, {rate} rec/s, ETA {duration(self.eta)}, "
                 f"elapsed {duration(self.elapsed)}, skipped {self.skipped:,}, dead {self.dead:,}"
+                + (f" ({NO_WORKER})" if self.no_worker else "")
                 + (" (stalled: nothing moved for a lease)" if self.stalled else ""))
 
     def line(self) -> str:
@@ -162,6 +164,7 @@ def view_of(stats: JobStats, done: int, rate: float | None, wall_now: float) -> 
         rate=rate if live else None,
         eta=0.0 if stats.state == "done" else eta_seconds(stats.records_read - done, rate) if live else None,
         stalled=stats.stalled,
+        no_worker=stats.no_worker,
     )
 
 
@@ -182,9 +185,11 @@ class JobProgress:
     def __init__(self, engine: Engine, job_id: str, interval: float = 0.25, line_every: float = 10.0,
                  lease_seconds: float | None = None, outage_limit: float = 600.0,
                  sweep: Callable[[], object] | None = None, sweep_every: float = 3.0,
-                 encoded: Callable[[], int] | None = None) -> None:
+                 encoded: Callable[[], int] | None = None, dead_after: float | None = None) -> None:
         self.engine = engine
         self.lease_seconds = lease_seconds
+        # A heartbeat's dead_after: the display says when no live worker consumes `embed`.
+        self.dead_after = dead_after
         # The longest the database may stay unreachable before waiting gives up.
         self.outage_limit = outage_limit
         # Called every sweep_every seconds while waiting: re-sends the job's chunks held by
@@ -244,7 +249,7 @@ class JobProgress:
         if not force and now - self._last_poll < self.interval:
             return self.stats
         self._last_poll = now
-        stats = job_stats(self.engine, self.job_id, self.lease_seconds)
+        stats = job_stats(self.engine, self.job_id, self.lease_seconds, self.dead_after)
         done = displayed_done(stats, self.encoded() if self.encoded is not None else None)
         with self._lock:
             self.stats, self._done = stats, done
@@ -330,7 +335,7 @@ def follow(engine: Engine, job_id: str, settings: Settings, make_sender: Callabl
             senders.append(make_sender())
         senders[0](chunk)
 
-    with JobProgress(engine, job_id, lease_seconds=settings.lease_seconds,
+    with JobProgress(engine, job_id, lease_seconds=settings.lease_seconds, dead_after=settings.dead_after_seconds,
                      sweep=lambda: resend_stranded(engine, payload_sender(send), settings.dead_after_seconds, job_id),
                      sweep_every=settings.heartbeat_seconds) as progress:
         return progress.wait_done(timeout=timeout)

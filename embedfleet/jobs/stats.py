@@ -9,9 +9,15 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from ..chunks.liveness import live_consumers
 from ..errors import LedgerError
 from ..store.ledger import OPEN_CHUNK_STATES
 from ..store.schema import chunks, dead_letters, jobs
+
+# The queue encode workers consume (fleet/queues.py's EMBED_QUEUE; jobs do not import the fleet).
+EMBED_QUEUE_NAME = "embed"
+# What a job with open chunks and no live worker on `embed` waits for, in words.
+NO_WORKER = "no live worker consumes the embed queue: start `embedfleet worker`"
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class JobStats:
     # notion): it will not finish on its own, so it has no ETA. Set only when job_stats is
     # given a lease.
     stalled: bool = False
+    # A fleet job with open chunks and no live worker that consumes the embed queue (the
+    # heartbeat table knows): nothing will move until one starts.
+    no_worker: bool = False
 
     @property
     def records_done(self) -> int:
@@ -100,6 +109,7 @@ class JobStats:
             "deleted": self.deleted,
             "deduplicated": self.deduplicated,
             "stalled": self.stalled,
+            "no_worker": self.no_worker,
             "cache_hit_rate": round(self.unchanged / self.records_read, 4) if self.records_read else 0.0,
         }
 
@@ -138,7 +148,10 @@ def resolve_job_id(engine: Engine, prefix: str) -> str:
     return str(rows[0])
 
 
-def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None) -> JobStats:
+def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None,
+              dead_after: float | None = None) -> JobStats:
+    """The job's figures now. With `lease_seconds`, whether it is stalled; with `dead_after`
+    (a heartbeat's), whether a fleet job with open chunks has no live worker on `embed`."""
     with engine.connect() as conn:
         job = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         if job is None:
@@ -156,6 +169,9 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None) -
         dead = conn.execute(
             select(func.count()).select_from(dead_letters).where(dead_letters.c.job_id == job_id)
         ).scalar_one()
+        open_chunks = int(agg[2]) - int(agg[1])
+        no_worker = (dead_after is not None and job.state in ("submitting", "running") and job.runner is None
+                     and open_chunks > 0 and live_consumers(conn, EMBED_QUEUE_NAME, dead_after) == 0)
     return JobStats(
         job_id=job.id,
         collection=job.collection,
@@ -185,6 +201,7 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None) -
         stalled=lease_seconds is not None and job.state in ("submitting", "running")
         and max(job.created_at, job.producer_seen_at or 0.0, *(t or 0.0 for t in agg[5:8]))
         < time.time() - lease_seconds,
+        no_worker=no_worker,
     )
 
 

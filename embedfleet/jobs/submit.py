@@ -75,6 +75,8 @@ class JobRequest:
     # How a new version stores its vectors: auto (pgvector's vector where the server has
     # the extension, else bytea), vector, halfvec or bytea.
     vector_type: str = "auto"
+    # Who encodes the job: None for the fleet, "embedded HOST PID" for an embedded run.
+    runner: str | None = None
 
     def options(self) -> dict[str, Any]:
         """What a later reindex needs to read this source the same way."""
@@ -190,7 +192,8 @@ def submit(engine: Engine, request: JobRequest, send: Sender, wait_for_room: Roo
             version = get_version(conn, request.version_key)
     options = {**request.options(), "cutover": request.cutover}
     job_id = create_job(engine, request.collection, version.key, version.model, source=request.corpus.name,
-                        options=options, records_read=scan.records_read, skipped_invalid=scan.invalid_count)
+                        options=options, records_read=scan.records_read, skipped_invalid=scan.invalid_count,
+                        runner=request.runner)
     if on_job is not None:
         on_job(job_id)
     changes = Changes()

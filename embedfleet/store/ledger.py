@@ -26,8 +26,10 @@ def create_job(
     options: dict[str, Any],
     records_read: int,
     skipped_invalid: int,
+    runner: str | None = None,
 ) -> str:
-    """The job row, with the corpus's counts already known from validation."""
+    """The job row, with the corpus's counts already known from validation. `runner`: None
+    for the fleet, "embedded HOST PID" for an embedded run."""
     job_id = uuid.uuid4().hex
     with engine.begin() as conn:
         conn.execute(
@@ -41,6 +43,7 @@ def create_job(
                 options=options,
                 records_read=records_read,
                 skipped_invalid=skipped_invalid,
+                runner=runner,
                 created_at=time.time(),
             )
         )

@@ -96,6 +96,9 @@ jobs = Table(
     # The producer's last sign of life while it submits: it may read a long stretch of
     # unchanged records without sending a chunk, and must not look dead meanwhile.
     Column("producer_seen_at", Float, nullable=True),
+    # Who encodes the job: NULL for the fleet, "embedded HOST PID" for an embedded run's
+    # in-process worker (no heartbeat row: "no live worker" does not apply to it).
+    Column("runner", String(300), nullable=True),
 )
 
 chunks = Table(
@@ -188,4 +191,7 @@ workers = Table(
     Column("started_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
     Column("up_since", Float, nullable=False),
+    # The queues the node consumes, comma-separated (NULL: a node from before this column,
+    # taken to consume them all): `status` says when no live node consumes `embed`.
+    Column("queues", Text, nullable=True),
 )

@@ -7,6 +7,7 @@ stored twice, export in corpus order. The seconds each recovery took are printed
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -271,3 +272,27 @@ def test_frozen_worker_host_loses_its_chunk_through_the_broker_heartbeat(pg_url,
     assert_accounted(pg_url, job_id, "faults", ids, tmp_path / "out.npy")
     assert stats.stored == 120 and stats.dead == 0
     assert "its worker stopped beating" not in fleet.log("w2")  # the broker, not the ledger's sweep
+
+
+def test_a_job_with_no_worker_says_so_and_finishes_once_one_starts(sqlite_url, make_fleet, tmp_path) -> None:
+    """Default settings, no worker: `status --json` carries the condition and `status --watch` says
+    in words that no live worker consumes `embed` (within about 15 s: at its first line); a worker
+    started then finishes the job and the watch ends with it."""
+    from embedfleet.jobs.stats import NO_WORKER
+
+    fleet = make_fleet(sqlite_url, EMBEDFLEET_ENCODER="tests.encode.fake_encoders:HashEncoder")
+    corpus, ids = fault_corpus(tmp_path, 40)
+    job_id = submit_corpus(fleet, corpus)
+    shown = json.loads(fleet.cli("status", job_id, "--json").stdout)
+    assert shown["condition"] == NO_WORKER and shown["no_worker"] is True and shown["state"] == "running"
+    watch = fleet.start("watch", "status", job_id, "--watch")
+    deadline = time.monotonic() + 15
+    while NO_WORKER not in fleet.log("watch"):
+        assert time.monotonic() < deadline, fleet.log("watch")
+        assert watch.poll() is None, fleet.log("watch")
+        time.sleep(0.2)
+    start_workers(fleet, "w1")
+    assert watch.wait(timeout=120) == 0, fleet.log("watch")
+    assert f"job {job_id} done" in fleet.log("watch")
+    after = json.loads(fleet.cli("status", job_id, "--json").stdout)
+    assert after["condition"] is None and after["no_worker"] is False and after["stored"] == len(ids)

@@ -65,3 +65,35 @@ def test_many_candidates_are_cut_short(db_url: str) -> None:
         resolve_job_id(engine, "a")
     assert len(caught.value.candidates) == CANDIDATES_SHOWN and str(caught.value).endswith("give more characters")
     assert ", ..." in str(caught.value)
+
+
+def test_a_fleet_job_with_open_chunks_and_no_live_embed_worker_says_so(db_url: str) -> None:
+    """no_worker: open chunks, no heartbeat row seen within dead_after that consumes `embed`. A live
+    worker on embed clears it; one on collect alone does not; an embedded run's job never has it."""
+    from embedfleet.chunks.liveness import beat
+    from embedfleet.fleet.queues import EMBED_QUEUE
+    from embedfleet.jobs.stats import EMBED_QUEUE_NAME
+    from embedfleet.store.ledger import add_chunk, close_submission
+
+    assert EMBED_QUEUE_NAME == EMBED_QUEUE  # jobs/ names the fleet's queue without importing the fleet
+    engine = get_engine(db_url)
+    version = open_collection(engine, "nw", "m", {}, {})
+    job_id = create_job(engine, "nw", version.key, "m", "test", {}, records_read=4, skipped_invalid=0)
+    add_chunk(engine, job_id, 0, 4, b"payload")
+    close_submission(engine, job_id, chunks_total=1, truncated=0)
+    assert job_stats(engine, job_id).no_worker is False  # not asked
+    assert job_stats(engine, job_id, dead_after=15).no_worker is True
+    beat(engine, "inc-collect", "c1@h", "h", 1, 15, queues="collect,dead_letter")
+    assert job_stats(engine, job_id, dead_after=15).no_worker is True
+    beat(engine, "inc-embed", "w1@h", "h", 2, 15, queues="collect,dead_letter,embed")
+    stats = job_stats(engine, job_id, dead_after=15)
+    assert stats.no_worker is False and stats.as_dict()["no_worker"] is False
+    embedded = create_job(engine, "nw", version.key, "m", "test", {}, records_read=4, skipped_invalid=0,
+                          runner="embedded host 123")
+    add_chunk(engine, embedded, 0, 4, b"payload")
+    from embedfleet.store.schema import workers
+
+    with engine.begin() as conn:
+        conn.execute(workers.delete())  # every worker gone
+    assert job_stats(engine, embedded, dead_after=15).no_worker is False
+    assert job_stats(engine, job_id, dead_after=15).no_worker is True

@@ -15,7 +15,7 @@ from embedfleet.chunks.messages import ChunkTexts
 from embedfleet.corpus.chunking import chunk_records
 from embedfleet.corpus.readers import Corpus
 from embedfleet.corpus.records import FieldSpec, Record
-from embedfleet.corpus.validation import InvalidInput, scan_corpus, valid_records
+from embedfleet.corpus.validation import InvalidInput, UnknownField, scan_corpus, valid_records
 from embedfleet.errors import JobEnded
 from embedfleet.jobs.stats import job_stats
 from embedfleet.jobs.submit import EmptyCorpus, JobRequest, Submission, submit
@@ -265,11 +265,17 @@ def test_a_job_cancelled_mid_submission_stops_sending(tmp_path) -> None:
     assert sent == [0, 1] and job_stats(engine, job_id).state == "cancelled"
 
 
-@pytest.mark.parametrize("rows", [[], ['{"id": "a"}'], ['{"text": "no id"}']])
-def test_an_empty_corpus_writes_nothing(tmp_path, rows) -> None:
-    """No valid record (none at all, or none valid with skip_invalid): refused before any row is written."""
+@pytest.mark.parametrize(("rows", "refusal", "words"), [
+    ([], EmptyCorpus, "no valid records"),
+    (['{"id": "a"}'], UnknownField, "the text field 'text' is in none of the records"),
+    (['{"text": "no id"}'], UnknownField, "the id field 'id' is in none of the records"),
+    (['{"id": "a", "text": ""}'], EmptyCorpus, "no valid records"),
+])
+def test_an_empty_corpus_writes_nothing(tmp_path, rows, refusal, words) -> None:
+    """No valid record (none at all, none with the job's fields, or none valid with skip_invalid): refused
+    before any row is written."""
     engine = get_engine(f"sqlite:///{tmp_path}/t.db")
-    with pytest.raises(EmptyCorpus, match="no valid records"):
+    with pytest.raises(refusal, match=words):
         submit(engine, _request(write_jsonl(tmp_path, rows), skip_invalid=True), lambda m: None)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(collections)).scalar_one() == 0
