@@ -72,7 +72,7 @@ def test_bad_encoder_setting_is_explained() -> None:
     with pytest.raises(EncoderConfigError, match="module:Class"):
         load_encoder(Settings(encoder="tests.encode.fake_encoders"))
     with pytest.raises(EncoderConfigError, match="cannot be imported"):
-        load_encoder(Settings(encoder="tests.workers.no_such_module:X"))
+        load_encoder(Settings(encoder="tests.encode.no_such_module:X"))
 
 
 @pytest.mark.slow

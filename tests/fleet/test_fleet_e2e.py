@@ -80,8 +80,8 @@ def test_two_workers_store_every_record_once(db_url: str, make_fleet, small_corp
     assert len(re.findall(r"job [0-9a-f]+ done", result.stdout + result.stderr)) == 1
     log = fleet.log("w1")
     assert re.search(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}: INFO/ForkPoolWorker-\d+\] "
-                     r"embedfleet\.workers\.tasks: encoded job=", log, re.MULTILINE), log
-    assert re.search(r"INFO/ForkPoolWorker-\d+\] embedfleet\.workers\.(openvino_)?encoder: loaded .* in [\d.]+ s", log), log
+                     r"embedfleet\.fleet\.tasks: encoded job=", log, re.MULTILINE), log
+    assert re.search(r"INFO/ForkPoolWorker-\d+\] embedfleet\.encode\.(openvino|encoder): loaded .* in [\d.]+ s", log), log
     assert "Loading weights" not in log and "it/s]" not in log
     assert not re.search(r"(WARNING|ERROR|CRITICAL)/", log), log
 
