@@ -257,6 +257,17 @@ class Settings(BaseSettings):
     # by any live worker, the waiting producer or beat. 3 s costs one tiny UPDATE per node;
     # 15 s is five missed beats, so a slow write or a GC pause is not a death, and a healthy
     # slow chunk is never sent twice (liveness is the node's, not the chunk's).
+    # A worker checks its database before it starts taking chunks: one that is coming up (a
+    # compose stack starting together) is waited for, at ERROR each try; one that will not
+    # come (no such database, bad credentials) ends the worker at once with the reason.
+    database_wait_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "`embedfleet worker` and `beat` wait at most this long for a database that refuses connections at "
+            "start, then exit 1 with the reason (a database that does not exist: at once)."
+        ),
+    )
     heartbeat_seconds: float = Field(
         default=3.0,
         description=(

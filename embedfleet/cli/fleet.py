@@ -22,6 +22,22 @@ def _export(name: str, value: str | None) -> None:
     set_settings(None)
 
 
+def check_database() -> None:
+    """The database the worker (or beat) will write to, reached before Celery starts: a
+    worker that cannot reach it must not say `ready.` and log heartbeat warnings for ever."""
+    from ..safe_errors import reason
+    from ..store.engine import redact, wait_for_database
+
+    settings = get_settings()
+
+    def waiting(exc: Exception, left: float) -> None:
+        logging.getLogger(__name__).error(
+            "database unreachable at %s: %s; trying again for %.0f s more (EMBEDFLEET_DATABASE_WAIT_SECONDS)",
+            redact(settings.database_url), reason(exc, settings.database_url), left)
+
+    wait_for_database(settings.database_url, settings.database_wait_seconds, waiting)
+
+
 def celery_sets_up_logging() -> None:
     """Drop the handler the group installed (no timestamps): Celery keeps a root logger that
     already has one, so without this its worker_log_format (fleet/celeryconfig.py) is never
@@ -76,6 +92,7 @@ def worker(queues: str, concurrency: int | None, device: str | None, batch_size:
         problem = None if get_settings().encoder else model_problem(get_settings().model)
         if problem:
             raise click.ClickException(f"cannot load model {get_settings().model!r}: {problem}")
+    check_database()
     from ..fleet.celery_app import app
     from ..fleet.celeryconfig import use_broker_config
 
@@ -109,6 +126,7 @@ def beat(loglevel: str, broker_url: str | None, db: str | None, celery_args: tup
 
     _export("EMBEDFLEET_BROKER_URL", broker_url)
     _export("EMBEDFLEET_DATABASE_URL", db)
+    check_database()
     use_broker_config(app, get_settings())  # the broker's URL, queues (quorum on RabbitMQ) and options
     celery_sets_up_logging()
     app.start(["beat", "-l", loglevel, *celery_args])

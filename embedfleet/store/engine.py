@@ -7,13 +7,14 @@ import os
 import sqlite3
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from threading import Lock
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SAWarning
+from sqlalchemy.exc import ArgumentError, OperationalError, SAWarning
 
 from ..errors import LedgerError
 from .bulk import forget_staging
@@ -189,6 +190,30 @@ def existing_engine(url: str) -> Engine:
     if path is not None and not path.exists():
         raise NoDatabase(f"no database at {path.absolute()} (run a job first or pass --db)")
     return get_engine(url)
+
+
+# Errors that waiting will not cure: raised at once by wait_for_database.
+_LASTING = ("does not exist", "authentication failed", "no password supplied", "unable to open database file")
+
+
+def wait_for_database(url: str, seconds: float, on_wait: Callable[[OperationalError, float], None]) -> Engine:
+    """get_engine and one round trip, tried again while the server refuses connections (a
+    database that is coming up) for at most `seconds`, telling `on_wait` each time. An error
+    waiting will not cure (no such database, bad credentials) is raised at once, and the
+    last one once the time is up: a worker must not say `ready.` on a database it cannot use."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            engine = get_engine(url)
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return engine
+        except OperationalError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0 or any(words in str(exc.orig or exc).lower() for words in _LASTING):
+                raise
+            on_wait(exc, left)
+            time.sleep(min(2.0, left))
 
 
 def get_engine(url: str) -> Engine:

@@ -296,3 +296,31 @@ def test_a_job_with_no_worker_says_so_and_finishes_once_one_starts(sqlite_url, m
     assert f"job {job_id} done" in fleet.log("watch")
     after = json.loads(fleet.cli("status", job_id, "--json").stdout)
     assert after["condition"] is None and after["no_worker"] is False and after["stored"] == len(ids)
+
+
+def test_a_worker_whose_database_cannot_be_reached_exits_with_the_reason(pg_url, make_fleet) -> None:
+    """A database that does not exist: the worker exits 1 at once (default settings) with the one
+    line every other command prints, never `ready.`. A server that refuses connections is waited for
+    at ERROR each try, then the same exit: EMBEDFLEET_DATABASE_WAIT_SECONDS is shortened from its
+    60 s to 4 here, and the bound, not its length, is what the test pins."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    missing = urlunsplit(urlsplit(pg_url)._replace(path="/embedfleet_no_such_db"))
+    fleet = make_fleet(missing)
+    started = time.monotonic()
+    proc = fleet.start_worker("nodb")
+    assert proc.wait(timeout=60) == 1
+    assert time.monotonic() - started < 30
+    log = fleet.log("nodb")
+    assert "ready" not in log and "Traceback" not in log, log
+    assert 'error: database unreachable at' in log and 'database "embedfleet_no_such_db" does not exist' in log, log
+
+    refused = make_fleet("postgresql://postgres@127.0.0.1:1/test")
+    started = time.monotonic()
+    proc = refused.start_worker("refused", EMBEDFLEET_DATABASE_WAIT_SECONDS="4")
+    assert proc.wait(timeout=60) == 1
+    assert 3.5 < time.monotonic() - started < 30
+    log = refused.log("refused")
+    assert "ready" not in log and "Traceback" not in log, log
+    assert log.count("ERROR embedfleet.cli.fleet: database unreachable") >= 2, log
+    assert log.strip().splitlines()[-1].startswith("error: database unreachable at postgresql://postgres@127.0.0.1:1/test")
