@@ -195,9 +195,13 @@ def wait(job_id: str, *, settings: Settings | None = None, timeout: float | None
 def status(job_id: str, *, settings: Settings | None = None) -> JobStats:
     """The job's state and counts now (stalled is set when nothing moved for lease_seconds).
     `job_id` may be any unique prefix of the id, here and in wait and cancel."""
+    from .store.ledger import abandon_orphaned
+
     current = _resolved(settings)
     engine = _reader(current)
-    return job_stats(engine, resolve_job_id(engine, job_id), lease_seconds=current.lease_seconds,
+    full_id = resolve_job_id(engine, job_id)
+    abandon_orphaned(engine)  # an embedded run's job whose process is gone is abandoned, not running
+    return job_stats(engine, full_id, lease_seconds=current.lease_seconds,
                      dead_after=current.dead_after_seconds)
 
 
@@ -256,8 +260,11 @@ def delete_collection(name: str, *, settings: Settings | None = None) -> Deleted
     """Delete a collection: its versions' vectors, its versions and its jobs' history.
     Refused (LedgerError) while one of its jobs has not ended."""
     from .store.collections import delete_collection as delete
+    from .store.ledger import abandon_orphaned
 
-    return delete(_reader(_resolved(settings)), name)
+    engine = _reader(_resolved(settings))
+    abandon_orphaned(engine, name)  # a dead embedded run's job holds nothing up
+    return delete(engine, name)
 
 
 @overload

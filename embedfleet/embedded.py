@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +32,7 @@ from .jobs.stats import JobStats
 from .jobs.submit import JobRequest, Submission, submit
 from .settings import get_settings
 from .store.engine import get_engine
-from .store.ledger import open_chunk_count
+from .store.ledger import abandon_orphaned, embedded_runner, open_chunk_count
 from .store.pgvector import check_vector_type
 
 log = logging.getLogger(__name__)
@@ -244,6 +242,11 @@ def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple
     check_collection_name(request.collection)
     check_fields(request.corpus, request.spec)
     engine = get_engine(settings.database_url)
+    # A run of this collection that died (kill -9, the OOM killer) left its job open: its
+    # chunks were in that process's memory. This run takes over; stored records are skipped.
+    for job_id in abandon_orphaned(engine, request.collection):
+        log.warning("job %s of %s was left open by an embedded run that is gone: abandoned, this run takes over",
+                    job_id, request.collection)
     if request.vector_type != "auto":
         with engine.connect() as conn:
             check_vector_type(conn, request.vector_type)
@@ -258,7 +261,7 @@ def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple
         window = model.load().max_tokens
     elif first_job:
         model.start_loading()  # while the corpus is validated; the job starts once it is loaded
-    request = dataclasses.replace(request, window=window, runner=f"embedded {socket.gethostname()} {os.getpid()}")
+    request = dataclasses.replace(request, window=window, runner=embedded_runner())
     try:
         with in_process_worker(), _TaskEnds() as ends:
             pacer = _Pacer(engine, settings.embedded_window, model, ends)

@@ -194,3 +194,62 @@ def test_a_vector_type_the_database_cannot_store_is_refused_before_the_model_loa
     assert run.returncode == 2, run.stderr
     assert "--vector-type vector needs the pgvector extension, which SQLite does not have" in run.stderr
     assert "loading model" not in run.stderr
+
+
+def test_a_killed_embedded_run_is_taken_over_and_never_holds_its_collection(tmp_path: Path) -> None:
+    """kill -9 of `embedfleet run` mid-job leaves its job open with no process behind it. The next
+    run of the collection abandons it (saying so) and stores the rest; `status` of such a job says
+    the run is gone and what to do (not `resume`, a fleet command); `delete-collection` is not
+    refused by it."""
+    import json
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"r{i}", "text": f"text {i}"}) + "\n" for i in range(200)))
+    db_file = tmp_path / "e.db"
+    env = {"HF_HUB_OFFLINE": "1", "PATH": str(BIN), "HOME": str(tmp_path), "PYTHONPATH": str(REPO),
+           "EMBEDFLEET_ENCODER": "tests.encode.fake_encoders:SlowHashEncoder", "SLOW_HASH_DELAY": "0.3"}
+
+    def stored() -> int:
+        try:
+            with sqlite3.connect(db_file, timeout=5) as conn:
+                return conn.execute("select count(*) from vectors").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+    def killed_mid_job(collection: str) -> str:
+        run = subprocess.Popen([str(BIN / "embedfleet"), "run", str(corpus), "--collection", collection,
+                                "--chunk-size", "10", "--db", f"sqlite:///{db_file}"], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        before = stored()
+        deadline = time.monotonic() + 60
+        while stored() == before:
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        with sqlite3.connect(db_file) as conn:
+            job_id, state = conn.execute("select id, state from jobs where collection = ? order by created_at desc",
+                                         (collection,)).fetchone()
+        assert state in ("submitting", "running")  # killed while it still sends chunks, or after
+        return job_id
+
+    killed_mid_job("taken")
+    again = _run("run", str(corpus), "--collection", "taken", "--chunk-size", "10", "--db", f"sqlite:///{db_file}",
+                 cwd=tmp_path, EMBEDFLEET_ENCODER=env["EMBEDFLEET_ENCODER"], SLOW_HASH_DELAY="0")
+    assert again.returncode == 0, again.stderr
+    assert "was left open by an embedded run that is gone: abandoned, this run takes over" in again.stderr
+    read, stored_now, skipped = (int(n) for n in re.search(r"read (\d+), stored (\d+), skipped (\d+)",
+                                                           again.stdout).groups())
+    assert read == 200 and stored_now + skipped == 200 and skipped > 0
+
+    job_id = killed_mid_job("held")
+    shown = _run("status", job_id, "--db", f"sqlite:///{db_file}", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert f"job {job_id} abandoned" in shown.stdout and "the embedded run that ran it (pid" in shown.stdout
+    assert "run the same `embedfleet run` again" in shown.stdout and "resume" not in shown.stdout
+    deleted = _run("delete-collection", "held", "--yes", "--db", f"sqlite:///{db_file}", cwd=tmp_path)
+    assert deleted.returncode == 0, deleted.stderr

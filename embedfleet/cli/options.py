@@ -166,11 +166,19 @@ def condition(stats: JobStats, lease_seconds: float) -> str | None:
     """In words, why a job has no ETA: it ended without finishing, or nothing moves."""
     if stats.state == "cancelled":
         return "cancelled: no more chunks are stored; the vectors stored before it stay"
+    runner = (stats.runner or "").split()
+    if stats.state == "abandoned" and runner[:1] == ["embedded"]:
+        host, pid = ([*runner[1:3], "?", "?"])[:2]
+        return (f"abandoned: the embedded run that ran it (pid {pid} on {host}) is gone; run the same "
+                "`embedfleet run` again to finish (records already stored are skipped)")
     if stats.state == "abandoned":
         return ("abandoned: its producer stopped before sending every chunk; submit the corpus again "
                 "(records already stored are skipped as unchanged)")
     if stats.no_worker:
         return NO_WORKER
+    if stats.stalled and runner[:1] == ["embedded"]:
+        return (f"stalled: no chunk sent, started or done for over {lease_seconds:.0f} s in the embedded run "
+                "that runs it, which is still alive")
     if stats.stalled:
         return (f"stalled: no chunk sent, started or done for over {lease_seconds:.0f} s; if the broker lost "
                 f"its messages, `embedfleet resume {stats.job_id}` sends the open chunks again")

@@ -54,6 +54,8 @@ class JobStats:
     # A fleet job with open chunks and no live worker that consumes the embed queue (the
     # heartbeat table knows): nothing will move until one starts.
     no_worker: bool = False
+    # None for the fleet; "embedded HOST PID START" for an embedded run's job.
+    runner: str | None = None
 
     @property
     def records_done(self) -> int:
@@ -202,6 +204,7 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None,
         and max(job.created_at, job.producer_seen_at or 0.0, *(t or 0.0 for t in agg[5:8]))
         < time.time() - lease_seconds,
         no_worker=no_worker,
+        runner=job.runner,
     )
 
 

@@ -1,11 +1,14 @@
 """The job and chunk ledger, write side: every chunk has a row before its message is sent.
-(What status and progress read is in jobs.py.)"""
+(What status and progress read is in jobs/stats.py.)"""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, literal, select, update
@@ -333,3 +336,63 @@ def abandon_submission(engine: Engine, job_id: str) -> bool:
             update(jobs).where(and_(jobs.c.id == job_id, jobs.c.state == "submitting"))
             .values(state="abandoned", finished_at=time.time())
         ).rowcount)
+
+
+# --- jobs run by an embedded run's process ----------------------------------------------------
+
+def _process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/PID/stat, field 22), so a pid
+    reused by another process is not mistaken for the run; "?" where /proc cannot say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def embedded_runner() -> str:
+    """What an embedded run writes as its jobs' runner: "embedded HOST PID START"."""
+    pid = os.getpid()
+    return f"embedded {socket.gethostname()} {pid} {_process_start(pid)}"
+
+
+def runner_gone(runner: str | None) -> bool:
+    """Whether the embedded run that owns a job is gone: its process on this host has exited
+    (or its pid now belongs to another process). A fleet job (None), or a run on another host,
+    whose process this one cannot see, is never taken for gone."""
+    parts = (runner or "").split()
+    if len(parts) < 3 or parts[0] != "embedded" or parts[1] != socket.gethostname():
+        return False
+    pid = int(parts[2])
+    if not Path(f"/proc/{pid}").exists():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False
+    return len(parts) > 3 and parts[3] != "?" and _process_start(pid) != parts[3]
+
+
+def abandon_orphaned(engine: Engine, collection: str | None = None) -> list[str]:
+    """Jobs of embedded runs whose process is gone (killed, the machine's OOM killer): their
+    chunks lived in that process's memory broker, so nothing will finish them. Each becomes
+    `abandoned` and its open chunks cancelled, so `delete-collection` and waiting stop being
+    held up; running the same job again stores the rest (stored records are skipped)."""
+    query = select(jobs.c.id, jobs.c.runner).where(and_(jobs.c.state.in_(("submitting", "running")),
+                                                        jobs.c.runner.like("embedded %")))
+    if collection is not None:
+        query = query.where(jobs.c.collection == collection)
+    with engine.connect() as conn:
+        orphans = [row.id for row in conn.execute(query) if runner_gone(row.runner)]
+    now = time.time()
+    for job_id in orphans:
+        with engine.begin() as conn:
+            changed = conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.state.in_(
+                ("submitting", "running")))).values(state="abandoned", finished_at=now)).rowcount
+            if changed:
+                conn.execute(update(chunks).where(and_(chunks.c.job_id == job_id,
+                                                       chunks.c.state.in_(OPEN_CHUNK_STATES)))
+                             .values(state=CANCELLED, payload=None, done_at=now))
+    return orphans

@@ -28,6 +28,17 @@ class HashEncoder:
         return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
 
+class SlowHashEncoder(HashEncoder):
+    """HashEncoder that takes SLOW_HASH_DELAY seconds a call: a run a test can kill mid-job."""
+
+    def encode_batch(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        import os
+        import time
+
+        time.sleep(float(os.environ.get("SLOW_HASH_DELAY", "0.2")))
+        return super().encode_batch(texts, batch_size)
+
+
 class LedgerWatchingEncoder(HashEncoder):
     """HashEncoder that notes, at each call, how many chunks the ledger holds written but not
     done (EMBEDFLEET_DATABASE_URL, one job in it), one line per call in WATCH_FILE, and takes
