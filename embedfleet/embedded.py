@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -272,7 +273,22 @@ def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple
                 pacer.close()
                 raise
             stats = pacer.follow(submission.job_id, job_timeout)
+        if stats.state == "done":
+            _build_index(engine, stats.version_key)
     finally:
         model.detach()
         use_encoder_processes(0)
     return submission, stats
+
+
+def _build_index(engine: Engine, version_key: str) -> None:
+    """A pgvector version's HNSW index, before `run` reports done: on the fleet a collector
+    builds it when asked through the collect queue (fleet/tasks.py: send_index_build, which
+    the embedded run skips: its worker stops with the job). Nothing to do for bytea, or once
+    it is built."""
+    from .store.pgvector import build_index
+
+    seconds = build_index(engine, version_key)
+    if seconds is not None:
+        sys.stderr.write(f"built the HNSW index of {version_key} in {seconds:.1f} s\n")
+        sys.stderr.flush()

@@ -253,3 +253,24 @@ def test_a_killed_embedded_run_is_taken_over_and_never_holds_its_collection(tmp_
     assert "run the same `embedfleet run` again" in shown.stdout and "resume" not in shown.stdout
     deleted = _run("delete-collection", "held", "--yes", "--db", f"sqlite:///{db_file}", cwd=tmp_path)
     assert deleted.returncode == 0, deleted.stderr
+
+
+def test_run_into_pgvector_leaves_an_hnsw_index(pgvector_url: str, tmp_path: Path) -> None:
+    """`run` on a pgvector server stores a vector column and builds its HNSW index before it reports
+    done (the fleet's collector asks for it through the collect queue); a rerun builds nothing more."""
+    import json
+
+    from sqlalchemy import create_engine, text
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"r{i}", "text": f"text {i}"}) + "\n" for i in range(300)))
+    run = _run("run", str(corpus), "--collection", "indexed", "--db", pgvector_url, cwd=tmp_path, **HASH)
+    assert run.returncode == 0, run.stderr
+    assert "stored 300" in run.stdout and "built the HNSW index of indexed in" in run.stderr
+    engine = create_engine(pgvector_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        indexes = conn.execute(text("SELECT indexdef FROM pg_indexes WHERE tablename = 'vectors'")).scalars().all()
+    engine.dispose()
+    assert [d for d in indexes if "USING hnsw" in d and "'indexed'" in d], indexes
+    again = _run("run", str(corpus), "--collection", "indexed", "--db", pgvector_url, cwd=tmp_path, **HASH)
+    assert again.returncode == 0 and "built the HNSW index" not in again.stderr, again.stderr

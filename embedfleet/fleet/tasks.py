@@ -288,6 +288,10 @@ def _stored_result(vectors: ChunkVectors, stored: int | None) -> str:
 
 
 def send_index_build(version_key: str) -> None:
+    """Ask a collector to build the finished version's HNSW index. Not in the embedded run (its
+    in-memory broker): the run builds it itself before it reports done (embedded.py)."""
+    if str(app.conf.broker_url).startswith("memory://"):
+        return
     app.send_task(INDEX_TASK, kwargs={"version_key": version_key}, kwargsrepr=f"index {version_key}")
 
 
