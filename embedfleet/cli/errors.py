@@ -12,14 +12,8 @@ from typing import Any
 
 import click
 
-from ..corpus.readers import CorpusError
-from ..corpus.validation import InvalidInput
-from ..errors import JobEnded, LedgerError, ModelNotFound
-from ..fleet.queries import QueryUnanswered
-from ..fleet.sending import BrokerUnavailable
-from ..safe_errors import reason
-from ..settings import get_settings
-from ..store.engine import redact
+# The error types and what prints them are imported when an error is met (error_map), not
+# at start: `embedfleet --version` must not load SQLAlchemy, Celery or numpy.
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -46,14 +40,23 @@ class InputError(click.ClickException):
 
 
 def _reason(exc: BaseException) -> str:
+    from ..safe_errors import reason
+    from ..settings import get_settings
+
     return reason(exc, get_settings().database_url, get_settings().broker_url)
 
 
 def _database_error(exc: BaseException) -> str:
+    from ..settings import get_settings
+    from ..store.engine import redact
+
     return f"database unreachable at {redact(get_settings().database_url)}: {_reason(exc)}"
 
 
 def _broker_error(exc: BaseException) -> str:
+    from ..settings import get_settings
+    from ..store.engine import redact
+
     return f"broker unreachable at {redact(get_settings().broker_url)}: {_reason(exc)}"
 
 
@@ -78,8 +81,14 @@ def error_map() -> list[tuple[tuple[type[BaseException], ...], Callable[[Any], s
     import redis.exceptions
     import sqlalchemy.exc
 
+    from ..corpus.readers import CorpusError
+    from ..corpus.validation import InvalidInput
+
     # numpy only, no torch: the model is imported inside the encoder's functions.
     from ..encode.encoder import EncoderConfigError
+    from ..errors import JobEnded, LedgerError, ModelNotFound
+    from ..fleet.queries import QueryUnanswered
+    from ..fleet.sending import BrokerUnavailable
 
     plain = str
     return [

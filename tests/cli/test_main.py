@@ -26,8 +26,12 @@ OWN_SERVICES = {"bench"}
 
 
 def commands(group: click.Group = cli, prefix: str = "") -> dict[str, click.Command]:
+    """Every command, loading the lazy ones (cli/main.py: LazyGroup)."""
     found: dict[str, click.Command] = {}
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         if isinstance(command, click.Group):
             found.update(commands(command, f"{prefix}{name} "))
         else:
@@ -136,3 +140,34 @@ def test_the_entry_point_freezes_the_heap_on_the_way_out(monkeypatch: pytest.Mon
             assert gc.get_freeze_count() > 0
         finally:
             gc.unfreeze()  # this pytest process goes on: its garbage is collected again
+
+
+def test_the_lazy_command_list_is_the_commands_own() -> None:
+    """COMMANDS (what --help lists without importing a module) names each command's module and
+    holds its own short help, so the two cannot drift."""
+    from embedfleet.cli.main import COMMANDS
+
+    ctx = click.Context(cli)
+    assert set(COMMANDS) == set(cli.list_commands(ctx))
+    for name, (module, short) in COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.callback is not None, name
+        assert command.callback.__module__ == f"embedfleet.cli.{module}", name
+        assert command.get_short_help_str(limit=1000) == short, name
+
+
+def test_version_and_help_load_no_heavy_library() -> None:
+    """`--version` and `--help` import neither SQLAlchemy, Celery, numpy, pydantic nor rich (the
+    target: at most 0.3 s, measured in docs/cli.md), and a lazily loaded command still runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from embedfleet.cli import cli\n"
+            "try:\n    cli(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('sqlalchemy', 'celery', 'kombu', 'numpy', 'pydantic', 'rich', 'torch') "
+            "if m in sys.modules]\n"
+            "print(','.join(heavy) or 'none')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "none", result.stdout
