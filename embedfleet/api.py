@@ -144,10 +144,11 @@ def run(records: RecordsLike, *, collection: str, settings: Settings | None = No
         text_field: str = "text", fields: Sequence[str] | None = None, skip_invalid: bool = False,
         sync: Literal["none", "full"] = "none", format: CorpusFormat = "auto",
         timeout: float | None = None, store_text: bool = False, metadata_fields: Sequence[str] = (),
-        vector_type: VectorType = "auto") -> JobStats:
+        vector_type: VectorType = "auto", progress: bool = True) -> JobStats:
     """Embed `records` on the embedded default (an in-process worker, no servers) and return
     the finished job's figures. `store_text` and `metadata_fields` keep the texts and those
-    fields beside the vectors; `vector_type` is how a new collection stores its vectors."""
+    fields beside the vectors; `vector_type` is how a new collection stores its vectors.
+    `progress=False`: nothing on stderr (no loading line, no progress display)."""
     # imports torch: only when something is embedded in this process
     from .embedded import run_embedded
 
@@ -155,7 +156,7 @@ def run(records: RecordsLike, *, collection: str, settings: Settings | None = No
         request = _request(records, collection, current, id_field, text_field, fields, skip_invalid, sync, format,
                            _Kept(store_text, metadata_fields, vector_type))
         try:
-            _, stats = run_embedded(request, job_timeout=timeout)
+            _, stats = run_embedded(request, job_timeout=timeout, progress=progress)
         finally:
             _close(request.corpus)
         return stats
@@ -181,15 +182,18 @@ def submit(records: RecordsLike, *, collection: str, settings: Settings | None =
             _close(request.corpus)
 
 
-def wait(job_id: str, *, settings: Settings | None = None, timeout: float | None = None) -> JobStats:
+def wait(job_id: str, *, settings: Settings | None = None, timeout: float | None = None,
+         progress: bool = True) -> JobStats:
     """Block until the job is done and return its figures; meanwhile re-send the chunks held
-    by dead workers. Prints a progress line to stderr every 10 s (a bar on a terminal)."""
+    by dead workers. Prints a progress line to stderr every 10 s (a bar on a terminal);
+    `progress=False`: nothing."""
     from .fleet.sending import fleet_sender
     from .jobs.follow import follow
 
     current = _resolved(settings)
     engine = _reader(current)
-    return follow(engine, resolve_job_id(engine, job_id), current, lambda: fleet_sender(current), timeout=timeout)
+    return follow(engine, resolve_job_id(engine, job_id), current, lambda: fleet_sender(current), timeout=timeout,
+                  show=progress)
 
 
 def status(job_id: str, *, settings: Settings | None = None) -> JobStats:

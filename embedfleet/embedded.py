@@ -62,8 +62,10 @@ class _Model:
     counts its batches for the progress display (an encoder without on_batch, such as an
     EMBEDFLEET_ENCODER backend, moves the display per chunk)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, announce: bool = True) -> None:
         self.name = name
+        # Say "loading model ..." on stderr (the API's progress=False: not).
+        self.announce = announce
         self.encoder: Any = None
         self.batches = BatchCounter()
         self._loading: threading.Thread | None = None
@@ -76,7 +78,7 @@ class _Model:
 
         def load() -> None:
             try:
-                get_encoder(self.name, announce=True)
+                get_encoder(self.name, announce=self.announce)
             except BaseException as exc:  # handed to load(), which raises it where it is needed
                 self._failure = exc
 
@@ -90,7 +92,7 @@ class _Model:
                 if self._failure is not None:
                     raise self._failure
             # Saying so: torch and the weights take seconds that would otherwise be a blank screen.
-            self.encoder = get_encoder(self.name, announce=True)
+            self.encoder = get_encoder(self.name, announce=self.announce)
             if hasattr(self.encoder, "on_batch"):
                 self.encoder.on_batch = self.batches
         return self.encoder
@@ -140,8 +142,9 @@ class _Pacer:
     # and a bound in case a chunk ends without a task ending here (it cannot, in-process).
     LOOK_EVERY = 0.25
 
-    def __init__(self, engine: Engine, window: int, model: _Model, ends: _TaskEnds) -> None:
+    def __init__(self, engine: Engine, window: int, model: _Model, ends: _TaskEnds, show: bool = True) -> None:
         self.engine = engine
+        self.show = show
         self.window = window
         self.model = model
         self.ends = ends
@@ -149,7 +152,7 @@ class _Pacer:
 
     def _progress(self, job_id: str) -> JobProgress:
         if self.progress is None:
-            self.progress = JobProgress(self.engine, job_id, encoded=self.model.encoded).__enter__()
+            self.progress = JobProgress(self.engine, job_id, encoded=self.model.encoded, show=self.show).__enter__()
         return self.progress
 
     def __call__(self, job_id: str) -> None:
@@ -236,7 +239,10 @@ def _first_job_of(engine: Engine, request: JobRequest) -> bool:
     return version_rows(engine, key) == 0
 
 
-def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple[Submission, JobStats]:
+def run_embedded(request: JobRequest, job_timeout: float | None = None,
+                 progress: bool = True) -> tuple[Submission, JobStats]:
+    """Run the job on an in-process worker to its end. `progress`: the model's loading line,
+    the progress display and the index line on stderr (False: silent; warnings still log)."""
     settings = get_settings()
     # What surely cannot work is refused before the model loads (seconds) or anything is
     # written: a bad collection name, a field no record has. submit() checks them again.
@@ -253,7 +259,7 @@ def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple
             check_vector_type(conn, request.vector_type)
     # The in-process worker runs one task at a time; encoder processes use the other cores.
     use_encoder_processes(pool_size(settings))
-    model = _Model(request.model)
+    model = _Model(request.model, announce=progress)
     # The truncation window is the model's input length, read from its files when they say;
     # a model that does not (or a custom encoder) is loaded now to ask it.
     window = None if settings.encoder else declared_max_tokens(request.model)
@@ -265,7 +271,7 @@ def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple
     request = dataclasses.replace(request, window=window, runner=embedded_runner())
     try:
         with in_process_worker(), _TaskEnds() as ends:
-            pacer = _Pacer(engine, settings.embedded_window, model, ends)
+            pacer = _Pacer(engine, settings.embedded_window, model, ends, show=progress)
             try:
                 submission = submit(engine, request, celery_sender(app), wait_for_room=pacer,
                                     before_job=model.load if first_job else None)
@@ -274,14 +280,14 @@ def run_embedded(request: JobRequest, job_timeout: float | None = None) -> tuple
                 raise
             stats = pacer.follow(submission.job_id, job_timeout)
         if stats.state == "done":
-            _build_index(engine, stats.version_key)
+            _build_index(engine, stats.version_key, progress)
     finally:
         model.detach()
         use_encoder_processes(0)
     return submission, stats
 
 
-def _build_index(engine: Engine, version_key: str) -> None:
+def _build_index(engine: Engine, version_key: str, say: bool) -> None:
     """A pgvector version's HNSW index, before `run` reports done: on the fleet a collector
     builds it when asked through the collect queue (fleet/tasks.py: send_index_build, which
     the embedded run skips: its worker stops with the job). Nothing to do for bytea, or once
@@ -289,6 +295,6 @@ def _build_index(engine: Engine, version_key: str) -> None:
     from .store.pgvector import build_index
 
     seconds = build_index(engine, version_key)
-    if seconds is not None:
+    if seconds is not None and say:
         sys.stderr.write(f"built the HNSW index of {version_key} in {seconds:.1f} s\n")
         sys.stderr.flush()

@@ -262,3 +262,25 @@ def test_run_keeps_texts_and_metadata_for_search_and_parquet(tmp_path: Path) -> 
         {"lang": r["lang"], "n": r["n"]} for r in records]
     with pytest.raises(TypeError, match="sequences of field names"):
         run(records, collection="kept", settings=settings, metadata_fields="lang")
+
+
+def test_progress_false_leaves_stderr_empty(tmp_path: Path) -> None:
+    """run(..., progress=False) prints nothing on stderr (no loading line, no progress lines) and the
+    job still finishes; with the default, the loading line and a progress line are there."""
+    code = ("import sys\n"
+            "from embedfleet import Settings, run\n"
+            "settings = Settings(database_url=sys.argv[1], encoder='tests.encode.fake_encoders:HashEncoder')\n"
+            "records = [{'id': str(i), 'text': f'text {i}'} for i in range(50)]\n"
+            "stats = run(records, collection='quiet', settings=settings, progress=sys.argv[2] == 'on')\n"
+            "print(stats.state, stats.stored)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDFLEET_")}
+    env = {**env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    for mode, db in (("off", "q1"), ("on", "q2")):
+        result = subprocess.run([sys.executable, "-c", code, f"sqlite:///{tmp_path / db}.db", mode], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "done 50"
+        if mode == "off":
+            assert result.stderr == "", result.stderr
+        else:
+            assert "loading encoder" in result.stderr and "job " in result.stderr, result.stderr

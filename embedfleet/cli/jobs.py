@@ -16,6 +16,7 @@ from .main import cli
 from .options import (
     BATCH_SIZE_OPTION,
     BROKER_OPTION,
+    COLLECTION_OPTION,
     COLLECTION_VERSION_OPTION,
     DB_OPTION,
     JSON_OPTION,
@@ -158,7 +159,7 @@ def resume(job: str, as_json: bool, db: str | None, broker_url: str | None) -> N
 
 
 @cli.command()
-@click.option("--collection", required=True)
+@COLLECTION_OPTION
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="PATH.npy, or PATH.parquet.")
 @COLLECTION_VERSION_OPTION

@@ -30,6 +30,8 @@ BROKER_OPTION = click.option(
     "--broker-url", envvar="EMBEDFLEET_BROKER_URL", show_envvar=True, default=None, metavar="URL",
     help="The fleet's Celery broker [default: redis://127.0.0.1:6379/0].")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
+# The collection a command acts on (reindex, migrate, versions, search, export).
+COLLECTION_OPTION = click.option("--collection", required=True, help="The collection, by name.")
 STRICT_OPTION = click.option(
     "--strict", is_flag=True, help="Exit 3 when the job finished with dead letters (records not embedded).")
 CHUNK_SIZE_OPTION = click.option("--chunk-size", type=click.IntRange(min=1, max=MAX_CHUNK_SIZE), default=None,
@@ -89,7 +91,8 @@ def corpus_options(func: Any) -> Any:
         click.option("--text-field", default="text", show_default=True, help="The field holding the text."),
         click.option("--fields", default=None, help="Build the text from these comma-separated fields instead."),
         click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv", "parquet"]), default="auto",
-                     show_default=True),
+                     show_default=True,
+                     help="How CORPUS is read; auto: from its suffix (.jsonl, .csv, .parquet; stdin is JSONL)."),
         CHUNK_SIZE_OPTION,
         MODEL_OPTION,
         click.option("--skip-invalid", is_flag=True, help="Send the valid records and report the invalid ones."),

@@ -185,8 +185,11 @@ class JobProgress:
     def __init__(self, engine: Engine, job_id: str, interval: float = 0.25, line_every: float = 10.0,
                  lease_seconds: float | None = None, outage_limit: float = 600.0,
                  sweep: Callable[[], object] | None = None, sweep_every: float = 3.0,
-                 encoded: Callable[[], int] | None = None, dead_after: float | None = None) -> None:
+                 encoded: Callable[[], int] | None = None, dead_after: float | None = None,
+                 show: bool = True) -> None:
         self.engine = engine
+        # False: follow the job in silence (the API's progress=False): no bar, no lines.
+        self.show = show
         self.lease_seconds = lease_seconds
         # A heartbeat's dead_after: the display says when no live worker consumes `embed`.
         self.dead_after = dead_after
@@ -214,7 +217,7 @@ class JobProgress:
         self.stats: JobStats | None = None
 
     def __enter__(self) -> JobProgress:
-        if self._console.is_terminal:
+        if self.show and self._console.is_terminal:
             # Transient: the bar goes when the job ends, and the command's summary is the one
             # final line left on the screen.
             self._bar = Progress(
@@ -258,7 +261,7 @@ class JobProgress:
         if self._bar is not None and self._task is not None:
             total = stats.records_read or (None if live else 1)
             self._bar.update(self._task, total=total, completed=done if stats.records_read or live else 1)
-        elif live and self._lines.due(now):
+        elif self.show and live and self._lines.due(now):
             # Lines only while the job runs: its end is the command's summary, printed once.
             view = self.view()
             assert view is not None
@@ -313,14 +316,16 @@ class JobProgress:
             time.sleep(self.interval)
 
     def _say(self, line: str) -> None:
-        if self._bar is not None:
+        if not self.show:
+            log.warning("job %s: %s", self.job_id, line)
+        elif self._bar is not None:
             self._bar.console.print(line)
         else:
             print(line, file=sys.stderr, flush=True)
 
 
 def follow(engine: Engine, job_id: str, settings: Settings, make_sender: Callable[[], Sender],
-           timeout: float | None = None) -> JobStats:
+           timeout: float | None = None, show: bool = True) -> JobStats:
     """Wait for the job with a live display (a bar on a terminal, plain lines otherwise),
     riding out database drops, and re-send its chunks held by dead workers meanwhile, through
     the sender `make_sender` returns (the fleet's, fleet/sending.py), made on first use."""
@@ -337,5 +342,5 @@ def follow(engine: Engine, job_id: str, settings: Settings, make_sender: Callabl
 
     with JobProgress(engine, job_id, lease_seconds=settings.lease_seconds, dead_after=settings.dead_after_seconds,
                      sweep=lambda: resend_stranded(engine, payload_sender(send), settings.dead_after_seconds, job_id),
-                     sweep_every=settings.heartbeat_seconds) as progress:
+                     sweep_every=settings.heartbeat_seconds, show=show) as progress:
         return progress.wait_done(timeout=timeout)
