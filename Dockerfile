@@ -41,7 +41,7 @@ RUN set -eu; \
 WORKDIR /opt/embedfleet
 COPY pyproject.toml README.md ./
 COPY embedfleet ./embedfleet
-RUN pip install . \
+RUN pip install ".[all]" \
     && python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), v"
 
 # Not root. beat/ holds beat's schedule file; it exists in the image, owned by the user, so

@@ -284,3 +284,27 @@ def test_progress_false_leaves_stderr_empty(tmp_path: Path) -> None:
             assert result.stderr == "", result.stderr
         else:
             assert "loading encoder" in result.stderr and "job " in result.stderr, result.stderr
+
+
+def test_a_missing_extra_is_one_line_naming_it(tmp_path: Path) -> None:
+    """Without pyarrow (the `parquet` extra) a Parquet corpus or export is one line naming the extra,
+    exit 2; without flower, `embedfleet flower` likewise. A sitecustomize hides the packages from the
+    command's interpreter, as a host that installed `embedfleet` alone would have them."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "sitecustomize.py").write_text("import sys\nsys.modules['pyarrow'] = None\nsys.modules['flower'] = None\n")
+    (tmp_path / "c.parquet").write_bytes(b"PAR1")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("EMBEDFLEET_")}, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(hidden), str(REPO)])}
+    bin_dir = Path(sys.executable).parent
+    for args, words in (
+        (["run", "c.parquet", "--collection", "p", "--db", f"sqlite:///{tmp_path / 'p.db'}"],
+         "error: reading a Parquet corpus needs the pyarrow package, which is not installed: "
+         "pip install 'embedfleet[parquet]'"),
+        (["flower", "--no-auth"], "error: embedfleet flower needs the flower package, which is not installed: "
+                                  "pip install 'embedfleet[flower]'"),
+    ):
+        done = subprocess.run([str(bin_dir / "embedfleet"), *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert words in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-BASE = ("settings", "settings_doc", "tokens", "errors", "safe_errors")
+BASE = ("settings", "settings_doc", "tokens", "errors", "safe_errors", "extras")
 # Each layer and the layers it may import (besides its own).
 BELOW = {
     "base": set(),

@@ -87,13 +87,15 @@ def error_map() -> list[tuple[tuple[type[BaseException], ...], Callable[[Any], s
     # numpy only, no torch: the model is imported inside the encoder's functions.
     from ..encode.encoder import EncoderConfigError
     from ..errors import JobEnded, LedgerError, ModelNotFound
+    from ..extras import MissingExtra
     from ..fleet.queries import QueryUnanswered
     from ..fleet.sending import BrokerUnavailable
 
     plain = str
     return [
         ((JobEnded,), plain, EXIT_FAILURE),
-        ((InvalidInput, CorpusError, LedgerError, EncoderConfigError, ModelNotFound), plain, EXIT_INPUT),
+        ((InvalidInput, CorpusError, LedgerError, EncoderConfigError, ModelNotFound, MissingExtra), plain,
+         EXIT_INPUT),
         ((pydantic.ValidationError,), _settings_error, EXIT_INPUT),
         ((sqlalchemy.exc.ArgumentError,), lambda e: f"invalid database URL: {_reason(e)}", EXIT_INPUT),
         ((BrokerUnavailable, QueryUnanswered), plain, EXIT_FAILURE),

@@ -76,6 +76,9 @@ def flower(port: int, address: str, no_auth: bool, broker_url: str | None, flowe
     (job and chunk) and result columns unless `--tasks_columns=...` or FLOWER_TASKS_COLUMNS
     says otherwise. Flower's /metrics and /healthcheck answer without credentials.
     """
+    from ..extras import require
+
+    require("flower", "flower", "embedfleet flower")  # before Celery, which would say "no such command"
     settings = apply_settings(broker_url=broker_url)
     os.environ.update(flower_environment(os.environ))
     argv = ["flower", f"--port={port}", f"--address={address}", *flower_args]

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
+from ..extras import require
+
 Format = Literal["jsonl", "csv", "parquet"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet")
 FORMATS_BY_SUFFIX: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
@@ -320,6 +322,7 @@ def read_parquet(path: Path, fields: Sequence[str] | None = None, name: str | No
     maps become dicts. Durations and intervals are kept as Python values, which records.py
     refuses as an id or a text and writes as text in metadata; a row whose value has no
     Python form at all is refused, naming the field."""
+    require("pyarrow", "parquet", "reading a Parquet corpus")
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -204,7 +204,7 @@ def encoder_class(settings: Settings) -> type:
         if settings.backend == "openvino" and not openvino_installed():
             raise EncoderConfigError(
                 "EMBEDFLEET_BACKEND=openvino needs the openvino package, which is not installed: "
-                "`pip install openvino`, or set EMBEDFLEET_BACKEND=auto (torch where OpenVINO is missing)"
+                "pip install 'embedfleet[openvino]', or set EMBEDFLEET_BACKEND=auto (torch where OpenVINO is missing)"
             )
         return SentenceTransformerEncoder
     module_name, _, class_name = settings.encoder.partition(":")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, select
 
+from ..extras import require
 from . import vectors
 from .ledger import LedgerError
 from .schema import versions
@@ -112,6 +113,7 @@ def export_parquet(engine: Engine, version_key: str, out: Path, block: int = PAR
 
     Written to a temporary name beside `out` and renamed at the end, so a failed export never
     leaves a truncated file under the name a reader expects."""
+    require("pyarrow", "parquet", "a Parquet export")
     import pyarrow as pa
     import pyarrow.parquet as pq
 

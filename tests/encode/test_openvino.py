@@ -110,7 +110,7 @@ def test_missing_package_is_one_line_on_the_command_line(tmp_path: Path) -> None
                            "--db", f"sqlite:///{tmp_path / 'e.db'}"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert done.returncode == 2, done.stderr
-    assert "pip install openvino" in done.stderr and "Traceback" not in done.stderr
+    assert "pip install 'embedfleet[openvino]'" in done.stderr and "Traceback" not in done.stderr
 
 
 # --- the contract, on the real model ----------------------------------------------------------
