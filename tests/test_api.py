@@ -299,10 +299,10 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path: Path) -> None:
     bin_dir = Path(sys.executable).parent
     for args, words in (
         (["run", "c.parquet", "--collection", "p", "--db", f"sqlite:///{tmp_path / 'p.db'}"],
-         "error: reading a Parquet corpus needs the pyarrow package, which is not installed: "
-         "pip install 'embedfleet[parquet]'"),
-        (["flower", "--no-auth"], "error: embedfleet flower needs the flower package, which is not installed: "
-                                  "pip install 'embedfleet[flower]'"),
+         ("error: reading a Parquet corpus needs the pyarrow package, which is not installed: "
+         "pip install 'embedfleet[parquet]'")),
+        (["flower", "--no-auth"], ("error: embedfleet flower needs the flower package, which is not installed: "
+                                  "pip install 'embedfleet[flower]'")),
     ):
         done = subprocess.run([str(bin_dir / "embedfleet"), *args], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=120)
