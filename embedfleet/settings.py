@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -24,6 +24,17 @@ class Settings(BaseSettings):
             "SQLAlchemy URL of the vectors, jobs, chunk ledger and dead letters: SQLite or PostgreSQL (a plain "
             "`postgresql://` uses psycopg 3). The schema is created on first use. `--db` overrides it for one "
             "command."
+        ),
+    )
+    # A PostgreSQL schema of embedfleet's own, for a database an application shares: its
+    # tables (collections, versions, vectors, jobs, chunks, ...) go there, not in public.
+    database_schema: str = Field(
+        default="",
+        pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,62})?$",
+        description=(
+            "PostgreSQL only: keep embedfleet's tables in this schema (created if missing) instead of `public`, "
+            "for a database an application shares. Every process of a fleet must name the same one. Empty: "
+            "the database's default (`public`)."
         ),
     )
     # The fleet's broker. The embedded default (`embedfleet run`) ignores it.
@@ -379,6 +390,25 @@ class Settings(BaseSettings):
             raise ValueError(f"{url!r} is not a database URL: a SQLite file is sqlite:///{url} (a relative path) "
                              "or sqlite:////abs/path, PostgreSQL postgresql://user@host/db")
         return url
+
+    @model_validator(mode="after")
+    def _in_schema(self) -> Settings:
+        # The schema travels in the URL (libpq's options: search_path), so every engine made
+        # from database_url, in every process, reads and writes there; public stays second for
+        # pgvector's `vector` type, installed there on most servers.
+        if not self.database_schema:
+            return self
+        if not self.database_url.startswith(("postgresql", "postgres")):
+            raise ValueError("database_schema is for PostgreSQL; a SQLite file is a namespace of its own")
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database_url)
+        wanted = f"-csearch_path={self.database_schema},public"
+        if wanted not in str(url.query.get("options", "")):
+            options = " ".join(filter(None, [str(url.query.get("options", "")), wanted]))
+            url = url.update_query_dict({"options": options})
+            object.__setattr__(self, "database_url", url.render_as_string(hide_password=False))
+        return self
 
     @field_validator("broker_url")
     @classmethod

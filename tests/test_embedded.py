@@ -274,3 +274,36 @@ def test_run_into_pgvector_leaves_an_hnsw_index(pgvector_url: str, tmp_path: Pat
     assert [d for d in indexes if "USING hnsw" in d and "'indexed'" in d], indexes
     again = _run("run", str(corpus), "--collection", "indexed", "--db", pgvector_url, cwd=tmp_path, **HASH)
     assert again.returncode == 0 and "built the HNSW index" not in again.stderr, again.stderr
+
+
+def test_a_schema_of_its_own_leaves_an_applications_tables_alone(pg_url: str, tmp_path: Path) -> None:
+    """EMBEDFLEET_DATABASE_SCHEMA=ef on a database whose application already has a `vectors` and a `jobs`
+    table in public: embedfleet's tables are made in ef, the run, status and export work there, and the
+    application's tables and rows are untouched."""
+    import json
+
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(text("CREATE TABLE public.vectors (id int primary key, note text)"))
+        conn.execute(text("CREATE TABLE public.jobs (id int primary key)"))
+        conn.execute(text("INSERT INTO public.vectors VALUES (1, 'the application''s row')"))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"r{i}", "text": f"text {i}"}) + "\n" for i in range(20)))
+    env = {**HASH, "EMBEDFLEET_DATABASE_SCHEMA": "ef"}
+    run = _run("run", str(corpus), "--collection", "shared", "--db", pg_url, cwd=tmp_path, **env)
+    assert run.returncode == 0, run.stderr
+    job_id = run.stdout.split()[1]
+    assert _run("status", job_id, "--db", pg_url, cwd=tmp_path, **env).returncode == 0
+    out = tmp_path / "v.npy"
+    exported = _run("export", "--collection", "shared", "--out", str(out), "--db", pg_url, cwd=tmp_path, **env)
+    assert exported.returncode == 0, exported.stderr
+    assert np.load(out).shape == (20, 8)
+    with admin.connect() as conn:
+        ours = set(conn.execute(text("SELECT table_name FROM information_schema.tables WHERE table_schema = 'ef'"))
+                   .scalars())
+        assert {"collections", "versions", "vectors", "jobs", "chunks", "dead_letters", "workers"} <= ours
+        assert conn.execute(text("SELECT note FROM public.vectors")).scalars().all() == ["the application's row"]
+        assert conn.execute(text("SELECT count(*) FROM ef.vectors")).scalar_one() == 20
+    admin.dispose()

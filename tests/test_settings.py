@@ -121,3 +121,21 @@ def test_a_bare_file_name_is_not_a_database_url_and_the_error_says_what_to_write
     with pytest.raises(pydantic.ValidationError, match=r"redis://host:6379/0"):
         Settings(broker_url="localhost:6379")
     assert Settings(database_url="sqlite:///embedfleet.db").database_url == "sqlite:///embedfleet.db"
+
+
+def test_a_schema_of_its_own_travels_in_the_database_url() -> None:
+    """EMBEDFLEET_DATABASE_SCHEMA puts search_path in a PostgreSQL URL once (kept options stay), refuses a
+    bad name, and refuses SQLite."""
+    import pydantic
+
+    settings = Settings(database_url="postgresql://u@h/db", database_schema="ef")
+    assert settings.database_url == "postgresql://u@h/db?options=-csearch_path%3Def%2Cpublic"
+    again = Settings(database_url=settings.database_url, database_schema="ef")
+    assert again.database_url == settings.database_url
+    kept = Settings(database_url="postgresql://u@h/db?options=-cstatement_timeout%3D5000", database_schema="ef")
+    assert "statement_timeout" in kept.database_url and "search_path" in kept.database_url
+    with pytest.raises(pydantic.ValidationError):
+        Settings(database_url="postgresql://u@h/db", database_schema="bad name")
+    with pytest.raises(pydantic.ValidationError, match="database_schema is for PostgreSQL"):
+        Settings(database_url="sqlite:///x.db", database_schema="ef")
+    assert Settings(database_url="sqlite:///x.db").database_url == "sqlite:///x.db"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import time
 import warnings
@@ -248,6 +249,12 @@ def _build(url: str) -> Engine:
     return engine
 
 
+def own_schema(url: URL) -> str | None:
+    """The schema EMBEDFLEET_DATABASE_SCHEMA put in the URL (options=-csearch_path=NAME,public)."""
+    match = re.search(r"search_path=([A-Za-z_][A-Za-z0-9_]*)", str(url.query.get("options", "")))
+    return match.group(1) if match else None
+
+
 def _create_schema(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         # The driver sends no BEGIN before DDL, so each CREATE TABLE would commit on its own
@@ -260,11 +267,17 @@ def _create_schema(engine: Engine) -> None:
             _add_missing_columns(conn)
             conn.commit()
         return
+    schema = own_schema(engine.url)
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Several workers may start at once; CREATE TABLE IF NOT EXISTS still races
             # on PostgreSQL's catalogue, so serialise schema creation on a lock.
             conn.execute(text("SELECT pg_advisory_xact_lock(724183)"))
+        if schema:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            # Checked and created in that schema by name: an application's own public.vectors,
+            # visible through the search path, must not be taken for ours.
+            conn = conn.execution_options(schema_translate_map={None: schema})
         metadata.create_all(conn, checkfirst=True)
         _add_missing_columns(conn)
 
