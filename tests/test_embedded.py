@@ -307,3 +307,19 @@ def test_a_schema_of_its_own_leaves_an_applications_tables_alone(pg_url: str, tm
         assert conn.execute(text("SELECT note FROM public.vectors")).scalars().all() == ["the application's row"]
         assert conn.execute(text("SELECT count(*) FROM ef.vectors")).scalar_one() == 20
     admin.dispose()
+
+
+def test_the_summary_counts_changes_that_were_stored(tmp_path: Path) -> None:
+    """One record that cannot be encoded (a dead letter): `changes: added` counts the two stored, not the
+    three planned; editing one record and fixing nothing gives updated 1 and added 0 for the dead one again."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "one"}\n{"id": "b", "text": "two RAISE"}\n{"id": "c", "text": "three"}\n')
+    probe = {"EMBEDFLEET_ENCODER": "tests.encode.fake_encoders:PoolProbeEncoder"}
+    db = f"sqlite:///{tmp_path / 'e.db'}"
+    first = _run("run", str(corpus), "--collection", "cnt", "--db", db, cwd=tmp_path, **probe)
+    assert first.returncode == 0, first.stderr
+    assert "stored 2, skipped 0, dead 1" in first.stdout and "changes: added 2, updated 0," in first.stdout
+    corpus.write_text('{"id": "a", "text": "one, edited"}\n{"id": "b", "text": "two RAISE"}\n'
+                      '{"id": "c", "text": "three"}\n')
+    second = _run("run", str(corpus), "--collection", "cnt", "--db", db, cwd=tmp_path, **probe)
+    assert "stored 1, skipped 1, dead 1" in second.stdout and "changes: added 0, updated 1, unchanged 1" in second.stdout

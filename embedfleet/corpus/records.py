@@ -50,6 +50,8 @@ class Record:
     nul_removed: bool = False
     # Its metadata fields as a JSON object, when the job keeps metadata.
     metadata: dict[str, Any] | None = None
+    # New to the version it is sent to (change detection sets it; the rest replace a vector).
+    new: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, and_, exists, func, select
 
 from ..chunks.liveness import live_consumers
+from ..chunks.splits import SPLIT_STATE
 from ..errors import LedgerError
 from ..store.ledger import OPEN_CHUNK_STATES
-from ..store.schema import chunks, dead_letters, jobs
+from ..store.schema import chunks, dead_letters, jobs, vectors
 
 # The queue encode workers consume (fleet/queues.py's EMBED_QUEUE; jobs do not import the fleet).
 EMBED_QUEUE_NAME = "embed"
@@ -166,11 +167,28 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None,
                 func.coalesce(func.sum(chunks.c.encode_seconds), 0.0),
                 func.coalesce(func.sum(chunks.c.splits), 0),
                 func.max(chunks.c.sent_at), func.max(chunks.c.started_at), func.max(chunks.c.done_at),
+                # New records of the chunks whose records were stored (a split chunk's own row
+                # keeps the count for its halves), and whether the ledger counts them at all.
+                func.coalesce(func.sum(chunks.c.added).filter(chunks.c.state.in_(("done", SPLIT_STATE))), 0),
+                func.count(chunks.c.added),
             ).where(chunks.c.job_id == job_id)
         ).one()
         dead = conn.execute(
             select(func.count()).select_from(dead_letters).where(dead_letters.c.job_id == job_id)
         ).scalar_one()
+        added, updated = job.added, job.updated
+        if agg[9]:
+            # What was stored, not what change detection planned: a dead letter of a new record
+            # has no row in the version (an updated one keeps its old vector), and a cancelled
+            # chunk's records were never stored.
+            dead_new = conn.execute(
+                select(func.count()).select_from(dead_letters).where(and_(
+                    dead_letters.c.job_id == job_id,
+                    ~exists().where(and_(vectors.c.version_key == job.version_key,
+                                         vectors.c.record_id == dead_letters.c.record_id))))
+            ).scalar_one() if dead else 0
+            added = max(0, int(agg[8]) - int(dead_new))
+            updated = max(0, int(agg[0]) - added)
         open_chunks = int(agg[2]) - int(agg[1])
         no_worker = (dead_after is not None and job.state in ("submitting", "running") and job.runner is None
                      and open_chunks > 0 and live_consumers(conn, EMBED_QUEUE_NAME, dead_after) == 0)
@@ -195,8 +213,8 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None,
         giveups=job.giveups,
         splits=int(agg[4]),
         resends=job.resends,
-        added=job.added,
-        updated=job.updated,
+        added=added,
+        updated=updated,
         unchanged=job.unchanged,
         deleted=job.deleted,
         deduplicated=job.deduplicated,

@@ -143,7 +143,8 @@ def send_chunks(
             wait_for_room(job_id)
         # A job cancelled while it is being submitted stops growing: its open chunks are
         # cancelled, and add_chunk adds no new one (in the same statement as the insert).
-        if not add_chunk(engine, job_id, seq, len(chunk), msgpack.packb(message.to_wire())):
+        if not add_chunk(engine, job_id, seq, len(chunk), msgpack.packb(message.to_wire()),
+                         added=sum(r.new for r in chunk)):
             raise JobEnded(f"job {job_id} was cancelled while it was submitted: stopped after {seq} chunks")
         try:
             send(message)

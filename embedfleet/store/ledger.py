@@ -53,9 +53,10 @@ def create_job(
     return job_id
 
 
-def add_chunk(engine: Engine, job_id: str, seq: int, records: int, payload: bytes) -> bool:
-    """Write the chunk's ledger row (with its message) before the message is sent; False, and
-    no row, when the job was cancelled (its producer stops: a cancelled job does not grow).
+def add_chunk(engine: Engine, job_id: str, seq: int, records: int, payload: bytes, added: int | None = None) -> bool:
+    """Write the chunk's ledger row (with its message, and `added`: how many of its records
+    are new to the version) before the message is sent; False, and no row, when the job was
+    cancelled (its producer stops: a cancelled job does not grow).
 
     One statement, so autocommit: INSERT ... SELECT from the job's row, which PostgreSQL
     locks FOR SHARE until the insert commits. A cancel (store/ledger.py: cancel_job, whose
@@ -64,17 +65,18 @@ def add_chunk(engine: Engine, job_id: str, seq: int, records: int, payload: byte
     left queued in a cancelled job. SQLite has one writer at a time: the same holds there."""
     row = (
         select(jobs.c.id, literal(seq), literal("queued"), literal(records), literal(payload, chunks.c.payload.type),
-               literal(time.time()))
+               literal(time.time()), literal(added, chunks.c.added.type))
         .where(and_(jobs.c.id == job_id, jobs.c.state != CANCELLED))
         .with_for_update(read=True)
     )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         # RETURNING, not rowcount: psycopg's rowcount of an INSERT ... SELECT that added no row
         # was not 0 (measured).
-        added = conn.execute(insert(chunks).from_select(
-            [chunks.c.job_id, chunks.c.seq, chunks.c.state, chunks.c.records, chunks.c.payload, chunks.c.sent_at],
+        inserted = conn.execute(insert(chunks).from_select(
+            [chunks.c.job_id, chunks.c.seq, chunks.c.state, chunks.c.records, chunks.c.payload, chunks.c.sent_at,
+             chunks.c.added],
             row).returning(chunks.c.seq)).first()
-    return added is not None
+    return inserted is not None
 
 
 def close_submission(engine: Engine, job_id: str, chunks_total: int, truncated: int,

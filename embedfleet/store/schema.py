@@ -109,6 +109,10 @@ chunks = Table(
     # queued -> done: every record stored or dead-lettered, committed with the vectors.
     Column("state", String(16), nullable=False),
     Column("records", Integer, nullable=False),
+    # Of them, records new to the version (the rest replace a stored vector): what a job's
+    # `added` counts once the chunk is stored. NULL for halves of a split chunk and chunks of
+    # older versions (the split chunk's own row keeps the count).
+    Column("added", Integer, nullable=True),
     Column("stored", Integer, nullable=False, default=0),
     Column("dead", Integer, nullable=False, default=0),
     # Times an encode worker took the chunk; past the cap it is dead-lettered, not looped.

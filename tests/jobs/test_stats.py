@@ -97,3 +97,32 @@ def test_a_fleet_job_with_open_chunks_and_no_live_embed_worker_says_so(db_url: s
         conn.execute(workers.delete())  # every worker gone
     assert job_stats(engine, embedded, dead_after=15).no_worker is False
     assert job_stats(engine, job_id, dead_after=15).no_worker is True
+
+
+def test_added_and_updated_count_what_was_stored(db_url: str) -> None:
+    """added/updated count stored records: a cancelled chunk's records are neither; a dead letter of a new
+    record (no row in the version) is not added; the planned counts stand only for ledgers without them."""
+    from sqlalchemy import insert
+
+    from embedfleet.store.ledger import add_chunk, close_submission
+    from embedfleet.store.schema import chunks, dead_letters
+
+    engine = get_engine(db_url)
+    version = open_collection(engine, "cnt", "m", {}, {})
+    job_id = create_job(engine, "cnt", version.key, "m", "test", {}, records_read=8, skipped_invalid=0)
+    add_chunk(engine, job_id, 0, 4, b"p", added=3)  # 3 new records, 1 update
+    add_chunk(engine, job_id, 1, 4, b"p", added=4)  # cancelled before it was stored
+    close_submission(engine, job_id, chunks_total=2, truncated=0,
+                     changes={"added": 7, "updated": 1, "unchanged": 0, "deleted": 0, "deduplicated": 0})
+    with engine.begin() as conn:
+        conn.execute(update(chunks).where(chunks.c.seq == 0).values(state="done", stored=3, dead=1))
+        conn.execute(update(chunks).where(chunks.c.seq == 1).values(state="cancelled"))
+        conn.execute(insert(dead_letters).values(job_id=job_id, chunk_seq=0, version_key=version.key,
+                                                 record_id="new-one", position=2, text="t", content_hash="h",
+                                                 error_type="E", message="m", attempts=1, created_at=0.0))
+    stats = job_stats(engine, job_id)
+    assert (stats.stored, stats.dead, stats.added, stats.updated) == (3, 1, 2, 1)
+    # A ledger written before chunks counted their new records keeps the planned figures.
+    with engine.begin() as conn:
+        conn.execute(update(chunks).values(added=None))
+    assert (job_stats(engine, job_id).added, job_stats(engine, job_id).updated) == (7, 1)
