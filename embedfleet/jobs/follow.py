@@ -55,7 +55,8 @@ class RateWindow:
     so the rate decays between steps instead of dropping to zero. No step for `horizon`
     seconds, or none seen yet, is no recent progress: the rate is None (shown as '-')."""
 
-    window: float = 10.0
+    # 30 s, as the ledger's recent rate (jobs/stats.py: RECENT_SECONDS): 10 s swung the ETA.
+    window: float = 30.0
     horizon: float = 60.0
     # (time, done) at each change of done, and the first sample; only the steps matter.
     samples: deque[tuple[float, int]] = field(default_factory=deque)
@@ -125,6 +126,11 @@ class ProgressView:
     eta: float | None
     stalled: bool = False
     no_worker: bool = False
+    # The fleet's figures (None: not shown, as in the embedded run): chunks being encoded,
+    # retries so far, live workers on `embed`.
+    in_flight: int = 0
+    retries: int = 0
+    workers: int | None = None
 
     @property
     def short_id(self) -> str:
@@ -132,8 +138,10 @@ class ProgressView:
 
     def figures(self) -> str:
         rate = "-" if self.rate is None else f"{self.rate:,.1f}"
+        fleet = ("" if self.workers is None else
+                 f", {self.in_flight} chunks in flight, retries {self.retries}, workers {self.workers}")
         return (f"{self.done:,}/{self.total:,} records, {rate} rec/s, ETA {duration(self.eta)}, "
-                f"elapsed {duration(self.elapsed)}, skipped {self.skipped:,}, dead {self.dead:,}"
+                f"elapsed {duration(self.elapsed)}, skipped {self.skipped:,}, dead {self.dead:,}{fleet}"
                 + (f" ({NO_WORKER})" if self.no_worker else "")
                 + (" (stalled: nothing moved for a lease)" if self.stalled else ""))
 
@@ -165,6 +173,9 @@ def view_of(stats: JobStats, done: int, rate: float | None, wall_now: float) -> 
         eta=0.0 if stats.state == "done" else eta_seconds(stats.records_read - done, rate) if live else None,
         stalled=stats.stalled,
         no_worker=stats.no_worker,
+        in_flight=stats.chunks_in_flight,
+        retries=stats.retries,
+        workers=stats.live_workers,
     )
 
 
@@ -241,11 +252,16 @@ class JobProgress:
                 self._bar.stop()
 
     def view(self) -> ProgressView | None:
-        """The figures now: the last poll's counts, the rate and elapsed time as of this moment."""
+        """The figures now: the last poll's counts, the rate and elapsed time as of this moment.
+        The rate is the ledger's recent rate (JobStats.recent_rate: what `status` and every
+        other follower of the job show), except where this process encodes (the embedded
+        run), whose per-batch count runs ahead of the ledger."""
         with self._lock:
             stats, done = self.stats, self._done
-            rate = self._rates.rate(time.monotonic())
-        return None if stats is None else view_of(stats, done, rate, time.time())
+            local = self._rates.rate(time.monotonic())
+        if stats is None:
+            return None
+        return view_of(stats, done, local if self.encoded is not None else stats.recent_rate, time.time())
 
     def poll(self, force: bool = False) -> JobStats | None:
         now = time.monotonic()

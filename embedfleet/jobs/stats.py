@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, select
+from sqlalchemy import Connection, Engine, and_, exists, func, select
 
 from ..chunks.liveness import live_consumers
 from ..chunks.splits import SPLIT_STATE
@@ -57,6 +57,13 @@ class JobStats:
     no_worker: bool = False
     # None for the fleet; "embedded HOST PID START" for an embedded run's job.
     runner: str | None = None
+    # Records per second over the last RECENT_SECONDS, from the ledger's chunk times: the same
+    # for every follower of the job (None: nothing finished in that time).
+    recent_rate: float | None = None
+    # Chunks a worker has started and not finished.
+    chunks_in_flight: int = 0
+    # Live workers on `embed` (when asked with dead_after; None otherwise).
+    live_workers: int | None = None
 
     @property
     def records_done(self) -> int:
@@ -73,14 +80,17 @@ class JobStats:
 
     @property
     def eta_seconds(self) -> float | None:
+        """At the recent rate (the ledger's, so `status` and every follower say the same), or
+        the job's average before anything finished recently."""
         if self.state == "done":
             return 0.0
         remaining = self.records_read - self.records_done
         # records_read is known from validation before the first chunk is sent, so an ETA
         # holds while the producer is still submitting too (the embedded run feeds as it goes).
-        if self.rate <= 0 or self.state not in ("submitting", "running") or self.stalled:
+        rate = self.recent_rate or self.rate
+        if rate <= 0 or self.state not in ("submitting", "running") or self.stalled:
             return None
-        return max(remaining, 0) / self.rate
+        return max(remaining, 0) / rate
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +110,9 @@ class JobStats:
             "chunks_total": self.chunks_total,
             "seconds": round(self.elapsed, 3),
             "records_per_second": round(self.rate, 1),
+            "recent_records_per_second": None if self.recent_rate is None else round(self.recent_rate, 1),
+            "chunks_in_flight": self.chunks_in_flight,
+            "live_workers": self.live_workers,
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
             "encode_seconds": round(self.encode_seconds, 3),
             "retries": self.retries,
@@ -190,8 +203,10 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None,
             added = max(0, int(agg[8]) - int(dead_new))
             updated = max(0, int(agg[0]) - added)
         open_chunks = int(agg[2]) - int(agg[1])
-        no_worker = (dead_after is not None and job.state in ("submitting", "running") and job.runner is None
-                     and open_chunks > 0 and live_consumers(conn, EMBED_QUEUE_NAME, dead_after) == 0)
+        live = job.state in ("submitting", "running")
+        live_workers = live_consumers(conn, EMBED_QUEUE_NAME, dead_after) if dead_after is not None else None
+        no_worker = bool(live and job.runner is None and open_chunks > 0 and live_workers == 0)
+        recent_rate, in_flight = _recent(conn, job_id, job.created_at) if live else (None, 0)
     return JobStats(
         job_id=job.id,
         collection=job.collection,
@@ -223,7 +238,32 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None,
         < time.time() - lease_seconds,
         no_worker=no_worker,
         runner=job.runner,
+        recent_rate=recent_rate,
+        chunks_in_flight=in_flight,
+        live_workers=live_workers if job.runner is None else None,
     )
+
+
+# The recent rate's window: long enough that a fleet's chunks, which land a few at a time,
+# give a steady rate (a 10 s window swung the ETA by 10x between polls), short enough to
+# follow a change of speed within a minute.
+RECENT_SECONDS = 30.0
+
+
+def _recent(conn: Connection, job_id: str, created_at: float) -> tuple[float | None, int]:
+    """(records per second over the last RECENT_SECONDS, or since the first chunk started
+    when that is later; chunks started and not finished)."""
+    now = time.time()
+    since = now - RECENT_SECONDS
+    row = conn.execute(select(
+        func.coalesce(func.sum(chunks.c.stored + chunks.c.dead).filter(chunks.c.done_at >= since), 0),
+        func.min(chunks.c.started_at),
+        func.count().filter(and_(chunks.c.state.in_(OPEN_CHUNK_STATES), chunks.c.started_at.is_not(None))),
+    ).where(chunks.c.job_id == job_id)).one()
+    records, first_started, in_flight = int(row[0]), row[1], int(row[2])
+    start = max(since, first_started if first_started is not None else created_at)
+    rate = records / (now - start) if records and now > start else None
+    return rate, in_flight
 
 
 # Ending a job by hand, and what clients need to know about a job's state.

@@ -126,3 +126,38 @@ def test_added_and_updated_count_what_was_stored(db_url: str) -> None:
     with engine.begin() as conn:
         conn.execute(update(chunks).values(added=None))
     assert (job_stats(engine, job_id).added, job_stats(engine, job_id).updated) == (7, 1)
+
+
+def test_the_recent_rate_and_eta_come_from_the_ledger(db_url: str) -> None:
+    """recent_rate: records of the chunks finished in the last 30 s over that time (or since the first
+    chunk started), so every follower of a job shows the same rate and ETA; chunks in flight are those
+    started and not done; live workers are counted when asked."""
+    import time
+
+    from embedfleet.jobs.follow import view_of
+    from embedfleet.store.ledger import add_chunk, close_submission
+    from embedfleet.store.schema import chunks
+
+    engine = get_engine(db_url)
+    version = open_collection(engine, "rr", "m", {}, {})
+    job_id = create_job(engine, "rr", version.key, "m", "test", {}, records_read=400, skipped_invalid=0)
+    for seq in range(4):
+        add_chunk(engine, job_id, seq, 100, b"p", added=100)
+    close_submission(engine, job_id, chunks_total=4, truncated=0)
+    now = time.time()
+    with engine.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(state="running", created_at=now - 120))
+        conn.execute(update(chunks).where(chunks.c.seq == 0).values(state="done", stored=100, started_at=now - 100,
+                                                                     done_at=now - 90))  # before the window
+        conn.execute(update(chunks).where(chunks.c.seq == 1).values(state="done", stored=100, started_at=now - 20,
+                                                                     done_at=now - 10))
+        conn.execute(update(chunks).where(chunks.c.seq == 2).values(started_at=now - 5))  # in flight
+    first = job_stats(engine, job_id, dead_after=15)
+    second = job_stats(engine, job_id, dead_after=15)
+    assert first.recent_rate is not None and abs(first.recent_rate - 100 / 30) < 0.2
+    assert abs(first.recent_rate - second.recent_rate) < 0.2  # any follower, any moment: the same source
+    assert first.eta_seconds is not None and abs(first.eta_seconds - 200 / first.recent_rate) < 1
+    assert (first.chunks_in_flight, first.live_workers) == (1, 0)
+    line = view_of(first, first.records_done, first.recent_rate, time.time()).line()
+    assert "200/400 records, 3.3 rec/s" in line and "1 chunks in flight, retries 0, workers 0" in line
+    assert job_stats(engine, job_id).live_workers is None  # not asked
