@@ -177,11 +177,13 @@ def condition(stats: JobStats, lease_seconds: float) -> str | None:
     if stats.state == "abandoned":
         return ("abandoned: its producer stopped before sending every chunk; submit the corpus again "
                 "(records already stored are skipped as unchanged)")
-    if stats.no_worker:
+    if stats.no_worker and not stats.stalled:
         return NO_WORKER
     if stats.stalled and runner[:1] == ["embedded"]:
         return (f"stalled: no chunk sent, started or done for over {lease_seconds:.0f} s in the embedded run "
                 "that runs it, which is still alive")
+    if stats.stalled and stats.no_worker:
+        return (f"stalled: no chunk sent, started or done for over {lease_seconds:.0f} s, and {NO_WORKER}")
     if stats.stalled:
         return (f"stalled: no chunk sent, started or done for over {lease_seconds:.0f} s; if the broker lost "
                 f"its messages, `embedfleet resume {stats.job_id}` sends the open chunks again")
