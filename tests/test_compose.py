@@ -244,8 +244,31 @@ def test_the_dockerfile_pins_torch_before_installing_the_project(compose) -> Non
     assert "TORCH_INDEX_URL" not in compose["services"]["worker-gpu"]["build"]["args"]
     instructions = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     torch_at = next(i for i, line in enumerate(instructions) if 'pip install "torch==2.13.0"' in line)
-    project_at = next(i for i, line in enumerate(instructions) if re.search(r"pip install \.(\s|$)", line))
+    project_at = next(i for i, line in enumerate(instructions) if re.search(r'pip install "\.\[all\]"(\s|$)', line))
     assert torch_at < project_at
     hosts = set(re.findall(r"https?://[^/\s]+", "\n".join(instructions)))
     assert hosts == {"https://download.pytorch.org"}, hosts
     assert _entrypoint() == ["embedfleet"]
+
+
+def test_the_dashboard_is_provisioned_beside_prometheus(compose) -> None:
+    """Prometheus scrapes the exporter and Flower; Grafana mounts the provisioning (the Prometheus data
+    source, the dashboard provider) and the dashboard, whose every panel queries that data source."""
+    import json
+
+    deploy = REPO / "deploy"
+    scrape = yaml.safe_load((deploy / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert targets == {"metrics:9808", "flower:5555"}
+    prometheus, grafana = compose["services"]["prometheus"], compose["services"]["grafana"]
+    assert any("deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml" in v for v in prometheus["volumes"])
+    mounts = " ".join(grafana["volumes"])
+    assert "deploy/grafana/provisioning:/etc/grafana/provisioning" in mounts
+    assert "deploy/grafana/dashboards:/var/lib/grafana/dashboards" in mounts
+    source = yaml.safe_load((deploy / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((deploy / "grafana" / "provisioning" / "dashboards" / "embedfleet.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboard = json.loads((deploy / "grafana" / "dashboards" / "embedfleet.json").read_text())
+    uid = source["datasources"][0]["uid"]
+    assert dashboard["panels"] and all(t["datasource"]["uid"] == uid for p in dashboard["panels"] for t in p["targets"])

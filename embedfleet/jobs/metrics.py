@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import Engine, and_, func, or_, select
 
 from ..store.ledger import OPEN_CHUNK_STATES
 from ..store.schema import chunks, jobs
@@ -84,9 +84,11 @@ class LedgerCollector:
 
     PREFIX = "embedfleet_job_"
 
-    def __init__(self, engine: Engine, limit: int = 20) -> None:
+    def __init__(self, engine: Engine, limit: int = 20, dead_after: float = 15.0) -> None:
         self.engine = engine
         self.limit = limit
+        # A heartbeat older than this is a dead worker (settings.dead_after_seconds).
+        self.dead_after = dead_after
         self._done: dict[str, tuple[JobStats, dict[str, Any]]] = {}
 
     def _figures(self) -> list[tuple[JobStats, dict[str, Any]]]:
@@ -105,6 +107,46 @@ class LedgerCollector:
             del self._done[job_id]
         return out
 
+    def _fleet(self) -> Iterator[GaugeMetricFamily]:
+        """What the fleet looks like now, one series each (no job label, so the number of
+        series stays fixed however many jobs run): live workers per queue they consume,
+        chunks waiting and being encoded, jobs running. The ledger's view of the queues: a
+        chunk is queued from its send to its start, whichever broker carries it."""
+        from ..chunks.liveness import db_now
+        from ..store.schema import workers
+
+        with self.engine.connect() as conn:
+            now = conn.execute(select(db_now(conn.dialect.name))).scalar_one()
+            seen = workers.c.last_seen >= now - self.dead_after
+            queues = conn.execute(select(workers.c.queues).where(seen)).scalars()
+            per_queue: dict[str, int] = {}
+            for consumed in queues:
+                for queue in (consumed or "embed,collect,dead_letter,query").split(","):
+                    per_queue[queue] = per_queue.get(queue, 0) + 1
+            open_chunks = conn.execute(
+                select(func.count().filter(chunks.c.started_at.is_(None)),
+                       func.count().filter(chunks.c.started_at.is_not(None)))
+                .select_from(chunks.join(jobs, jobs.c.id == chunks.c.job_id))
+                .where(and_(chunks.c.state.in_(OPEN_CHUNK_STATES), jobs.c.state.in_(ACTIVE_STATES)))
+            ).one()
+            running = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.state.in_(ACTIVE_STATES))
+                                   ).scalar_one()
+        live = GaugeMetricFamily("embedfleet_live_workers", "Worker nodes with a recent heartbeat, by queue consumed",
+                                 labels=["queue"])
+        known = ("embed", "collect", "dead_letter", "query")
+        for queue in (*known, *sorted(set(per_queue) - set(known))):
+            live.add_metric([queue], float(per_queue.get(queue, 0)))
+        yield live
+        queued = GaugeMetricFamily("embedfleet_chunks_queued", "Chunks of running jobs sent and not yet started")
+        queued.add_metric([], float(open_chunks[0]))
+        yield queued
+        in_flight = GaugeMetricFamily("embedfleet_chunks_in_flight", "Chunks of running jobs being encoded")
+        in_flight.add_metric([], float(open_chunks[1]))
+        yield in_flight
+        jobs_running = GaugeMetricFamily("embedfleet_jobs_running", "Jobs submitting or running")
+        jobs_running.add_metric([], float(running))
+        yield jobs_running
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("embedfleet_ledger_up", "1 if the last scrape could read the ledger")
         try:
@@ -116,6 +158,7 @@ class LedgerCollector:
             return
         up.add_metric([], 1)
         yield up
+        yield from self._fleet()
 
         labels = ["job", "collection"]
         gauges: dict[str, tuple[str, Any]] = {
@@ -128,6 +171,9 @@ class LedgerCollector:
             "chunks_done": ("Chunks done", lambda s, m: s.chunks_done),
             "chunks_total": ("Chunks in the job", lambda s, m: s.chunks_total),
             "records_per_second": ("Stored and dead records per second of wall time", lambda s, m: s.rate),
+            "recent_records_per_second": ("Records per second over the last 30 s (the ETA's rate)",
+                                          lambda s, m: s.recent_rate),
+            "eta_seconds": ("Seconds left at the recent rate", lambda s, m: s.eta_seconds),
             "encode_p50_seconds": ("Median per-chunk encode time", lambda s, m: m["encode_p50_s"]),
             "encode_p95_seconds": ("95th percentile per-chunk encode time", lambda s, m: m["encode_p95_s"]),
             "error_rate": ("Dead / (stored + dead)", lambda s, m: m["error_rate"]),
@@ -150,8 +196,8 @@ class LedgerCollector:
         yield util
 
 
-def collect_registry(engine: Engine, limit: int = 20) -> CollectorRegistry:
+def collect_registry(engine: Engine, limit: int = 20, dead_after: float = 15.0) -> CollectorRegistry:
     """A registry holding only the ledger's figures (no process metrics of the exporter)."""
     registry = CollectorRegistry()
-    registry.register(LedgerCollector(engine, limit))
+    registry.register(LedgerCollector(engine, limit, dead_after))
     return registry

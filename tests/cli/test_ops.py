@@ -13,7 +13,7 @@ import urllib.request
 
 from embedfleet.store.engine import get_engine
 from tests.cli.conftest import ENV, hash_cli
-from tests.conftest import BIN, assert_imports_no_model, listening_addresses
+from tests.conftest import BIN, REPO, assert_imports_no_model, listening_addresses
 
 
 def test_jobs_lists_one_line_per_job(finished_job: str, sqlite_url: str) -> None:
@@ -69,6 +69,16 @@ def test_the_exporter_serves_the_jobs_figures(finished_job: str, sqlite_url: str
         assert re.search(rf"embedfleet_job_encode_p95_seconds\{{{labels}\}} \d", text)
         assert "embedfleet_ledger_up 1.0" in text
         assert listening_addresses(port) == {"127.0.0.1"}
+        # Fleet figures, one series each: no job label, so they do not grow with the jobs.
+        for line in ("embedfleet_live_workers{queue=\"embed\"} 0.0", "embedfleet_chunks_queued 0.0",
+                     "embedfleet_chunks_in_flight 0.0", "embedfleet_jobs_running 0.0"):
+            assert line in text, text
+        # Every metric the Grafana dashboard queries is one this exporter serves.
+        dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "embedfleet.json").read_text())
+        queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+                   for name in re.findall(r"embedfleet_[a-z0-9_]+", target["expr"])}
+        served = set(re.findall(r"^# TYPE (embedfleet_[a-z0-9_]+) ", text, re.MULTILINE))
+        assert len(queried) >= 10 and queried <= served, sorted(queried - served)
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=20)
