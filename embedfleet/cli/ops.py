@@ -142,7 +142,8 @@ def metrics(port: int, address: str, limit: int, db: str | None) -> None:
 
     settings = apply_settings(database_url=db)
     engine = existing_engine(settings.database_url)
-    server, thread = start_http_server(port, addr=address, registry=collect_registry(engine, limit, settings.dead_after_seconds))
+    registry = collect_registry(engine, limit, settings.dead_after_seconds)
+    server, thread = start_http_server(port, addr=address, registry=registry)
     click.echo(f"serving job metrics of {redact(settings.database_url)} on http://{address}:{port}/metrics",
                err=True)
     stop = threading.Event()
