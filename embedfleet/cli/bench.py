@@ -33,8 +33,11 @@ from .main import cli
 @click.option("--vectors", type=click.IntRange(min=1000), default=100_000, show_default=True,
               help="pgvector section: synthetic vectors per storage kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as one JSON document on stdout.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the table to this PNG (matplotlib: the `bench` extra).")
 def bench(corpus: str, id_field: str, text_field: str, fields: str | None, only: str, limit: int | None,
-          broker_url: str, pg_url: str, pgvector_url: str | None, vectors: int, as_json: bool) -> None:
+          broker_url: str, pg_url: str, pgvector_url: str | None, vectors: int, as_json: bool,
+          plot: Path | None) -> None:
     """Measure embedfleet against a plain SentenceTransformer.encode loop, in one run."""
     # benchmarks/ sits beside the package in a checkout; an editable install maps only
     # `embedfleet`, so the checkout's root goes on the path for this command.
@@ -48,5 +51,13 @@ def bench(corpus: str, id_field: str, text_field: str, fields: str | None, only:
                                    "package: run `embedfleet bench` from a checkout (`make install`)") from exc
 
     text_fields = tuple(f.strip() for f in fields.split(",") if f.strip()) if fields else (text_field,)
-    run_bench(corpus, FieldSpec(id_field, text_fields), [s.strip() for s in only.split(",")], limit, broker_url,
-              pg_url, as_json, pgvector_url=pgvector_url, vectors=vectors)
+    if plot is not None:
+        from ..extras import require
+
+        require("matplotlib", "bench", "bench --plot")  # before the minutes of measuring, not after
+    report = run_bench(corpus, FieldSpec(id_field, text_fields), [s.strip() for s in only.split(",")], limit,
+                       broker_url, pg_url, as_json, pgvector_url=pgvector_url, vectors=vectors)
+    if plot is not None:
+        from benchmarks.plot import plot_report
+
+        click.echo(f"drew the table to {plot_report(report, plot)}", err=True)
