@@ -9,7 +9,13 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from ..store.ledger import abandon_stalled_submissions, mark_resent, open_chunk_payloads, stalled_jobs
+from ..store.ledger import (
+    abandon_stalled_submissions,
+    jobs_with_open_chunks,
+    mark_resent,
+    open_chunk_payloads,
+    stalled_jobs,
+)
 from .liveness import claim_stranded, prune_dead_nodes, unclaim
 
 log = logging.getLogger(__name__)
@@ -65,3 +71,9 @@ def reconcile(engine: Engine, send_payload: PayloadSender, lease_seconds: float,
         log.log(logging.WARNING if resent[job_id] else logging.INFO, "re-sent %d open chunks of job %s: nothing "
                 "moved for %.0f s", resent[job_id], job_id, lease_seconds)
     return resent
+
+
+def resend_running(engine: Engine, send_payload: PayloadSender) -> dict[str, int]:
+    """The open chunks of every job that is submitting or running, sent again: what a broker
+    that came back empty lost (fleet/broker_epoch.py). Returns the chunks re-sent per job."""
+    return {job_id: resend_open_chunks(engine, send_payload, job_id) for job_id in jobs_with_open_chunks(engine)}

@@ -27,10 +27,11 @@ from typing import Any
 from celery.signals import celeryd_init, task_received, worker_shutdown
 
 from ..chunks.liveness import beat, hold, retire
-from ..chunks.resend import reconcile, resend_stranded
+from ..chunks.resend import reconcile, resend_running, resend_stranded
 from ..chunks.sending import payload_sender
 from ..settings import get_settings
 from ..store.engine import fork_guard, get_engine
+from .broker_epoch import BrokerEpoch, redis_client
 from .celery_app import app
 from .queues import COLLECT_TASK, ENCODE_TASK
 from .sending import QUICK_RETRY_POLICY, celery_sender
@@ -66,6 +67,8 @@ class Heartbeat(threading.Thread):
         # Quick sends: a sweep that finds the broker gone tries again at the next beat, and a
         # minute-long send here would stop this node's beats and make the fleet think it dead.
         self.send = payload_sender(celery_sender(app, QUICK_RETRY_POLICY))
+        self.epoch = BrokerEpoch()
+        self._broker: Any = None  # the broker's Redis client, made on first use (False: not Redis)
         self._received: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -113,6 +116,7 @@ class Heartbeat(threading.Thread):
                 with fork_guard(self.database_url):
                     # Only a node that could write its own beat just now judges others.
                     if self.beat():
+                        self.check_broker()
                         if now >= next_reconcile:
                             next_reconcile = now + self.reconcile_every * random.uniform(0.8, 1.2)
                             self.reconcile()
@@ -122,6 +126,27 @@ class Heartbeat(threading.Thread):
             self._wake.clear()
             if self._received:
                 self._hold_received()
+
+    def check_broker(self) -> None:
+        """Re-send the running jobs' open chunks at once when the broker came back empty
+        (fleet/broker_epoch.py), rather than a lease later through the reconciler."""
+        if self._broker is None:
+            self._broker = redis_client(str(app.conf.broker_url)) or False
+        if self._broker is False:
+            return  # not Redis: RabbitMQ's quorum queues outlive a restart
+        try:
+            if not self.epoch.lost(self._broker):
+                return
+        except Exception as exc:  # the broker is away: the next beat looks again
+            log.debug("broker epoch not read: %s: %s", type(exc).__name__, exc)
+            return
+        try:
+            resent = resend_running(self.engine, self.send)
+        except Exception as exc:
+            log.warning("re-sending after the broker came back empty failed: %s: %s", type(exc).__name__, exc)
+            return
+        log.warning("the broker came back empty (its epoch key changed): re-sent %d open chunks of %d jobs",
+                    sum(resent.values()), len(resent))
 
     def sweep(self) -> None:
         try:

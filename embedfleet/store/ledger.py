@@ -196,6 +196,17 @@ def stalled_jobs(engine: Engine, lease_seconds: float, state: str = "running", o
         return [r[0] for r in conn.execute(query)]
 
 
+def jobs_with_open_chunks(engine: Engine, states: tuple[str, ...] = ("submitting", "running")) -> list[str]:
+    """Jobs in one of `states` that have chunks not done yet."""
+    query = (
+        select(chunks.c.job_id).distinct()
+        .join(jobs, jobs.c.id == chunks.c.job_id)
+        .where(and_(jobs.c.state.in_(states), chunks.c.state.in_(OPEN_CHUNK_STATES)))
+    )
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(query)]
+
+
 def touch_submission(engine: Engine, job_id: str) -> None:
     """The producer is alive and still submitting (reading records, maybe sending nothing)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

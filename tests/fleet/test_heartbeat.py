@@ -197,3 +197,21 @@ def test_the_thread_beats_and_retires_cleanly(node: Heartbeat) -> None:
         node.stop()
     assert not node.is_alive()
     assert _worker_rows(engine) == [] and _holders(engine, job_id) == {0: None}
+
+
+def test_a_broker_that_came_back_empty_is_seen_once_by_one_node(redis_url: str) -> None:
+    """Two nodes watch the broker's epoch key on a real Redis: nothing is lost while it stays; after the
+    database is emptied (a restart with nothing on disk) exactly one node claims the new epoch, once."""
+    import redis
+
+    from embedfleet.fleet.broker_epoch import BrokerEpoch, redis_client
+
+    client = redis_client(redis_url)
+    assert client is not None and redis_client("amqp://guest@localhost//") is None
+    first, second = BrokerEpoch(), BrokerEpoch()
+    assert not first.lost(client) and not second.lost(client)  # first sight: the epoch each knows
+    assert not first.lost(client) and not second.lost(client)  # unchanged
+    redis.Redis.from_url(redis_url).flushdb()
+    claims = [first.lost(client), second.lost(client)]
+    assert sorted(claims) == [False, True]
+    assert not first.lost(client) and not second.lost(client)  # the new epoch is known to both now

@@ -240,6 +240,24 @@ def test_broker_restarted_empty_mid_job(sqlite_url, own_redis, tmp_path) -> None
         fleet.stop()
 
 
+def test_broker_restarted_empty_with_the_defaults_resends_at_once(sqlite_url, own_redis, tmp_path,
+                                                                    recovery) -> None:
+    """The same restart with nothing on disk and the product's defaults (a lease of 120 s): the
+    workers' heartbeats see the broker's epoch key gone (fleet/broker_epoch.py) and one of them
+    re-sends the running job's open chunks as soon as it reconnects. The bound is half the
+    lease, which the reconciler alone would take."""
+    url, restart = own_redis
+    fleet = Fleet(url, sqlite_url, tmp_path, {**ONE_THREAD, "EMBEDFLEET_ENCODER": f"{ENCODERS}:NoopCrash",
+                                              "RT_DELAY": "0.3"})
+    try:
+        seconds = job_through_a_broker_restart(fleet, restart, 6, tmp_path)
+        recovery("broker restarted empty, defaults (restart -> job end)", seconds, 60)
+        logs = fleet.log("w1") + fleet.log("w2")
+        assert logs.count("the broker came back empty") == 1, logs[-3000:]  # one node re-sends, not each
+    finally:
+        fleet.stop()
+
+
 def test_embedded_run_with_a_record_that_exits_the_process(tmp_path) -> None:
     """`embedfleet run` with a record that ends the process should store the rest."""
     path, _ = corpus(tmp_path, [f"text {i}" + (" CRASH-MARKER" if i == 13 else "") for i in range(40)])
