@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,18 @@ def job_through_a_broker_restart(fleet: Fleet, restart: object, after: float, tm
     return seconds
 
 
+@contextmanager
+def _default_fleet(url: str, database_url: str, tmp_path: Path) -> Iterator[Fleet]:
+    """Workers with the product's defaults on a broker of the test's own; RT_DELAY: each chunk
+    takes 0.3 s, so chunks are being encoded when the broker goes."""
+    fleet = Fleet(url, database_url, tmp_path, {**ONE_THREAD, "EMBEDFLEET_ENCODER": f"{ENCODERS}:NoopCrash",
+                                                "RT_DELAY": "0.3"})
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
 def test_broker_restarted_with_its_data_mid_job(sqlite_url, own_redis_aof, tmp_path, recovery) -> None:
     """Redis (append-only file) is killed and started again mid-job, with the product's
     defaults: chunks being encoded meanwhile cannot send their collect message until it is
@@ -215,14 +228,9 @@ def test_broker_restarted_with_its_data_mid_job(sqlite_url, own_redis_aof, tmp_p
     seconds after the restart. Before, each such chunk waited a whole lease (120 s) for the
     reconciler: the bound below is under that lease, so it pins the difference."""
     url, restart = own_redis_aof
-    # RT_DELAY: each chunk takes 0.3 s, so chunks are being encoded when the broker goes.
-    fleet = Fleet(url, sqlite_url, tmp_path, {**ONE_THREAD, "EMBEDFLEET_ENCODER": f"{ENCODERS}:NoopCrash",
-                                              "RT_DELAY": "0.3"})
-    try:
+    with _default_fleet(url, sqlite_url, tmp_path) as fleet:
         seconds = job_through_a_broker_restart(fleet, restart, 4, tmp_path)
         recovery("broker restarted with its data (AOF), defaults (restart -> job end)", seconds, 60)
-    finally:
-        fleet.stop()
 
 
 def test_broker_restarted_empty_mid_job(sqlite_url, own_redis, tmp_path) -> None:
@@ -247,15 +255,11 @@ def test_broker_restarted_empty_with_the_defaults_resends_at_once(sqlite_url, ow
     re-sends the running job's open chunks as soon as it reconnects. The bound is half the
     lease, which the reconciler alone would take."""
     url, restart = own_redis
-    fleet = Fleet(url, sqlite_url, tmp_path, {**ONE_THREAD, "EMBEDFLEET_ENCODER": f"{ENCODERS}:NoopCrash",
-                                              "RT_DELAY": "0.3"})
-    try:
+    with _default_fleet(url, sqlite_url, tmp_path) as fleet:
         seconds = job_through_a_broker_restart(fleet, restart, 6, tmp_path)
         recovery("broker restarted empty, defaults (restart -> job end)", seconds, 60)
         logs = fleet.log("w1") + fleet.log("w2")
         assert logs.count("the broker came back empty") == 1, logs[-3000:]  # one node re-sends, not each
-    finally:
-        fleet.stop()
 
 
 def test_embedded_run_with_a_record_that_exits_the_process(tmp_path) -> None:
