@@ -184,8 +184,9 @@ class Settings(BaseSettings):
     max_retries: int = Field(
         default=5,
         description=(
-            "Retries of a task after a transient error (a lost broker or database connection, a timeout), with "
-            "exponential backoff from 1 s, capped at 60 s, with jitter. Read when a worker starts."
+            "Retries of a task after a transient error (a lost broker connection, a timeout), with exponential "
+            "backoff from 1 s, capped at 60 s, with jitter. A database that is away is waited out apart: every few "
+            "seconds for up to 10 minutes. Read when a worker starts."
         ),
     )
     # A chunk taken this many times without finishing (its worker killed each time, by the

@@ -4,6 +4,7 @@ letters. (The producer-side tasks, reconcile and reindex, are in fleet/job_tasks
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import Any
 
@@ -48,6 +49,27 @@ def _engine():  # type: ignore[no-untyped-def]
     return get_engine(get_settings().database_url)
 
 
+# A database outage (down, restarting, refusing connections) is waited out for this long,
+# trying every few seconds; other transient errors keep settings.max_retries.
+OUTAGE_SECONDS = 600.0
+OUTAGE_RETRY_SECONDS = 5.0
+OUTAGE_RETRIES = int(OUTAGE_SECONDS / OUTAGE_RETRY_SECONDS)
+
+
+def database_away(exc: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (not a refused row)."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError
+
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and bool(exc.connection_invalidated))
+
+
+def outage_countdown(retries: int) -> float:
+    """1, 2, 4, then every OUTAGE_RETRY_SECONDS, with jitter, never under 1 s (RabbitMQ's
+    delayed delivery): the nodes of a fleet do not all knock at once when it returns."""
+    return max(1.0, min(OUTAGE_RETRY_SECONDS, 2.0 ** retries) * random.uniform(0.6, 1.0))
+
+
 class ChunkTask(Task):
     """Counts retries on the job and dead-letters a chunk whose task failed for good,
     so that a failure never loses a record silently."""
@@ -59,6 +81,17 @@ class ChunkTask(Task):
     retry_jitter = True
     max_retries = get_settings().max_retries
     acks_late = True
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, throw: bool = True,
+              eta: Any = None, countdown: float | None = None, max_retries: int | None = None, **options: Any) -> Any:
+        """Every retry comes here (Celery's autoretry too). A database that is away is waited
+        for: the chunk tries again every few seconds (OUTAGE_RETRY_SECONDS) for up to
+        OUTAGE_SECONDS, so it is stored seconds after the database returns, instead of
+        spending its max_retries in half a minute and waiting a lease for the reconciler."""
+        if exc is not None and database_away(exc):
+            countdown = outage_countdown(self.request.retries)
+            max_retries = max(max_retries or 0, self.max_retries or 0, OUTAGE_RETRIES)
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def signature_from_request(self, request: Any = None, *args: Any, **kwargs: Any) -> Any:
         """A retry re-sends the task from this signature, and Celery does not carry kwargsrepr

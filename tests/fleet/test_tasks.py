@@ -187,3 +187,19 @@ def test_the_dead_letter_notice_logs_and_fails_as_expected(caplog: pytest.LogCap
     assert "job=j1 chunk=3 count=2 errors=ValueError" in caplog.text
     assert tasks.DeadLetters in tasks.dead_letter.throws and tasks.dead_letter.max_retries == 0
     assert not getattr(tasks.dead_letter, "autoretry_for", ())
+
+
+def test_a_database_outage_is_retried_every_few_seconds_for_minutes() -> None:
+    """What ChunkTask.retry waits out: a lost or refused connection (not a refused row), at 1, 2, 4 s,
+    then every 5 s at most, never under 1 s, for ten minutes of attempts."""
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.exc import OperationalError as SAOperationalError
+
+    from embedfleet.fleet.tasks import OUTAGE_RETRIES, OUTAGE_RETRY_SECONDS, database_away, outage_countdown
+
+    assert database_away(SAOperationalError("SELECT 1", {}, Exception("connection refused")))
+    assert not database_away(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not database_away(ValueError("no"))
+    waits = [outage_countdown(n) for n in range(8)]
+    assert all(1.0 <= w <= OUTAGE_RETRY_SECONDS for w in waits) and waits[0] == 1.0
+    assert OUTAGE_RETRIES * OUTAGE_RETRY_SECONDS >= 600
