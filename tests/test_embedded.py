@@ -323,3 +323,16 @@ def test_the_summary_counts_changes_that_were_stored(tmp_path: Path) -> None:
                       '{"id": "c", "text": "three"}\n')
     second = _run("run", str(corpus), "--collection", "cnt", "--db", db, cwd=tmp_path, **probe)
     assert "stored 1, skipped 1, dead 1" in second.stdout and "changes: added 0, updated 1, unchanged 1" in second.stdout
+
+
+def test_off_a_terminal_the_lines_end_where_the_job_did(tmp_path: Path) -> None:
+    """Plain progress lines (stderr not a terminal) end with one of the final figures, marked
+    finished, so the last line before the summary is not up to 10 s stale; the summary alone says done."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(f'{{"id": "r{i}", "text": "text {i}"}}\n' for i in range(150)))
+    run = _run("run", str(corpus), "--collection", "lines", "--chunk-size", "10", "--db",
+               f"sqlite:///{tmp_path / 'e.db'}", cwd=tmp_path, **HASH)
+    assert run.returncode == 0, run.stderr
+    job_lines = [line for line in run.stderr.splitlines() if line.startswith("job ")]
+    assert re.fullmatch(r"job [0-9a-f]{8} finished: 150/150 records, .*", job_lines[-1]), run.stderr
+    assert len(re.findall(r"job [0-9a-f]+ done", run.stdout + run.stderr)) == 1

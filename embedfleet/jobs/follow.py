@@ -250,6 +250,14 @@ class JobProgress:
         finally:
             if self._bar is not None:
                 self._bar.stop()
+        # Off a terminal the last line may be up to line_every old: one more with the final
+        # figures, so the lines end where the job did ("finished": the summary that follows
+        # is the one line that says "done").
+        view = self.view()
+        if self.show and self._bar is None and self._lines.last is not None and view is not None \
+                and view.state not in LIVE_STATES:
+            state = "finished" if view.state == "done" else view.state
+            print(f"job {view.short_id} {state}: {view.figures()}", file=sys.stderr, flush=True)
 
     def view(self) -> ProgressView | None:
         """The figures now: the last poll's counts, the rate and elapsed time as of this moment.
