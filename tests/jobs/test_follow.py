@@ -97,9 +97,10 @@ def test_the_embedded_count_moves_within_a_chunk_and_never_past_the_total(sqlite
 
 
 def test_plain_lines_while_running_and_none_once_done(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Off a terminal: a line at the first poll and every line_every seconds while the job runs;
-    the end is left to the command's summary, so following a job that is already done prints
-    nothing (`reindex --wait` printed the done line twice)."""
+    """Off a terminal: a line at the first poll and every line_every seconds while the job runs,
+    and one with the final figures as it ends, marked finished (the command's summary is the one
+    that says done); following a job that is already done prints nothing (`reindex --wait`
+    printed the done line twice)."""
     engine = get_engine(sqlite_url)
     job_id = job_with_chunks(engine, {0: [0, 1], 1: [2, 3]})
     with JobProgress(engine, job_id, interval=0.0, line_every=3600.0) as progress:
@@ -114,6 +115,7 @@ def test_plain_lines_while_running_and_none_once_done(sqlite_url: str, capsys: p
     assert lines == [
         f"job {job_id[:8]} running: 0/4 records, - rec/s, ETA -, elapsed 0:00, skipped 0, dead 0",
         lines[1],
+        f"job {job_id[:8]} finished: 4/4 records, - rec/s, ETA 0:00, elapsed 0:00, skipped 0, dead 0",
     ]
     # Two records moved just now: a rate and an ETA from it.
     assert lines[1].startswith(f"job {job_id[:8]} running: 2/4 records, ") and "- rec/s" not in lines[1]
