@@ -91,7 +91,7 @@ def test_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     """backend=openvino without the package names the fix; auto quietly keeps torch."""
     monkeypatch.setitem(sys.modules, "openvino", None)  # what an uninstalled package looks like to import
     assert not precision.openvino_installed()
-    with pytest.raises(EncoderConfigError, match="pip install openvino"):
+    with pytest.raises(EncoderConfigError, match=r"pip install 'embedfleet\[openvino\]'"):
         load_encoder(Settings(backend="openvino"))
     assert encoder_class(Settings(backend="auto")) is SentenceTransformerEncoder
     assert precision.resolve_backend("auto", "cpu", "bf16") == "torch"
