@@ -90,7 +90,8 @@ class Settings(BaseSettings):
             "The runtime of the built-in encoder. `auto`: OpenVINO on an x86 CPU when the `openvino` package is "
             "installed, in the precision `precision` resolves to (bf16 on a CPU with AMX or AVX-512 BF16, fp32 "
             "elsewhere), torch everywhere else (CUDA always torch). `torch`, or `openvino` (CPU only; an error "
-            "naming `pip install 'embedfleet[openvino]'` when the package is missing). A converted model whose vectors are not "
+            "naming `pip install 'embedfleet[openvino]'` when the package is missing). A converted model whose "
+            "vectors are not "
             "within cosine 0.999 of torch fp32 falls back to torch with a warning. Ignored when `encoder` is set. "
             "See docs/performance.md."
         ),
