@@ -132,6 +132,22 @@ def test_the_collector_exports_each_job_with_job_and_collection_labels(engine) -
     assert f'embedfleet_job_worker_utilisation{{{labels},worker="w1@h"}} 0.6' in text
 
 
+def test_the_series_stay_bounded_after_three_jobs(engine) -> None:
+    """Three finished jobs under --limit 2: the per-job series are the two newest jobs' alone, and the
+    fleet's gauges are one series each, with no job label, however many jobs ran."""
+    import re
+
+    for i, job_id in enumerate(("a" * 32, "b" * 32, "d" * 32)):
+        _job(engine, job_id, created_at=1000.0 + i, finished_at=1010.0 + i, records_read=4)
+        _chunk(engine, job_id, 0, stored=4, seconds=1.0, worker="w1@h")
+    text = generate_latest(collect_registry(engine, limit=2)).decode()
+    jobs_seen = set(re.findall(r'job="([0-9a-f]{32})"', text))
+    assert jobs_seen == {"b" * 32, "d" * 32}
+    for gauge in ("embedfleet_chunks_queued", "embedfleet_chunks_in_flight", "embedfleet_jobs_running"):
+        assert len(re.findall(rf"^{gauge}(\{{.*\}})? ", text, re.MULTILINE)) == 1, gauge
+    assert len(re.findall(r"^embedfleet_live_workers\{", text, re.MULTILINE)) == 4  # embed, collect, dead_letter, query
+
+
 def test_the_collector_answers_when_the_ledger_is_unreadable(tmp_path) -> None:
     """A scrape with the database away reports embedfleet_ledger_up 0 instead of failing."""
     from sqlalchemy import create_engine
