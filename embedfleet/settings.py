@@ -409,7 +409,7 @@ class Settings(BaseSettings):
         if wanted not in str(url.query.get("options", "")):
             options = " ".join(filter(None, [str(url.query.get("options", "")), wanted]))
             url = url.update_query_dict({"options": options})
-            object.__setattr__(self, "database_url", url.render_as_string(hide_password=False))
+            self.database_url = url.render_as_string(hide_password=False)
         return self
 
     @field_validator("broker_url")

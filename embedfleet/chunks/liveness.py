@@ -71,12 +71,23 @@ def beat(engine: Engine, incarnation: str, name: str, host: str, pid: int, dead_
                                                 started_at=now, last_seen=now, up_since=now, **kept))
 
 
+# What a node that has not said what it consumes (a row from before workers.queues) is taken to.
+ALL_QUEUES = ("embed", "collect", "dead_letter", "query")
+
+
+def live_workers_by_queue(conn: Connection, dead_after: float) -> dict[str, int]:
+    """Nodes seen within `dead_after` (the database's clock), counted per queue they consume."""
+    rows = conn.execute(select(workers.c.queues).where(workers.c.last_seen >= db_now(conn.dialect.name) - dead_after))
+    counts: dict[str, int] = {}
+    for queues in rows.scalars():
+        for queue in queues.split(",") if queues else ALL_QUEUES:
+            counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
 def live_consumers(conn: Connection, queue: str, dead_after: float) -> int:
-    """Nodes seen within `dead_after` (the database's clock) that consume `queue` (a node that
-    has not said what it consumes counts)."""
-    now = db_now(conn.dialect.name)
-    rows = conn.execute(select(workers.c.queues).where(workers.c.last_seen >= now - dead_after)).scalars()
-    return sum(1 for queues in rows if queues is None or queue in queues.split(","))
+    """Nodes seen within `dead_after` that consume `queue`."""
+    return live_workers_by_queue(conn, dead_after).get(queue, 0)
 
 
 def retire(engine: Engine, incarnation: str) -> None:

@@ -112,17 +112,10 @@ class LedgerCollector:
         series stays fixed however many jobs run): live workers per queue they consume,
         chunks waiting and being encoded, jobs running. The ledger's view of the queues: a
         chunk is queued from its send to its start, whichever broker carries it."""
-        from ..chunks.liveness import db_now
-        from ..store.schema import workers
+        from ..chunks.liveness import ALL_QUEUES, live_workers_by_queue
 
         with self.engine.connect() as conn:
-            now = conn.execute(select(db_now(conn.dialect.name))).scalar_one()
-            seen = workers.c.last_seen >= now - self.dead_after
-            queues = conn.execute(select(workers.c.queues).where(seen)).scalars()
-            per_queue: dict[str, int] = {}
-            for consumed in queues:
-                for queue in (consumed or "embed,collect,dead_letter,query").split(","):
-                    per_queue[queue] = per_queue.get(queue, 0) + 1
+            per_queue = live_workers_by_queue(conn, self.dead_after)
             open_chunks = conn.execute(
                 select(func.count().filter(chunks.c.started_at.is_(None)),
                        func.count().filter(chunks.c.started_at.is_not(None)))
@@ -133,8 +126,7 @@ class LedgerCollector:
                                    ).scalar_one()
         live = GaugeMetricFamily("embedfleet_live_workers", "Worker nodes with a recent heartbeat, by queue consumed",
                                  labels=["queue"])
-        known = ("embed", "collect", "dead_letter", "query")
-        for queue in (*known, *sorted(set(per_queue) - set(known))):
+        for queue in (*ALL_QUEUES, *sorted(set(per_queue) - set(ALL_QUEUES))):
             live.add_metric([queue], float(per_queue.get(queue, 0)))
         yield live
         queued = GaugeMetricFamily("embedfleet_chunks_queued", "Chunks of running jobs sent and not yet started")

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, exists, func, select
+from sqlalchemy import Engine, and_, exists, func, select
 
 from ..chunks.liveness import live_consumers
 from ..chunks.splits import SPLIT_STATE
@@ -168,6 +168,8 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None,
               dead_after: float | None = None) -> JobStats:
     """The job's figures now. With `lease_seconds`, whether it is stalled; with `dead_after`
     (a heartbeat's), whether a fleet job with open chunks has no live worker on `embed`."""
+    now = time.time()
+    since = now - RECENT_SECONDS
     with engine.connect() as conn:
         job = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         if job is None:
@@ -184,6 +186,11 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None,
                 # keeps the count for its halves), and whether the ledger counts them at all.
                 func.coalesce(func.sum(chunks.c.added).filter(chunks.c.state.in_(("done", SPLIT_STATE))), 0),
                 func.count(chunks.c.added),
+                # The recent rate's records (finished in the last RECENT_SECONDS), the first
+                # start, and the chunks in flight: in the same scan, not a query of their own.
+                func.coalesce(func.sum(chunks.c.stored + chunks.c.dead).filter(chunks.c.done_at >= since), 0),
+                func.min(chunks.c.started_at),
+                func.count().filter(and_(chunks.c.state.in_(OPEN_CHUNK_STATES), chunks.c.started_at.is_not(None))),
             ).where(chunks.c.job_id == job_id)
         ).one()
         dead = conn.execute(
@@ -206,7 +213,8 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None,
         live = job.state in ("submitting", "running")
         live_workers = live_consumers(conn, EMBED_QUEUE_NAME, dead_after) if dead_after is not None else None
         no_worker = bool(live and job.runner is None and open_chunks > 0 and live_workers == 0)
-        recent_rate, in_flight = _recent(conn, job_id, job.created_at) if live else (None, 0)
+        recent_rate, in_flight = _recent(int(agg[10]), agg[11], int(agg[12]), job.created_at, now) if live \
+            else (None, 0)
     return JobStats(
         job_id=job.id,
         collection=job.collection,
@@ -250,20 +258,10 @@ def job_stats(engine: Engine, job_id: str, lease_seconds: float | None = None,
 RECENT_SECONDS = 30.0
 
 
-def _recent(conn: Connection, job_id: str, created_at: float) -> tuple[float | None, int]:
+def _recent(records: int, first_started: float | None, in_flight: int, created_at: float,
+            now: float) -> tuple[float | None, int]:
     """(records per second over the last RECENT_SECONDS, or since the first chunk started
     when that is later; chunks started and not finished)."""
-    now = time.time()
-    since = now - RECENT_SECONDS
-    row = conn.execute(select(
-        func.coalesce(func.sum(chunks.c.stored + chunks.c.dead).filter(chunks.c.done_at >= since), 0),
-        func.min(chunks.c.started_at),
-        func.count().filter(and_(chunks.c.state.in_(OPEN_CHUNK_STATES), chunks.c.started_at.is_not(None))),
-    ).where(chunks.c.job_id == job_id)).one()
-    records, first_started, in_flight = int(row[0]), row[1], int(row[2])
-    start = max(since, first_started if first_started is not None else created_at)
+    start = max(now - RECENT_SECONDS, first_started if first_started is not None else created_at)
     rate = records / (now - start) if records and now > start else None
     return rate, in_flight
-
-
-# Ending a job by hand, and what clients need to know about a job's state.
